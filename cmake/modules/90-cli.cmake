@@ -1,0 +1,5 @@
+# The `tally` command-line tool: a dispatcher (tools/tally.c) plus one source per subcommand,
+# registered by each module's fragment through the TALLY_CLI_SOURCES / TALLY_CLI_DEPS properties.
+get_property(_cli_sources GLOBAL PROPERTY TALLY_CLI_SOURCES)
+get_property(_cli_deps GLOBAL PROPERTY TALLY_CLI_DEPS)
+tally_tool(tally SOURCES tools/tally.c ${_cli_sources} DEPS tally_core ${_cli_deps})
