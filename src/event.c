@@ -304,6 +304,13 @@ long event_encode(const struct tally_event_in *in, uint8_t *buf, size_t cap)
 			break;
 		}
 	}
+	/*
+	 * The byte-level rules (UTF-8, name characters, unique property keys) are the decoder's:
+	 * checking the output with it keeps encoder and decoder from ever disagreeing.
+	 */
+	struct tally_event check;
+	if (event_decode(buf, (size_t)(p - buf), &check) != TALLY_REJECT_NONE)
+		return -EINVAL;
 	return (long)(p - buf);
 }
 
