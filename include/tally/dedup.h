@@ -1,0 +1,182 @@
+/*
+ * tally/dedup.h — idempotency-key dedup: one shard per WAL shard, a hot open-addressing table
+ * for the keys of unsealed WAL segments, and a cold tier of sorted on-disk runs (one per sealed
+ * segment, a "generation") guarded by in-memory blocked bloom filters. Design, file format and
+ * sizing: docs/dedup.md.
+ *
+ * Fingerprint bit budget (struct tally_fp, XXH3-128 of tenant+key, from event_fingerprint();
+ * nothing here hashes again). Each consumer uses its own bits so that they stay independent:
+ *   fp.hi bits 48..63  shard choice             dedup_shard_of()
+ *   fp.hi bits  0..47  bloom bit positions      8 x 6 bits, one bit per 64-bit word of a block
+ *   fp.lo bits  0..30  hot-table home slot      (capacity <= 2^31)
+ *   fp.lo bits 32..47  hot-table 16-bit tag
+ *   fp.lo (high bits)  bloom block (fastrange) and the cold runs' sort order / sparse index
+ * Exact comparison is always on all 128 bits.
+ *
+ * Durability rule: every entry carries the WAL offset of its original. An entry whose offset is
+ * DEDUP_OFFSET_NONE (claimed, not yet appended) or >= the shard's durable watermark is PENDING.
+ * A duplicate of a pending entry is answered DEDUP_PENDING_*; the caller waits until the
+ * original is durable (then it is a DUPLICATE/CONFLICT) or aborted (then it checks again).
+ * DEDUP_DUPLICATE is therefore only ever answered for an original that is durable in the WAL.
+ *
+ * Threads: a struct dedup_shard is owned by one thread; no function here locks, and none may be
+ * called concurrently on the same shard. Different shards are fully independent.
+ */
+#ifndef TALLY_DEDUP_H
+#define TALLY_DEDUP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tally/event.h"
+
+#define DEDUP_OFFSET_NONE          UINT64_MAX /* claimed, WAL offset not known yet */
+#define DEDUP_WINDOW_US_DEFAULT    (35LL * 86400 * 1000000)
+#define DEDUP_WINDOW_US_MAX        (400LL * 86400 * 1000000)
+#define DEDUP_BLOOM_FP_PER_MILLION_DEFAULT 10000u /* 1% */
+#define DEDUP_EXPECTED_KEYS_DEFAULT (1u << 20)
+#define DEDUP_HOT_SLOTS_MAX        (1ULL << 31) /* hot-table capacity bound (index bits 0..30) */
+#define DEDUP_RUN_KEYS_MAX         0xFFFFFFFFull /* keys in one .keys run (u32 index) */
+#define DEDUP_GENERATIONS_MAX      65536u       /* cold generations per shard */
+
+struct dedup_shard; /* opaque */
+
+struct dedup_options {
+	uint64_t expected_keys;            /* hot keys to preallocate for; 0 = default (1 Mi) */
+	uint32_t bloom_fp_per_million;     /* bloom false-positive target; 0 = 10000 (1%) */
+	int64_t window_us;                 /* dedup window; 0 = 35 days; max 400 days */
+	const char *dir;                   /* root of the .keys runs; NULL = no cold tier */
+};
+
+/* Routes a fingerprint to one of shard_count shards (fp.hi bits 48..63, fastrange). */
+static inline uint16_t dedup_shard_of(struct tally_fp fp, uint16_t shard_count)
+{
+	return (uint16_t)(((fp.hi >> 48) * (uint64_t)shard_count) >> 16);
+}
+
+/*
+ * Opens shard `shard`: preallocates the hot table for opt->expected_keys, and when opt->dir is
+ * set creates <dir>/shard-NN/ and loads every valid .keys run found there (verifying checksum,
+ * order and bounds, rebuilding its bloom filter and sparse index). Runs that fail verification
+ * are not loaded; list them with dedup_bad_runs() and rebuild them with
+ * dedup_rebuild_generation(). Returns 0 or -errno (-EINVAL for bad options).
+ */
+int dedup_shard_open(const struct dedup_options *opt, uint16_t shard, struct dedup_shard **out)
+	__attribute__((warn_unused_result));
+void dedup_shard_close(struct dedup_shard *d);
+
+enum dedup_verdict {
+	DEDUP_NEW = 0,               /* key claimed (pending, offset NONE): append, then set_offset */
+	DEDUP_DUPLICATE,             /* same key, same digest; the original is durable */
+	DEDUP_CONFLICT,              /* same key, different digest; the original (durable) stands */
+	DEDUP_PENDING_DUPLICATE,     /* as DUPLICATE, but the original is not durable yet */
+	DEDUP_PENDING_CONFLICT,      /* as CONFLICT, but the original is not durable yet */
+	/* Additions to the brief's shape (see docs/dedup.md "Verdicts"): */
+	DEDUP_TOO_OLD,               /* event_time_us older than the oldest expiry cutoff used so far:
+				        an original may have expired; the broker must reject it */
+	DEDUP_FULL,                  /* hot table full and could not grow: retry later */
+};
+
+struct dedup_query {
+	struct tally_fp fp;
+	uint32_t digest;       /* event_content_digest() */
+	int64_t event_time_us;
+};
+
+struct dedup_answer {
+	uint8_t verdict;  /* enum dedup_verdict */
+	uint64_t offset;  /* original's offset (DUPLICATE/CONFLICT/PENDING_*; may be NONE when
+			     pending); DEDUP_OFFSET_NONE otherwise */
+};
+
+/*
+ * Processes q[0..n) IN ORDER: a later query sees the keys claimed by earlier ones in the same
+ * call. A NEW key is claimed at once as pending with offset DEDUP_OFFSET_NONE; the caller
+ * appends it to the WAL, then calls dedup_set_offset(). Internally works in chunks of
+ * DEDUP_BATCH queries: home slots are computed and prefetched for the chunk, then probed.
+ * Never allocates except when the hot table outgrows opt->expected_keys: then one mmap per
+ * doubling (not per key); the move to the bigger table is incremental (bounded per call).
+ */
+#define DEDUP_BATCH 32
+void dedup_check_claim(struct dedup_shard *d, const struct dedup_query *q, size_t n,
+		       struct dedup_answer *out);
+
+/* Records the WAL offset of a claimed (pending) key. No effect if the key is not hot. */
+void dedup_set_offset(struct dedup_shard *d, struct tally_fp fp, uint64_t offset);
+
+/* The original's WAL write failed: removes the pending claim so that a retry is accepted.
+ * Only a pending entry is removed; a durable one is left alone. */
+void dedup_abort(struct dedup_shard *d, struct tally_fp fp);
+
+/* Offsets < durable_next are durable. O(1): pending-ness is computed at lookup. Monotone:
+ * a smaller value than the current one is ignored. */
+void dedup_set_durable(struct dedup_shard *d, uint64_t durable_next);
+bool dedup_is_pending(const struct dedup_shard *d, uint64_t offset);
+
+/*
+ * WAL segment [base_offset, next_offset) of this shard was sealed and is durable
+ * (next_offset <= durable watermark, else -EINVAL). Writes its hot keys as the sorted run
+ * <dir>/shard-NN/<20-digit base>.keys (tmp file, fdatasync, rename, dir fsync), builds its
+ * bloom filter and sparse index, then drops the keys from the hot table. Owning thread only.
+ * Cost: a scan of the hot table plus an O(k) sort and write of the k keys (see docs).
+ * Returns 0 or -errno (-EEXIST if the range overlaps a loaded generation, -EINVAL without dir).
+ */
+int dedup_seal_generation(struct dedup_shard *d, uint64_t base_offset, uint64_t next_offset,
+			  int64_t max_event_time_us) __attribute__((warn_unused_result));
+
+/*
+ * Drops (and unlinks the runs of) every generation whose max_event_time_us is older than
+ * now_us - window. Queries with an event time before that cutoff are answered DEDUP_TOO_OLD
+ * from then on. Returns the number of generations expired, or -errno of the first unlink that
+ * failed (the generations are dropped from memory regardless).
+ */
+int dedup_expire(struct dedup_shard *d, int64_t now_us) __attribute__((warn_unused_result));
+
+/*
+ * Restart, after dedup_shard_open() loaded the cold runs: the caller feeds the keys of the
+ * unsealed WAL tail, in WAL order, then sets the durable watermark. A key already present
+ * keeps its first (lowest) offset. Returns 0, or -ENOSPC if the hot table is full.
+ */
+int dedup_restore_key(struct dedup_shard *d, struct tally_fp fp, uint32_t digest,
+		      uint64_t offset) __attribute__((warn_unused_result));
+
+/* One key of a generation, for dedup_rebuild_generation(). */
+struct dedup_key {
+	struct tally_fp fp;
+	uint64_t offset;
+	uint32_t digest;
+};
+
+/* Base offsets of the runs that dedup_shard_open() found bad (checksum, size, order, bounds).
+ * Writes up to cap of them to bases[] and returns how many there are in total. */
+size_t dedup_bad_runs(const struct dedup_shard *d, uint64_t *bases, size_t cap);
+
+/* True if a generation starting at base_offset is loaded (so its run is present and good).
+ * At restart the caller checks every sealed WAL segment inside the window with this. */
+bool dedup_has_generation(const struct dedup_shard *d, uint64_t base_offset);
+
+/*
+ * Rebuilds a missing or bad run from its keys (read back from the WAL segment by the caller):
+ * sorts keys[0..n) in place, writes the run, loads the generation. Keys already in the hot
+ * table with an offset inside the range are dropped from it. Returns 0 or -errno
+ * (-EINVAL: a key's offset outside [base, next), or n > DEDUP_RUN_KEYS_MAX).
+ */
+int dedup_rebuild_generation(struct dedup_shard *d, uint64_t base_offset, uint64_t next_offset,
+			     int64_t max_event_time_us, struct dedup_key *keys, size_t n)
+	__attribute__((warn_unused_result));
+
+struct dedup_stats {
+	uint64_t hot_keys, cold_keys;
+	uint64_t hot_bytes;      /* mapped hot table(s): slots + tags */
+	uint64_t cold_ram_bytes; /* blooms + sparse indexes + generation records (runs are mmap'd
+				    page cache, not counted) */
+	uint64_t generations;
+	uint64_t bloom_checks, run_searches; /* cumulative */
+	uint64_t grows;                      /* hot-table doublings so far */
+};
+void dedup_stats(const struct dedup_shard *d, struct dedup_stats *out);
+
+const char *dedup_verdict_str(enum dedup_verdict v);
+
+#endif /* TALLY_DEDUP_H */

@@ -1,0 +1,520 @@
+/*
+ * dedup.c — one dedup shard: verdicts, the durability rule, sealing hot keys into cold
+ * generations, expiry, restart. The hot table is dedup_hot.c, runs and blooms dedup_cold.c;
+ * the design and the .keys format are in docs/dedup.md.
+ *
+ * Invariants:
+ *  - a key is in at most one place: the hot table, or one generation (sealing moves it).
+ *  - an entry is PENDING iff its offset >= durable_next (DEDUP_OFFSET_NONE = UINT64_MAX is
+ *    always pending); durable_next only grows. So DEDUP_DUPLICATE/CONFLICT is only answered
+ *    for an original whose WAL write is durable.
+ *  - generations are sorted by base offset, do not overlap, and all lie below durable_next
+ *    when sealed; a lookup that misses the hot table tries them newest first.
+ *  - dedup_check_claim never moves a hot entry while it holds pointers into the table:
+ *    incremental rehash steps run between chunks only.
+ *
+ * Thread: one owning thread per shard; nothing here locks.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dedup_internal.h"
+
+#define PREFETCH_GENS_MAX 16 /* bloom blocks prefetched per missing key */
+#define MIGRATE_PER_INSERT 4 /* > 1.25 needed to finish a move before the next grow */
+#define MIGRATE_PER_CALL 8
+
+struct dedup_shard {
+	struct dedup_hot hot;
+	uint16_t shard;
+	uint32_t fp_per_million;
+	int64_t window_us;
+	char *dir; /* NULL: no cold tier */
+	uint64_t durable_next;
+	int64_t expire_cutoff_us; /* queries with an older event time are TOO_OLD */
+	struct dedup_gen *gens;   /* sorted by base */
+	size_t gen_count, gen_cap;
+	uint64_t *bad; /* bases of runs that failed verification at open */
+	size_t bad_count, bad_cap;
+	uint64_t cold_keys;
+	uint64_t bloom_checks, run_searches;
+};
+
+const char *dedup_verdict_str(enum dedup_verdict v)
+{
+	switch (v) {
+	case DEDUP_NEW: return "NEW";
+	case DEDUP_DUPLICATE: return "DUPLICATE";
+	case DEDUP_CONFLICT: return "CONFLICT";
+	case DEDUP_PENDING_DUPLICATE: return "PENDING_DUPLICATE";
+	case DEDUP_PENDING_CONFLICT: return "PENDING_CONFLICT";
+	case DEDUP_TOO_OLD: return "TOO_OLD";
+	case DEDUP_FULL: return "FULL";
+	}
+	return "?";
+}
+
+/* ---- generations array ------------------------------------------------------------------ */
+
+static bool gens_overlap(const struct dedup_shard *d, uint64_t base, uint64_t next)
+{
+	for (size_t i = 0; i < d->gen_count; i++)
+		if (base < d->gens[i].next && d->gens[i].base < next)
+			return true;
+	return false;
+}
+
+/* Takes ownership of *g on success. */
+static int gens_add(struct dedup_shard *d, struct dedup_gen *g)
+{
+	if (d->gen_count >= DEDUP_GENERATIONS_MAX)
+		return -ENOSPC;
+	if (d->gen_count == d->gen_cap) {
+		size_t cap = d->gen_cap ? d->gen_cap * 2 : 16;
+		struct dedup_gen *p = realloc(d->gens, cap * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		d->gens = p;
+		d->gen_cap = cap;
+	}
+	size_t at = d->gen_count;
+	while (at > 0 && d->gens[at - 1].base > g->base)
+		at--;
+	memmove(&d->gens[at + 1], &d->gens[at], (d->gen_count - at) * sizeof(*g));
+	d->gens[at] = *g;
+	d->gen_count++;
+	d->cold_keys += g->count;
+	return 0;
+}
+
+static int bad_add(struct dedup_shard *d, uint64_t base)
+{
+	if (d->bad_count == d->bad_cap) {
+		size_t cap = d->bad_cap ? d->bad_cap * 2 : 8;
+		uint64_t *p = realloc(d->bad, cap * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		d->bad = p;
+		d->bad_cap = cap;
+	}
+	d->bad[d->bad_count++] = base;
+	return 0;
+}
+
+static void bad_remove(struct dedup_shard *d, uint64_t base)
+{
+	for (size_t i = 0; i < d->bad_count; i++)
+		if (d->bad[i] == base)
+			d->bad[i--] = d->bad[--d->bad_count];
+}
+
+/* ---- open / close ----------------------------------------------------------------------- */
+
+static int mkdir_ok(const char *path)
+{
+	if (mkdir(path, 0755) == 0 || errno == EEXIST)
+		return 0;
+	return -errno;
+}
+
+/* "<20 digits>.keys" -> base; false for any other name. */
+static bool parse_run_name(const char *name, uint64_t *base)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 20; i++) {
+		if (name[i] < '0' || name[i] > '9')
+			return false;
+		uint64_t digit = (uint64_t)(name[i] - '0');
+		if (v > (UINT64_MAX - digit) / 10)
+			return false;
+		v = v * 10 + digit;
+	}
+	if (strcmp(name + 20, ".keys") != 0)
+		return false;
+	*base = v;
+	return true;
+}
+
+static int load_runs(struct dedup_shard *d)
+{
+	char sdir[4096], path[4200];
+	int rc = mkdir_ok(d->dir);
+	if (rc == 0)
+		rc = dedup_shard_dir(sdir, sizeof(sdir), d->dir, d->shard);
+	if (rc == 0)
+		rc = mkdir_ok(sdir);
+	if (rc != 0)
+		return rc;
+	DIR *dh = opendir(sdir);
+	if (!dh)
+		return -errno;
+	struct dirent *de;
+	while ((de = readdir(dh)) != NULL) {
+		uint64_t base;
+		size_t len = strlen(de->d_name);
+		if (len == 29 && strcmp(de->d_name + 20, ".keys.tmp") == 0) {
+			/* A seal that crashed before its rename: the hot keys were never dropped. */
+			snprintf(path, sizeof(path), "%s/%s", sdir, de->d_name);
+			unlink(path);
+			continue;
+		}
+		if (!parse_run_name(de->d_name, &base))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", sdir, de->d_name);
+		struct dedup_gen g;
+		rc = dedup_gen_load(&g, path, d->shard, base, d->fp_per_million);
+		if (rc == 0 && gens_overlap(d, g.base, g.next))
+			rc = -EBADMSG;
+		if (rc == 0)
+			rc = gens_add(d, &g);
+		if (rc != 0 && g.map)
+			dedup_gen_free(&g);
+		if (rc == -ENOMEM)
+			break;
+		if (rc != 0) /* checksum, size, order, bounds, or I/O error: report for rebuild */
+			rc = bad_add(d, base);
+		if (rc != 0)
+			break;
+	}
+	closedir(dh);
+	return rc;
+}
+
+int dedup_shard_open(const struct dedup_options *opt, uint16_t shard, struct dedup_shard **out)
+{
+	*out = NULL;
+	int64_t window = opt->window_us ? opt->window_us : DEDUP_WINDOW_US_DEFAULT;
+	uint32_t fpm = opt->bloom_fp_per_million ? opt->bloom_fp_per_million
+						  : DEDUP_BLOOM_FP_PER_MILLION_DEFAULT;
+	uint64_t expected = opt->expected_keys ? opt->expected_keys : DEDUP_EXPECTED_KEYS_DEFAULT;
+	if (window < 0 || window > DEDUP_WINDOW_US_MAX || fpm > 500000 ||
+	    expected > DEDUP_HOT_SLOTS_MAX / 5 * 4)
+		return -EINVAL;
+	struct dedup_shard *d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->shard = shard;
+	d->fp_per_million = fpm;
+	d->window_us = window;
+	d->expire_cutoff_us = INT64_MIN;
+	int rc = dedup_hot_init(&d->hot, expected);
+	if (rc != 0)
+		goto out_free;
+	if (opt->dir) {
+		d->dir = strdup(opt->dir);
+		rc = d->dir ? load_runs(d) : -ENOMEM;
+		if (rc != 0)
+			goto out_free;
+	}
+	*out = d;
+	return 0;
+
+out_free:
+	dedup_shard_close(d);
+	return rc;
+}
+
+void dedup_shard_close(struct dedup_shard *d)
+{
+	if (!d)
+		return;
+	for (size_t i = 0; i < d->gen_count; i++)
+		dedup_gen_free(&d->gens[i]);
+	free(d->gens);
+	free(d->bad);
+	free(d->dir);
+	dedup_hot_free(&d->hot);
+	free(d);
+}
+
+/* ---- lookups ---------------------------------------------------------------------------- */
+
+bool dedup_is_pending(const struct dedup_shard *d, uint64_t offset)
+{
+	return offset >= d->durable_next; /* DEDUP_OFFSET_NONE is always pending */
+}
+
+void dedup_set_durable(struct dedup_shard *d, uint64_t durable_next)
+{
+	if (durable_next > d->durable_next)
+		d->durable_next = durable_next;
+}
+
+static void answer_from(const struct dedup_shard *d, const struct dedup_rec *r, uint32_t digest,
+			struct dedup_answer *a)
+{
+	bool pending = dedup_is_pending(d, r->offset);
+	bool same = r->digest == digest;
+	if (pending)
+		a->verdict = same ? DEDUP_PENDING_DUPLICATE : DEDUP_PENDING_CONFLICT;
+	else
+		a->verdict = same ? DEDUP_DUPLICATE : DEDUP_CONFLICT;
+	a->offset = r->offset;
+}
+
+static const struct dedup_rec *cold_find(struct dedup_shard *d, uint64_t lo, uint64_t hi)
+{
+	for (size_t k = d->gen_count; k-- > 0;) { /* newest first: retries are mostly recent */
+		const struct dedup_gen *g = &d->gens[k];
+		d->bloom_checks++;
+		if (!dedup_bloom_test(&g->bloom, lo, hi))
+			continue;
+		d->run_searches++;
+		const struct dedup_rec *r = dedup_gen_search(g, lo, hi);
+		if (r)
+			return r;
+	}
+	return NULL;
+}
+
+static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size_t n,
+			struct dedup_answer *out)
+{
+	struct dedup_rec *hit[DEDUP_BATCH];
+	/* 1: prefetch every home line (tags, slots) of the chunk. */
+	for (size_t i = 0; i < n; i++)
+		dedup_hot_prefetch(&d->hot, q[i].fp.lo);
+	/* 2: probe; for hot misses, prefetch the bloom blocks of the newest generations. */
+	for (size_t i = 0; i < n; i++) {
+		hit[i] = dedup_hot_find(&d->hot, q[i].fp.lo, q[i].fp.hi);
+		if (hit[i])
+			continue;
+		size_t gmin = d->gen_count > PREFETCH_GENS_MAX ? d->gen_count - PREFETCH_GENS_MAX : 0;
+		for (size_t k = d->gen_count; k-- > gmin;)
+			dedup_bloom_prefetch(&d->gens[k].bloom, q[i].fp.lo);
+	}
+	/* 3: decide in order. Inserts do not move entries, so hit[] stays valid; a key claimed
+	 * earlier in this chunk is found by probing again (its lines are cached). */
+	uint64_t inserted = 0;
+	for (size_t i = 0; i < n; i++) {
+		const struct dedup_query *x = &q[i];
+		struct dedup_answer *a = &out[i];
+		a->offset = DEDUP_OFFSET_NONE;
+		if (x->event_time_us < d->expire_cutoff_us) {
+			a->verdict = DEDUP_TOO_OLD;
+			continue;
+		}
+		const struct dedup_rec *r = hit[i];
+		if (!r && inserted)
+			r = dedup_hot_find(&d->hot, x->fp.lo, x->fp.hi);
+		if (!r)
+			r = cold_find(d, x->fp.lo, x->fp.hi);
+		if (r) {
+			answer_from(d, r, x->digest, a);
+			continue;
+		}
+		if (!dedup_hot_has_room(&d->hot)) {
+			a->verdict = DEDUP_FULL;
+			continue;
+		}
+		struct dedup_rec nr = {.lo = x->fp.lo, .hi = x->fp.hi, .offset = DEDUP_OFFSET_NONE,
+				       .digest = x->digest};
+		dedup_hot_insert(&d->hot, &nr);
+		inserted++;
+		a->verdict = DEDUP_NEW;
+	}
+	/* Bounded rehash work, and a grow if the table passed its load limit. */
+	dedup_hot_maintain(&d->hot, MIGRATE_PER_INSERT * inserted + MIGRATE_PER_CALL);
+}
+
+void dedup_check_claim(struct dedup_shard *d, const struct dedup_query *q, size_t n,
+		       struct dedup_answer *out)
+{
+	for (size_t i = 0; i < n; i += DEDUP_BATCH)
+		check_chunk(d, q + i, n - i < DEDUP_BATCH ? n - i : DEDUP_BATCH, out + i);
+}
+
+void dedup_set_offset(struct dedup_shard *d, struct tally_fp fp, uint64_t offset)
+{
+	struct dedup_rec *r = dedup_hot_find(&d->hot, fp.lo, fp.hi);
+	if (r && r->offset == DEDUP_OFFSET_NONE)
+		r->offset = offset;
+}
+
+void dedup_abort(struct dedup_shard *d, struct tally_fp fp)
+{
+	struct dedup_rec *r = dedup_hot_find(&d->hot, fp.lo, fp.hi);
+	if (r && dedup_is_pending(d, r->offset))
+		dedup_hot_delete(&d->hot, fp.lo, fp.hi);
+}
+
+/* ---- seal, rebuild, expire, restore ----------------------------------------------------- */
+
+struct collect {
+	uint64_t base, next;
+	struct dedup_rec *recs;
+	size_t n;
+};
+
+static void count_in_range(const struct dedup_rec *r, void *arg)
+{
+	struct collect *c = arg;
+	if (r->offset != DEDUP_OFFSET_NONE && r->offset >= c->base && r->offset < c->next)
+		c->n++;
+}
+
+static void copy_in_range(const struct dedup_rec *r, void *arg)
+{
+	struct collect *c = arg;
+	if (r->offset != DEDUP_OFFSET_NONE && r->offset >= c->base && r->offset < c->next)
+		c->recs[c->n++] = *r;
+}
+
+/* recs must be sorted and unique. Writes the run, loads it, then drops the keys from hot. */
+static int install_generation(struct dedup_shard *d, uint64_t base, uint64_t next,
+			      int64_t max_event_time_us, const struct dedup_rec *recs, size_t n)
+{
+	char path[4200];
+	struct dedup_gen g;
+	int rc = dedup_run_write(d->dir, d->shard, base, next, max_event_time_us, recs, n);
+	if (rc == 0)
+		rc = dedup_run_path(path, sizeof(path), d->dir, d->shard, base);
+	if (rc == 0)
+		rc = dedup_gen_load(&g, path, d->shard, base, d->fp_per_million);
+	if (rc != 0)
+		return rc;
+	rc = gens_add(d, &g);
+	if (rc != 0) {
+		dedup_gen_free(&g);
+		return rc;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct dedup_rec *h = dedup_hot_find(&d->hot, recs[i].lo, recs[i].hi);
+		if (h && h->offset != DEDUP_OFFSET_NONE && h->offset >= base && h->offset < next)
+			dedup_hot_delete(&d->hot, recs[i].lo, recs[i].hi);
+	}
+	d->hot.grow_failed = false; /* room was made: a later grow may be tried again */
+	bad_remove(d, base);
+	return 0;
+}
+
+int dedup_seal_generation(struct dedup_shard *d, uint64_t base_offset, uint64_t next_offset,
+			  int64_t max_event_time_us)
+{
+	if (!d->dir || base_offset >= next_offset || next_offset > d->durable_next)
+		return -EINVAL;
+	if (gens_overlap(d, base_offset, next_offset))
+		return -EEXIST;
+	struct collect c = {.base = base_offset, .next = next_offset};
+	dedup_hot_foreach(&d->hot, count_in_range, &c);
+	if (c.n > DEDUP_RUN_KEYS_MAX)
+		return -E2BIG;
+	size_t n = c.n;
+	struct dedup_rec *buf = malloc((n ? n : 1) * 2 * sizeof(*buf));
+	if (!buf)
+		return -ENOMEM;
+	c.recs = buf;
+	c.n = 0;
+	dedup_hot_foreach(&d->hot, copy_in_range, &c);
+	dedup_sort_recs(buf, buf + n, n);
+	int rc = install_generation(d, base_offset, next_offset, max_event_time_us, buf, n);
+	free(buf);
+	return rc;
+}
+
+int dedup_rebuild_generation(struct dedup_shard *d, uint64_t base_offset, uint64_t next_offset,
+			     int64_t max_event_time_us, struct dedup_key *keys, size_t n)
+{
+	if (!d->dir || base_offset >= next_offset || n > DEDUP_RUN_KEYS_MAX)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if (keys[i].offset < base_offset || keys[i].offset >= next_offset)
+			return -EINVAL;
+	if (gens_overlap(d, base_offset, next_offset))
+		return -EEXIST;
+	struct dedup_rec *buf = malloc((n ? n : 1) * 2 * sizeof(*buf));
+	if (!buf)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		buf[i] = (struct dedup_rec){.lo = keys[i].fp.lo, .hi = keys[i].fp.hi,
+					    .offset = keys[i].offset, .digest = keys[i].digest};
+	dedup_sort_recs(buf, buf + n, n);
+	/* A WAL never holds a key twice, but a run must be strictly ordered: keep the first. */
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (m > 0 && buf[m - 1].lo == buf[i].lo && buf[m - 1].hi == buf[i].hi) {
+			if (buf[i].offset < buf[m - 1].offset)
+				buf[m - 1] = buf[i];
+			continue;
+		}
+		buf[m++] = buf[i];
+	}
+	int rc = install_generation(d, base_offset, next_offset, max_event_time_us, buf, m);
+	free(buf);
+	return rc;
+}
+
+int dedup_expire(struct dedup_shard *d, int64_t now_us)
+{
+	int64_t cutoff = now_us - d->window_us;
+	int expired = 0, err = 0;
+	size_t keep = 0;
+	for (size_t i = 0; i < d->gen_count; i++) {
+		struct dedup_gen *g = &d->gens[i];
+		if (g->max_event_time_us >= cutoff) {
+			d->gens[keep++] = *g;
+			continue;
+		}
+		char path[4200];
+		if (dedup_run_path(path, sizeof(path), d->dir, d->shard, g->base) == 0 &&
+		    unlink(path) != 0 && errno != ENOENT && err == 0)
+			err = -errno;
+		d->cold_keys -= g->count;
+		dedup_gen_free(g);
+		expired++;
+	}
+	d->gen_count = keep;
+	if (cutoff > d->expire_cutoff_us)
+		d->expire_cutoff_us = cutoff;
+	return err ? err : expired;
+}
+
+int dedup_restore_key(struct dedup_shard *d, struct tally_fp fp, uint32_t digest, uint64_t offset)
+{
+	if (dedup_hot_find(&d->hot, fp.lo, fp.hi))
+		return 0; /* WAL order: the first occurrence stands */
+	if (!dedup_hot_has_room(&d->hot))
+		dedup_hot_maintain(&d->hot, UINT64_MAX);
+	if (!dedup_hot_has_room(&d->hot))
+		return -ENOSPC;
+	struct dedup_rec r = {.lo = fp.lo, .hi = fp.hi, .offset = offset, .digest = digest};
+	dedup_hot_insert(&d->hot, &r);
+	dedup_hot_maintain(&d->hot, MIGRATE_PER_INSERT);
+	return 0;
+}
+
+size_t dedup_bad_runs(const struct dedup_shard *d, uint64_t *bases, size_t cap)
+{
+	for (size_t i = 0; i < d->bad_count && i < cap; i++)
+		bases[i] = d->bad[i];
+	return d->bad_count;
+}
+
+bool dedup_has_generation(const struct dedup_shard *d, uint64_t base_offset)
+{
+	for (size_t i = 0; i < d->gen_count; i++)
+		if (d->gens[i].base == base_offset)
+			return true;
+	return false;
+}
+
+void dedup_stats(const struct dedup_shard *d, struct dedup_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->hot_keys = dedup_hot_count(&d->hot);
+	out->cold_keys = d->cold_keys;
+	out->hot_bytes = dedup_hot_bytes(&d->hot);
+	out->cold_ram_bytes = d->gen_cap * sizeof(struct dedup_gen);
+	for (size_t i = 0; i < d->gen_count; i++)
+		out->cold_ram_bytes += dedup_gen_ram_bytes(&d->gens[i]);
+	out->generations = d->gen_count;
+	out->bloom_checks = d->bloom_checks;
+	out->run_searches = d->run_searches;
+	out->grows = d->hot.grows;
+}

@@ -1,0 +1,439 @@
+/*
+ * dedup_cold.c — the cold tier: one generation per sealed WAL segment = a sorted run of
+ * 32-byte records on disk (<dir>/shard-NN/<20-digit base>.keys, format in docs/dedup.md
+ * "The .keys run"), mmap'd read-only, plus in RAM a cache-line-blocked bloom filter and a sparse
+ * index (one u32 per ~128 records). A lookup tests the bloom (one cache line) and searches the
+ * run only on a hit: binary search inside the sparse-index bucket, ~2 pages.
+ *
+ * Invariants of a loaded generation: the run's checksum matched, its records are strictly
+ * increasing by (lo, hi), every offset lies in [base, next), and every record is in the bloom.
+ * A run that fails any check is never used (-EBADMSG), so a bad run can cause a missed
+ * duplicate only until the caller rebuilds it, never a false one.
+ *
+ * Floating point is used only to size blooms (dedup_bloom_blocks_for), never on a lookup.
+ * Thread: the owning thread of the shard.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
+#include <xxhash.h>
+
+#include "dedup_internal.h"
+
+/* ---- bloom ------------------------------------------------------------------------------ */
+
+/* Expected FP rate with mean block load lambda: block loads are Poisson(lambda); with j keys in
+ * a block a word has a given bit set with probability 1 - (63/64)^j, and a miss needs all 8. */
+static double bloom_fp_rate(double lambda)
+{
+	double pmf = exp(-lambda), sum = 0.0, q = 1.0;
+	uint64_t jmax = (uint64_t)(lambda * 3.0) + 64;
+	for (uint64_t j = 0; j <= jmax; j++) {
+		double f = 1.0 - q, f2 = f * f, f4 = f2 * f2;
+		sum += pmf * f4 * f4;
+		pmf *= lambda / (double)(j + 1);
+		q *= 63.0 / 64.0;
+	}
+	return sum;
+}
+
+uint64_t dedup_bloom_blocks_for(uint64_t n, uint32_t fp_per_million)
+{
+	if (fp_per_million == 0)
+		fp_per_million = DEDUP_BLOOM_FP_PER_MILLION_DEFAULT;
+	if (fp_per_million > 500000)
+		fp_per_million = 500000;
+	double target = (double)fp_per_million / 1e6;
+	/* Largest mean load whose FP rate is within target; lambda < 700 keeps exp() finite. */
+	double lo = 0.0, hi = 600.0;
+	for (int it = 0; it < 60; it++) {
+		double mid = (lo + hi) / 2;
+		if (bloom_fp_rate(mid) <= target)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	if (lo < 1e-3)
+		lo = 1e-3;
+	double blocks = ceil((double)n / lo);
+	return blocks < 1.0 ? 1 : (uint64_t)blocks;
+}
+
+uint64_t dedup_bloom_expected_fp_ppb(uint64_t n, uint64_t nblocks)
+{
+	return (uint64_t)(bloom_fp_rate((double)n / (double)nblocks) * 1e9);
+}
+
+int dedup_bloom_init(struct dedup_bloom *b, uint64_t nblocks)
+{
+	void *p = NULL;
+	b->words = NULL;
+	b->nblocks = 0;
+	if (nblocks == 0 || nblocks > (UINT64_MAX >> 7))
+		return -EINVAL;
+	if (posix_memalign(&p, 64, nblocks * 64) != 0)
+		return -ENOMEM;
+	memset(p, 0, nblocks * 64);
+	b->words = p;
+	b->nblocks = nblocks;
+	return 0;
+}
+
+void dedup_bloom_free(struct dedup_bloom *b)
+{
+	free(b->words);
+	b->words = NULL;
+	b->nblocks = 0;
+}
+
+static inline uint64_t *bloom_block(const struct dedup_bloom *b, uint64_t lo)
+{
+	return b->words + (uint64_t)(((unsigned __int128)lo * b->nblocks) >> 64) * 8;
+}
+
+void dedup_bloom_add(struct dedup_bloom *b, uint64_t lo, uint64_t hi)
+{
+	uint64_t *w = bloom_block(b, lo);
+	for (int k = 0; k < 8; k++)
+		w[k] |= 1ULL << ((hi >> (6 * k)) & 63);
+}
+
+bool dedup_bloom_test(const struct dedup_bloom *b, uint64_t lo, uint64_t hi)
+{
+	const uint64_t *w = bloom_block(b, lo);
+	uint64_t miss = 0;
+	for (int k = 0; k < 8; k++) {
+		uint64_t bit = 1ULL << ((hi >> (6 * k)) & 63);
+		miss |= bit & ~w[k];
+	}
+	return miss == 0;
+}
+
+void dedup_bloom_prefetch(const struct dedup_bloom *b, uint64_t lo)
+{
+	__builtin_prefetch(bloom_block(b, lo), 0, 3);
+}
+
+/* ---- sorting ---------------------------------------------------------------------------- */
+
+static int rec_cmp(const void *a, const void *b)
+{
+	const struct dedup_rec *x = a, *y = b;
+	if (x->lo != y->lo)
+		return x->lo < y->lo ? -1 : 1;
+	if (x->hi != y->hi)
+		return x->hi < y->hi ? -1 : 1;
+	return 0;
+}
+
+static inline bool rec_less(uint64_t alo, uint64_t ahi, const struct dedup_rec *b)
+{
+	return alo < b->lo || (alo == b->lo && ahi < b->hi);
+}
+
+/* One counting pass on the top 16 bits of lo (uniform), then small qsorts per bucket. */
+void dedup_sort_recs(struct dedup_rec *recs, struct dedup_rec *tmp, size_t n)
+{
+	enum { BUCKETS = 1 << 16 };
+	if (n < 4096) {
+		qsort(recs, n, sizeof(*recs), rec_cmp);
+		return;
+	}
+	uint32_t *start = calloc(BUCKETS + 1, sizeof(uint32_t));
+	if (!start) { /* fall back: slower, no extra memory */
+		qsort(recs, n, sizeof(*recs), rec_cmp);
+		return;
+	}
+	size_t *pos = NULL;
+	for (size_t i = 0; i < n; i++)
+		start[(recs[i].lo >> 48) + 1]++;
+	for (size_t k = 0; k < BUCKETS; k++)
+		start[k + 1] += start[k];
+	pos = malloc(BUCKETS * sizeof(size_t));
+	if (!pos) {
+		free(start);
+		qsort(recs, n, sizeof(*recs), rec_cmp);
+		return;
+	}
+	for (size_t k = 0; k < BUCKETS; k++)
+		pos[k] = start[k];
+	for (size_t i = 0; i < n; i++)
+		tmp[pos[recs[i].lo >> 48]++] = recs[i];
+	for (size_t k = 0; k < BUCKETS; k++)
+		if (start[k + 1] - start[k] > 1)
+			qsort(tmp + start[k], start[k + 1] - start[k], sizeof(*tmp), rec_cmp);
+	memcpy(recs, tmp, n * sizeof(*recs));
+	free(pos);
+	free(start);
+}
+
+/* ---- paths ------------------------------------------------------------------------------ */
+
+int dedup_shard_dir(char *buf, size_t cap, const char *dir, uint16_t shard)
+{
+	int len = snprintf(buf, cap, "%s/shard-%02u", dir, (unsigned)shard);
+	return (len < 0 || (size_t)len >= cap) ? -ENAMETOOLONG : 0;
+}
+
+int dedup_run_path(char *buf, size_t cap, const char *dir, uint16_t shard, uint64_t base)
+{
+	int len = snprintf(buf, cap, "%s/shard-%02u/%020" PRIu64 ".keys", dir, (unsigned)shard,
+			   base);
+	return (len < 0 || (size_t)len >= cap) ? -ENAMETOOLONG : 0;
+}
+
+/* ---- run file --------------------------------------------------------------------------- */
+
+static void put_u16(uint8_t *p, uint16_t v)
+{
+	memcpy(p, &v, 2); /* little-endian host, checked in dedup_internal.h */
+}
+static void put_u32(uint8_t *p, uint32_t v)
+{
+	memcpy(p, &v, 4);
+}
+static void put_u64(uint8_t *p, uint64_t v)
+{
+	memcpy(p, &v, 8);
+}
+static uint16_t get_u16(const uint8_t *p)
+{
+	uint16_t v;
+	memcpy(&v, p, 2);
+	return v;
+}
+static uint32_t get_u32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return v;
+}
+static uint64_t get_u64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return v;
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	while (len > 0) {
+		size_t chunk = len > (1u << 30) ? (1u << 30) : len;
+		ssize_t w = write(fd, p, chunk);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (w == 0)
+			return -EIO;
+		p += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
+static int fsync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = fsync(fd) == 0 ? 0 : -errno;
+	close(fd);
+	return rc;
+}
+
+static uint64_t run_checksum(const uint8_t *header, const struct dedup_rec *recs, size_t n)
+{
+	XXH3_state_t st;
+	XXH3_64bits_reset(&st);
+	XXH3_64bits_update(&st, header, 56);
+	XXH3_64bits_update(&st, recs, n * sizeof(*recs));
+	return XXH3_64bits_digest(&st);
+}
+
+int dedup_run_write(const char *dir, uint16_t shard, uint64_t base, uint64_t next,
+		    int64_t max_event_time_us, const struct dedup_rec *recs, size_t n)
+{
+	char sdir[4096], path[4096], tmp[4200];
+	int rc = dedup_shard_dir(sdir, sizeof(sdir), dir, shard);
+	if (rc == 0)
+		rc = dedup_run_path(path, sizeof(path), dir, shard, base);
+	if (rc != 0)
+		return rc;
+	if (n > DEDUP_RUN_KEYS_MAX)
+		return -EINVAL;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+
+	uint8_t h[DEDUP_RUN_HEADER_BYTES] = {0};
+	memcpy(h, DEDUP_RUN_MAGIC, 8);
+	put_u32(h + 8, DEDUP_RUN_VERSION);
+	put_u16(h + 12, shard);
+	put_u64(h + 16, base);
+	put_u64(h + 24, next);
+	put_u64(h + 32, (uint64_t)max_event_time_us);
+	put_u64(h + 40, n);
+	put_u32(h + 48, (uint32_t)sizeof(struct dedup_rec));
+	put_u64(h + 56, run_checksum(h, recs, n));
+
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	rc = write_all(fd, h, sizeof(h));
+	if (rc == 0)
+		rc = write_all(fd, recs, n * sizeof(*recs));
+	/* fdatasync failing is fatal for this run: report it, never claim the run is durable. */
+	if (rc == 0 && fdatasync(fd) != 0)
+		rc = -errno;
+	if (close(fd) != 0 && rc == 0)
+		rc = -errno;
+	if (rc != 0)
+		goto out_unlink_tmp;
+	if (rename(tmp, path) != 0) {
+		rc = -errno;
+		goto out_unlink_tmp;
+	}
+	return fsync_dir(sdir);
+
+out_unlink_tmp:
+	unlink(tmp);
+	return rc;
+}
+
+static int build_index(struct dedup_gen *g)
+{
+	uint32_t bits = 0;
+	while (bits < 24 && (g->count >> (bits + 8)) > 0) /* ~128..256 records per bucket */
+		bits++;
+	size_t entries = ((size_t)1 << bits) + 1;
+	g->index = malloc(entries * sizeof(uint32_t));
+	if (!g->index)
+		return -ENOMEM;
+	g->index_bits = bits;
+	uint64_t i = 0;
+	for (size_t t = 0; t + 1 < entries; t++) {
+		while (i < g->count && bits > 0 && (g->recs[i].lo >> (64 - bits)) < t)
+			i++;
+		g->index[t] = (uint32_t)i;
+	}
+	g->index[entries - 1] = (uint32_t)g->count;
+	return 0;
+}
+
+int dedup_gen_load(struct dedup_gen *g, const char *path, uint16_t shard, uint64_t base,
+		   uint32_t fp_per_million)
+{
+	memset(g, 0, sizeof(*g));
+	int rc = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) != 0) {
+		rc = -errno;
+		goto out_close;
+	}
+	if (st.st_size < (off_t)DEDUP_RUN_HEADER_BYTES) {
+		rc = -EBADMSG;
+		goto out_close;
+	}
+	size_t bytes = (size_t)st.st_size;
+	void *map = mmap(NULL, bytes, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+	if (map == MAP_FAILED) {
+		rc = -errno;
+		goto out_close;
+	}
+	g->map = map;
+	g->map_bytes = bytes;
+	const uint8_t *h = map;
+	uint64_t count = get_u64(h + 40);
+	if (memcmp(h, DEDUP_RUN_MAGIC, 8) != 0 || get_u32(h + 8) != DEDUP_RUN_VERSION ||
+	    get_u16(h + 12) != shard || get_u64(h + 16) != base ||
+	    get_u64(h + 24) <= base || get_u32(h + 48) != sizeof(struct dedup_rec) ||
+	    count > DEDUP_RUN_KEYS_MAX ||
+	    count != (bytes - DEDUP_RUN_HEADER_BYTES) / sizeof(struct dedup_rec) ||
+	    (bytes - DEDUP_RUN_HEADER_BYTES) % sizeof(struct dedup_rec) != 0) {
+		rc = -EBADMSG;
+		goto out_unmap;
+	}
+	g->base = base;
+	g->next = get_u64(h + 24);
+	g->max_event_time_us = (int64_t)get_u64(h + 32);
+	g->count = count;
+	g->recs = (const struct dedup_rec *)(h + DEDUP_RUN_HEADER_BYTES);
+	if (run_checksum(h, g->recs, count) != get_u64(h + 56)) {
+		rc = -EBADMSG;
+		goto out_unmap;
+	}
+	rc = dedup_bloom_init(&g->bloom, dedup_bloom_blocks_for(count, fp_per_million));
+	if (rc != 0)
+		goto out_unmap;
+	/* One sequential pass: order and bounds checks, bloom adds prefetched 16 ahead. */
+	for (uint64_t i = 0; i < count; i++) {
+		const struct dedup_rec *r = &g->recs[i];
+		if (i + 16 < count)
+			dedup_bloom_prefetch(&g->bloom, g->recs[i + 16].lo);
+		if ((i > 0 && !rec_less(r[-1].lo, r[-1].hi, r)) || r->offset < g->base ||
+		    r->offset >= g->next) {
+			rc = -EBADMSG;
+			goto out_bloom;
+		}
+		dedup_bloom_add(&g->bloom, r->lo, r->hi);
+	}
+	rc = build_index(g);
+	if (rc != 0)
+		goto out_bloom;
+	/* From now on the run is only searched at random: no readahead. */
+	(void)madvise(map, bytes, MADV_RANDOM);
+	close(fd);
+	return 0;
+
+out_bloom:
+	dedup_bloom_free(&g->bloom);
+out_unmap:
+	munmap(map, bytes);
+out_close:
+	close(fd);
+	memset(g, 0, sizeof(*g));
+	return rc;
+}
+
+void dedup_gen_free(struct dedup_gen *g)
+{
+	if (g->map)
+		munmap(g->map, g->map_bytes);
+	dedup_bloom_free(&g->bloom);
+	free(g->index);
+	memset(g, 0, sizeof(*g));
+}
+
+const struct dedup_rec *dedup_gen_search(const struct dedup_gen *g, uint64_t lo, uint64_t hi)
+{
+	uint64_t t = g->index_bits ? lo >> (64 - g->index_bits) : 0;
+	uint64_t l = g->index[t], r = g->index[t + 1];
+	while (l < r) { /* first record not less than (lo, hi) */
+		uint64_t m = l + (r - l) / 2;
+		if (g->recs[m].lo < lo || (g->recs[m].lo == lo && g->recs[m].hi < hi))
+			l = m + 1;
+		else
+			r = m;
+	}
+	if (l < g->count && g->recs[l].lo == lo && g->recs[l].hi == hi)
+		return &g->recs[l];
+	return NULL;
+}
+
+uint64_t dedup_gen_ram_bytes(const struct dedup_gen *g)
+{
+	return g->bloom.nblocks * 64 + (((uint64_t)1 << g->index_bits) + 1) * sizeof(uint32_t) +
+	       sizeof(*g);
+}

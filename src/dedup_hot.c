@@ -1,0 +1,270 @@
+/*
+ * dedup_hot.c — the hot tier: a linear-probing table of 32-byte records (full 128-bit fp,
+ * digest, WAL offset) with a parallel array of 16-bit tags, so that a probe for an absent key
+ * (the common case: most events are new) reads tags only — 32 per cache line — and touches a
+ * record only on a tag match. Layout and bit budget: docs/dedup.md "Hot tier".
+ *
+ * Invariants:
+ *  - capacity is a power of two <= DEDUP_HOT_SLOTS_MAX; home slot = fp.lo & mask;
+ *    tags[i] == 0 <=> slot i empty; a tag is fp.lo bits 32..47 (0 mapped to 1).
+ *  - linear probing without tombstones: no empty slot lies between a key's home and its slot
+ *    (deletion is by backward shift, which keeps this true), so a probe stops at the first
+ *    empty slot.
+ *  - load never exceeds 15/16 (dedup_hot_has_room), so every probe meets an empty slot.
+ *  - growth (at 4/5 load) maps a table twice as large and moves the old one over
+ *    incrementally: a bounded number of old slots per call (dedup_hot_maintain), walking a
+ *    cursor from slot 0 up. Moving the key at the cursor deletes it from old by backward
+ *    shift, which can only pull keys from above the cursor into it, so every old slot below
+ *    the cursor stays empty and its pages are released as the cursor passes them. A key is in
+ *    exactly one table; lookups try cur, then old.
+ *  - memory comes from mmap at start-up (sized from expected_keys) and at each doubling only.
+ *
+ * Thread: the owning thread of the shard. No locks.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "dedup_internal.h"
+
+#define HOT_SLOTS_MIN         1024u /* hard limit - grow limit > DEDUP_BATCH */
+#define HOT_RELEASE_SLOTS     65536u /* 2 MiB of records, 128 KiB of tags: page multiples */
+
+static uint64_t grow_limit(uint64_t cap)
+{
+	return cap / 5 * 4; /* 4/5 */
+}
+
+static uint64_t hard_limit(uint64_t cap)
+{
+	return cap - cap / 16; /* 15/16 */
+}
+
+static void *map_zeroed(size_t bytes)
+{
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		       -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	/* Random access over gigabytes: huge pages cut the TLB misses. Only a hint. */
+	if (bytes >= (4u << 20))
+		(void)madvise(p, bytes, MADV_HUGEPAGE);
+	return p;
+}
+
+static void table_unmap(struct dedup_table *t)
+{
+	if (t->tags)
+		munmap(t->tags, (t->mask + 1) * sizeof(uint16_t));
+	if (t->slots)
+		munmap(t->slots, (t->mask + 1) * sizeof(struct dedup_rec));
+	memset(t, 0, sizeof(*t));
+}
+
+static int table_map(struct dedup_table *t, uint64_t cap)
+{
+	memset(t, 0, sizeof(*t));
+	t->tags = map_zeroed(cap * sizeof(uint16_t));
+	t->slots = map_zeroed(cap * sizeof(struct dedup_rec));
+	t->mask = cap - 1;
+	if (!t->tags || !t->slots) {
+		table_unmap(t);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+int dedup_hot_init(struct dedup_hot *h, uint64_t expected_keys)
+{
+	memset(h, 0, sizeof(*h));
+	uint64_t cap = HOT_SLOTS_MIN;
+	while (cap < DEDUP_HOT_SLOTS_MAX && grow_limit(cap) < expected_keys)
+		cap <<= 1;
+	return table_map(&h->cur, cap);
+}
+
+void dedup_hot_free(struct dedup_hot *h)
+{
+	table_unmap(&h->cur);
+	table_unmap(&h->old);
+	memset(h, 0, sizeof(*h));
+}
+
+static struct dedup_rec *table_find(const struct dedup_table *t, uint64_t lo, uint64_t hi)
+{
+	uint16_t tag = dedup_tag_of(lo);
+	/* Bounded: load <= 15/16, so an empty slot is always met. */
+	for (uint64_t i = lo & t->mask;; i = (i + 1) & t->mask) {
+		uint16_t g = t->tags[i];
+		if (g == 0)
+			return NULL;
+		if (g == tag && t->slots[i].lo == lo && t->slots[i].hi == hi)
+			return &t->slots[i];
+	}
+}
+
+static uint64_t table_find_index(const struct dedup_table *t, uint64_t lo, uint64_t hi)
+{
+	struct dedup_rec *r = table_find(t, lo, hi);
+	return r ? (uint64_t)(r - t->slots) : UINT64_MAX;
+}
+
+static struct dedup_rec *table_insert(struct dedup_table *t, const struct dedup_rec *r)
+{
+	uint64_t i = r->lo & t->mask;
+	while (t->tags[i] != 0)
+		i = (i + 1) & t->mask;
+	t->tags[i] = dedup_tag_of(r->lo);
+	t->slots[i] = *r;
+	t->count++;
+	return &t->slots[i];
+}
+
+/* Backward-shift deletion of slot i: keeps "no hole between home and slot" for every key. */
+static void table_delete_at(struct dedup_table *t, uint64_t i)
+{
+	uint64_t j = i;
+	for (;;) {
+		j = (j + 1) & t->mask;
+		if (t->tags[j] == 0)
+			break;
+		uint64_t home = t->slots[j].lo & t->mask;
+		/* The key at j may fill hole i iff its home is not cyclically inside (i, j]. */
+		if (((j - home) & t->mask) >= ((j - i) & t->mask)) {
+			t->tags[i] = t->tags[j];
+			t->slots[i] = t->slots[j];
+			i = j;
+		}
+	}
+	t->tags[i] = 0;
+	memset(&t->slots[i], 0, sizeof(t->slots[i]));
+	t->count--;
+}
+
+struct dedup_rec *dedup_hot_find(struct dedup_hot *h, uint64_t lo, uint64_t hi)
+{
+	struct dedup_rec *r = table_find(&h->cur, lo, hi);
+	if (!r && h->migrating)
+		r = table_find(&h->old, lo, hi);
+	return r;
+}
+
+uint64_t dedup_hot_count(const struct dedup_hot *h)
+{
+	return h->cur.count + (h->migrating ? h->old.count : 0);
+}
+
+bool dedup_hot_has_room(const struct dedup_hot *h)
+{
+	return dedup_hot_count(h) + 1 <= hard_limit(h->cur.mask + 1);
+}
+
+struct dedup_rec *dedup_hot_insert(struct dedup_hot *h, const struct dedup_rec *r)
+{
+	return table_insert(&h->cur, r);
+}
+
+bool dedup_hot_delete(struct dedup_hot *h, uint64_t lo, uint64_t hi)
+{
+	uint64_t i = table_find_index(&h->cur, lo, hi);
+	if (i != UINT64_MAX) {
+		table_delete_at(&h->cur, i);
+		return true;
+	}
+	if (h->migrating) {
+		i = table_find_index(&h->old, lo, hi);
+		if (i != UINT64_MAX) {
+			/* i >= cursor (slots below it are empty); the shift stays above it. */
+			table_delete_at(&h->old, i);
+			return true;
+		}
+	}
+	return false;
+}
+
+static void release_old_below_cursor(struct dedup_hot *h)
+{
+	while (h->released_slots + HOT_RELEASE_SLOTS <= h->cursor) {
+		(void)madvise(h->old.slots + h->released_slots,
+			      HOT_RELEASE_SLOTS * sizeof(struct dedup_rec), MADV_DONTNEED);
+		(void)madvise(h->old.tags + h->released_slots, HOT_RELEASE_SLOTS * sizeof(uint16_t),
+			      MADV_DONTNEED);
+		h->released_slots += HOT_RELEASE_SLOTS;
+	}
+}
+
+static void migrate(struct dedup_hot *h, uint64_t budget)
+{
+	struct dedup_table *o = &h->old;
+	while (budget-- > 0 && h->cursor <= o->mask) {
+		if (o->tags[h->cursor] != 0) {
+			table_insert(&h->cur, &o->slots[h->cursor]);
+			/* The shift may pull another key into the cursor slot: look again. */
+			table_delete_at(o, h->cursor);
+		} else {
+			h->cursor++;
+		}
+	}
+	release_old_below_cursor(h);
+	if (h->cursor > o->mask) {
+		table_unmap(o);
+		h->migrating = false;
+		h->cursor = 0;
+		h->released_slots = 0;
+	}
+}
+
+void dedup_hot_maintain(struct dedup_hot *h, uint64_t budget)
+{
+	if (h->migrating)
+		migrate(h, budget);
+	uint64_t cap = h->cur.mask + 1;
+	if (dedup_hot_count(h) <= grow_limit(cap) || h->grow_failed || cap >= DEDUP_HOT_SLOTS_MAX)
+		return;
+	if (h->migrating) /* not reached with the per-call budget; bounded by old's capacity */
+		migrate(h, UINT64_MAX);
+	struct dedup_table bigger;
+	if (table_map(&bigger, cap * 2) != 0) {
+		h->grow_failed = true;
+		return;
+	}
+	h->old = h->cur;
+	h->cur = bigger;
+	h->migrating = true;
+	h->cursor = 0;
+	h->released_slots = 0;
+	h->grows++;
+}
+
+void dedup_hot_prefetch(const struct dedup_hot *h, uint64_t lo)
+{
+	uint64_t i = lo & h->cur.mask;
+	__builtin_prefetch(&h->cur.tags[i], 0, 3);
+	__builtin_prefetch(&h->cur.slots[i], 1, 3);
+	if (h->migrating) {
+		i = lo & h->old.mask;
+		__builtin_prefetch(&h->old.tags[i], 0, 3);
+	}
+}
+
+uint64_t dedup_hot_bytes(const struct dedup_hot *h)
+{
+	uint64_t per = sizeof(uint16_t) + sizeof(struct dedup_rec);
+	uint64_t b = (h->cur.mask + 1) * per;
+	if (h->migrating)
+		b += (h->old.mask + 1 - h->released_slots) * per;
+	return b;
+}
+
+void dedup_hot_foreach(const struct dedup_hot *h, void (*fn)(const struct dedup_rec *, void *),
+		       void *arg)
+{
+	for (uint64_t i = 0; i <= h->cur.mask; i++)
+		if (h->cur.tags[i])
+			fn(&h->cur.slots[i], arg);
+	if (h->migrating)
+		for (uint64_t i = h->cursor; i <= h->old.mask; i++)
+			if (h->old.tags[i])
+				fn(&h->old.slots[i], arg);
+}

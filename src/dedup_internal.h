@@ -1,0 +1,134 @@
+/*
+ * dedup_internal.h — private pieces of the dedup shard shared by dedup.c (shard, verdicts),
+ * dedup_hot.c (open-addressing table with incremental rehash) and dedup_cold.c (runs, blooms,
+ * sparse indexes). Tests include it to exercise the pieces directly. Not a public API.
+ */
+#ifndef TALLY_DEDUP_INTERNAL_H
+#define TALLY_DEDUP_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tally/dedup.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "dedup: the .keys run format is read in place (mmap) and needs a little-endian host"
+#endif
+
+/* One hot slot, and also one record of a .keys run (same 32 bytes, see docs/dedup.md). */
+struct dedup_rec {
+	uint64_t lo;
+	uint64_t hi;
+	uint64_t offset;
+	uint32_t digest;
+	uint32_t reserved; /* 0 */
+};
+_Static_assert(sizeof(struct dedup_rec) == 32, "dedup_rec is 32 bytes on disk");
+
+/* ---- hot table (dedup_hot.c) ------------------------------------------------------------ */
+
+/* One linear-probing table: tags[i] == 0 means slot i is empty. */
+struct dedup_table {
+	uint16_t *tags;
+	struct dedup_rec *slots;
+	uint64_t mask;  /* capacity - 1; capacity is a power of two */
+	uint64_t count; /* occupied slots */
+};
+
+/*
+ * cur takes every insert. While `migrating`, old holds the keys not yet moved: slots of old
+ * below `cursor` are empty (and their pages released); a key is in cur or old, never both.
+ */
+struct dedup_hot {
+	struct dedup_table cur;
+	struct dedup_table old;
+	bool migrating;
+	uint64_t cursor;
+	uint64_t released_slots; /* old slots [0, released_slots) were madvise(DONTNEED)ed */
+	uint64_t grows;
+	bool grow_failed; /* last mmap for a grow failed: run on to the hard limit */
+};
+
+static inline uint16_t dedup_tag_of(uint64_t lo)
+{
+	uint16_t t = (uint16_t)(lo >> 32);
+	return t ? t : 1;
+}
+
+int dedup_hot_init(struct dedup_hot *h, uint64_t expected_keys)
+	__attribute__((warn_unused_result));
+void dedup_hot_free(struct dedup_hot *h);
+/* Pointer to the slot holding fp, or NULL. Valid until the next insert-with-migration/delete. */
+struct dedup_rec *dedup_hot_find(struct dedup_hot *h, uint64_t lo, uint64_t hi);
+/* True if one more key fits without passing the hard load limit. */
+bool dedup_hot_has_room(const struct dedup_hot *h);
+/* Inserts a key known to be absent; dedup_hot_has_room() must be true. */
+struct dedup_rec *dedup_hot_insert(struct dedup_hot *h, const struct dedup_rec *r);
+/* Removes fp if present; true if it was. */
+bool dedup_hot_delete(struct dedup_hot *h, uint64_t lo, uint64_t hi);
+/* Moves up to `budget` old slots into cur; starts a grow when cur is past its grow load. */
+void dedup_hot_maintain(struct dedup_hot *h, uint64_t budget);
+/* Prefetches the home lines of a key (tags and slots) in the table(s) it may be in. */
+void dedup_hot_prefetch(const struct dedup_hot *h, uint64_t lo);
+uint64_t dedup_hot_count(const struct dedup_hot *h);
+uint64_t dedup_hot_bytes(const struct dedup_hot *h);
+/* Calls fn for every hot key (both tables). */
+void dedup_hot_foreach(const struct dedup_hot *h, void (*fn)(const struct dedup_rec *, void *),
+		       void *arg);
+
+/* ---- bloom filter (dedup_cold.c) ------------------------------------------------------- */
+
+/* Cache-line blocked: a key picks one 64-byte block (8 x u64) by fastrange over fp.lo and sets
+ * one bit in each of the 8 words, the bit index taken from fp.hi bits 6w..6w+5. */
+struct dedup_bloom {
+	uint64_t *words;   /* nblocks * 8, 64-byte aligned */
+	uint64_t nblocks;
+};
+
+/* Blocks needed for n keys at fp_per_million (exact expectation, Poisson block loads). */
+uint64_t dedup_bloom_blocks_for(uint64_t n, uint32_t fp_per_million);
+/* Expected false-positive rate in parts per billion for n keys in nblocks. */
+uint64_t dedup_bloom_expected_fp_ppb(uint64_t n, uint64_t nblocks);
+int dedup_bloom_init(struct dedup_bloom *b, uint64_t nblocks) __attribute__((warn_unused_result));
+void dedup_bloom_free(struct dedup_bloom *b);
+void dedup_bloom_add(struct dedup_bloom *b, uint64_t lo, uint64_t hi);
+bool dedup_bloom_test(const struct dedup_bloom *b, uint64_t lo, uint64_t hi);
+void dedup_bloom_prefetch(const struct dedup_bloom *b, uint64_t lo);
+
+/* ---- cold generations (dedup_cold.c) --------------------------------------------------- */
+
+struct dedup_gen {
+	uint64_t base, next;
+	int64_t max_event_time_us;
+	uint64_t count;
+	const struct dedup_rec *recs; /* mmap'd run, records sorted by (lo, hi) */
+	void *map;
+	size_t map_bytes;
+	struct dedup_bloom bloom;
+	uint32_t *index;   /* (1 << index_bits) + 1 entries: first record with lo>>(64-bits) >= i */
+	uint32_t index_bits;
+};
+
+#define DEDUP_RUN_MAGIC       "TLYKEYS1"
+#define DEDUP_RUN_VERSION     1u
+#define DEDUP_RUN_HEADER_BYTES 64u
+
+/* Sorts recs[0..n) by (lo, hi); tmp is scratch of n records. */
+void dedup_sort_recs(struct dedup_rec *recs, struct dedup_rec *tmp, size_t n);
+/* Writes a run file for sorted recs (tmp, fdatasync, rename, dir fsync). 0 or -errno. */
+int dedup_run_write(const char *dir, uint16_t shard, uint64_t base, uint64_t next,
+		    int64_t max_event_time_us, const struct dedup_rec *recs, size_t n)
+	__attribute__((warn_unused_result));
+/* Maps and verifies a run file, builds bloom + index. 0, -EBADMSG (bad run) or -errno. */
+int dedup_gen_load(struct dedup_gen *g, const char *path, uint16_t shard, uint64_t base,
+		   uint32_t fp_per_million) __attribute__((warn_unused_result));
+void dedup_gen_free(struct dedup_gen *g);
+/* The record for fp in g's run, or NULL (binary search inside the sparse-index bucket). */
+const struct dedup_rec *dedup_gen_search(const struct dedup_gen *g, uint64_t lo, uint64_t hi);
+uint64_t dedup_gen_ram_bytes(const struct dedup_gen *g);
+/* "<dir>/shard-NN" and "<dir>/shard-NN/<base>.keys" into buf; -ENAMETOOLONG if cap too small. */
+int dedup_shard_dir(char *buf, size_t cap, const char *dir, uint16_t shard);
+int dedup_run_path(char *buf, size_t cap, const char *dir, uint16_t shard, uint64_t base);
+
+#endif /* TALLY_DEDUP_INTERNAL_H */
