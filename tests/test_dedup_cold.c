@@ -1,0 +1,283 @@
+/*
+ * test_dedup_cold.c — cold tier of the dedup shard: measured bloom FP rate against the
+ * configured one, sealing into .keys runs and cold lookups (DUPLICATE/CONFLICT, no false
+ * duplicate over 1M fresh keys), restart (runs + restored WAL tail) equal to the state before
+ * the simulated crash, bad and truncated runs reported and rebuilt, expiry by generation.
+ * Works in a fresh directory under $TMPDIR (default /tmp).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dedup_internal.h"
+#include "tally/dedup.h"
+#include "test_dedup_util.h"
+
+static char g_dir[512];
+
+static void rm_rf(const char *dir)
+{
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	CHECK(system(cmd) == 0);
+}
+
+static void test_bloom_fp(uint32_t fp_per_million, uint64_t n)
+{
+	struct dedup_bloom b;
+	uint64_t blocks = dedup_bloom_blocks_for(n, fp_per_million);
+	CHECK(dedup_bloom_init(&b, blocks) == 0);
+	for (uint64_t i = 0; i < n; i++) {
+		struct tally_fp fp = dtest_fp(10, i);
+		dedup_bloom_add(&b, fp.lo, fp.hi);
+	}
+	for (uint64_t i = 0; i < n; i++) { /* no false negative */
+		struct tally_fp fp = dtest_fp(10, i);
+		CHECK(dedup_bloom_test(&b, fp.lo, fp.hi));
+	}
+	uint64_t probes = 2000000, fps = 0;
+	for (uint64_t i = 0; i < probes; i++) {
+		struct tally_fp fp = dtest_fp(11, i);
+		fps += dedup_bloom_test(&b, fp.lo, fp.hi);
+	}
+	/* measured rate in parts per million, against the target +-20% */
+	uint64_t measured_ppm = fps * 1000000 / probes;
+	printf("bloom: target %u ppm, measured %" PRIu64 " ppm (%" PRIu64 "/%" PRIu64
+	       "), %.2f bits/key, expected %" PRIu64 " ppb\n",
+	       fp_per_million, measured_ppm, fps, probes, (double)blocks * 512 / (double)n,
+	       dedup_bloom_expected_fp_ppb(n, blocks));
+	CHECK(measured_ppm * 10 >= (uint64_t)fp_per_million * 8);
+	CHECK(measured_ppm * 10 <= (uint64_t)fp_per_million * 12);
+	dedup_bloom_free(&b);
+}
+
+struct world {
+	struct dedup_options opt;
+	struct dedup_shard *d;
+	uint64_t n;        /* keys claimed: key i has offset i (1 event per offset) */
+	uint64_t sealed;   /* offsets < sealed are in runs */
+};
+
+static void claim_range(struct dedup_shard *d, uint64_t seed, uint64_t from, uint64_t to)
+{
+	struct dedup_query q[64];
+	struct dedup_answer a[64];
+	for (uint64_t i = from; i < to;) {
+		size_t m = 0;
+		for (; m < 64 && i + m < to; m++)
+			q[m] = (struct dedup_query){.fp = dtest_fp(seed, i + m),
+						    .digest = dtest_digest(i + m),
+						    .event_time_us = 1000};
+		dedup_check_claim(d, q, m, a);
+		for (size_t k = 0; k < m; k++) {
+			CHECK_EQ_U(a[k].verdict, DEDUP_NEW);
+			dedup_set_offset(d, q[k].fp, i + k);
+		}
+		i += m;
+	}
+}
+
+/* Every key in [from, to) must be DUPLICATE with offset i; with digest+1, CONFLICT. */
+static void expect_stored(struct dedup_shard *d, uint64_t seed, uint64_t from, uint64_t to)
+{
+	struct dedup_query q[64];
+	struct dedup_answer a[64];
+	for (uint64_t i = from; i < to;) {
+		size_t m = 0;
+		for (; m < 64 && i + m < to; m++)
+			q[m] = (struct dedup_query){.fp = dtest_fp(seed, i + m),
+						    .digest = dtest_digest(i + m) + (m % 5 == 0),
+						    .event_time_us = 1000};
+		dedup_check_claim(d, q, m, a);
+		for (size_t k = 0; k < m; k++) {
+			CHECK_EQ_U(a[k].verdict, k % 5 == 0 ? DEDUP_CONFLICT : DEDUP_DUPLICATE);
+			CHECK_EQ_U(a[k].offset, i + k);
+		}
+		i += m;
+	}
+}
+
+/* Every key of universe `seed` in [from, to) must be NEW (claims them). */
+static void expect_new(struct dedup_shard *d, uint64_t seed, uint64_t from, uint64_t to)
+{
+	struct dedup_query q[64];
+	struct dedup_answer a[64];
+	for (uint64_t i = from; i < to;) {
+		size_t m = 0;
+		for (; m < 64 && i + m < to; m++)
+			q[m] = (struct dedup_query){.fp = dtest_fp(seed, i + m), .digest = 1,
+						    .event_time_us = 1000};
+		dedup_check_claim(d, q, m, a);
+		for (size_t k = 0; k < m; k++)
+			CHECK_EQ_U(a[k].verdict, DEDUP_NEW);
+		i += m;
+	}
+}
+
+static char *run_path(uint64_t base)
+{
+	static char p[1024];
+	CHECK(dedup_run_path(p, sizeof(p), g_dir, 3, base) == 0);
+	return p;
+}
+
+static void test_seal_restart_rebuild(void)
+{
+	enum { SEG = 100000, SEGS = 4, TAIL = 30000 };
+	struct dedup_options o = {.expected_keys = 4096, .dir = g_dir};
+	struct dedup_shard *d = NULL;
+	CHECK(dedup_shard_open(&o, 3, &d) == 0);
+	/* Segment s holds offsets [s*SEG, (s+1)*SEG); key i is at offset i. */
+	claim_range(d, 20, 0, SEGS * SEG + TAIL);
+	CHECK(dedup_seal_generation(d, 0, SEG, 100) == -EINVAL); /* not durable yet */
+	dedup_set_durable(d, SEGS * SEG + TAIL);
+	for (uint64_t s = 0; s < SEGS; s++)
+		CHECK(dedup_seal_generation(d, s * SEG, (s + 1) * SEG, (int64_t)(100 + s * 100)) == 0);
+	CHECK(dedup_seal_generation(d, SEG / 2, SEG + 1, 0) == -EEXIST);
+	struct dedup_stats st;
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.generations, SEGS);
+	CHECK_EQ_U(st.cold_keys, SEGS * SEG);
+	CHECK_EQ_U(st.hot_keys, TAIL);
+	printf("cold: %" PRIu64 " keys, %.3f RAM bytes/key\n", st.cold_keys,
+	       (double)st.cold_ram_bytes / (double)st.cold_keys);
+	CHECK(st.cold_ram_bytes <= 2 * st.cold_keys);
+	expect_stored(d, 20, 0, SEGS * SEG + TAIL);
+	/* No false duplicate over 1M fresh keys; bloom hits cause run searches, not verdicts. */
+	dedup_stats(d, &st);
+	uint64_t searches0 = st.run_searches, checks0 = st.bloom_checks;
+	expect_new(d, 21, 0, 1000000);
+	dedup_stats(d, &st);
+	printf("cold: %" PRIu64 " bloom checks, %" PRIu64 " run searches for 1M fresh keys\n",
+	       st.bloom_checks - checks0, st.run_searches - searches0);
+	CHECK_EQ_U(st.bloom_checks - checks0, 1000000 * SEGS);
+	CHECK(st.run_searches - searches0 < 1000000 * SEGS / 50); /* ~1% per generation */
+	/* Pending claim not in the WAL when we "crash": must be NEW afterwards. */
+	dedup_shard_close(d);
+
+	/* Restart: runs come back from disk, the caller restores the unsealed tail. */
+	CHECK(dedup_shard_open(&o, 3, &d) == 0);
+	CHECK_EQ_U(dedup_bad_runs(d, NULL, 0), 0);
+	for (uint64_t s = 0; s < SEGS; s++)
+		CHECK(dedup_has_generation(d, s * SEG));
+	for (uint64_t i = SEGS * SEG; i < SEGS * SEG + TAIL; i++)
+		CHECK(dedup_restore_key(d, dtest_fp(20, i), dtest_digest(i), i) == 0);
+	dedup_set_durable(d, SEGS * SEG + TAIL);
+	expect_stored(d, 20, 0, SEGS * SEG + TAIL);
+	expect_new(d, 21, 0, 1000); /* the fresh claims of before the crash were never written */
+	dedup_shard_close(d);
+
+	/* Corrupt one byte of run 1, truncate run 2, delete run 3; leave a stray .tmp. */
+	int fd = open(run_path(SEG), O_RDWR);
+	CHECK(fd >= 0);
+	uint8_t byte;
+	CHECK(pread(fd, &byte, 1, 64 + 32 * 777 + 20) == 1);
+	byte ^= 0x40;
+	CHECK(pwrite(fd, &byte, 1, 64 + 32 * 777 + 20) == 1);
+	close(fd);
+	CHECK(truncate(run_path(2 * SEG), 64 + 32 * 1000 + 5) == 0);
+	CHECK(unlink(run_path(3 * SEG)) == 0);
+	char tmp[1100];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", run_path(9 * SEG));
+	fd = open(tmp, O_CREAT | O_WRONLY, 0644);
+	CHECK(fd >= 0);
+	close(fd);
+
+	CHECK(dedup_shard_open(&o, 3, &d) == 0);
+	CHECK(access(tmp, F_OK) != 0);
+	uint64_t bad[4] = {0};
+	CHECK_EQ_U(dedup_bad_runs(d, bad, 4), 2);
+	CHECK((bad[0] == SEG && bad[1] == 2 * SEG) || (bad[0] == 2 * SEG && bad[1] == SEG));
+	CHECK(dedup_has_generation(d, 0));
+	CHECK(!dedup_has_generation(d, SEG) && !dedup_has_generation(d, 2 * SEG) &&
+	      !dedup_has_generation(d, 3 * SEG));
+	/* The caller rebuilds runs 1..3 from "the WAL" (here: the keys it knows). */
+	struct dedup_key *keys = malloc(SEG * sizeof(*keys));
+	CHECK(keys);
+	for (uint64_t s = 1; s < SEGS; s++) {
+		for (uint64_t i = 0; i < SEG; i++) {
+			uint64_t k = s * SEG + (i * 7919) % SEG; /* any order */
+			keys[i] = (struct dedup_key){.fp = dtest_fp(20, k), .offset = k,
+						     .digest = dtest_digest(k)};
+		}
+		keys[5].offset = 5; /* outside the segment: rejected */
+		CHECK(dedup_rebuild_generation(d, s * SEG, (s + 1) * SEG, (int64_t)(100 + s * 100),
+					       keys, SEG) == -EINVAL);
+		keys[5].offset = s * SEG + (5 * 7919) % SEG;
+		CHECK(dedup_rebuild_generation(d, s * SEG, (s + 1) * SEG, (int64_t)(100 + s * 100),
+					       keys, SEG) == 0);
+	}
+	free(keys);
+	CHECK_EQ_U(dedup_bad_runs(d, NULL, 0), 0);
+	for (uint64_t i = SEGS * SEG; i < SEGS * SEG + TAIL; i++)
+		CHECK(dedup_restore_key(d, dtest_fp(20, i), dtest_digest(i), i) == 0);
+	dedup_set_durable(d, SEGS * SEG + TAIL);
+	expect_stored(d, 20, 0, SEGS * SEG + TAIL);
+
+	dedup_shard_close(d);
+}
+
+static void test_expiry(void)
+{
+	enum { SEG = 5000 };
+	char dir[600];
+	snprintf(dir, sizeof(dir), "%s/expiry", g_dir);
+	struct dedup_options o = {.dir = dir, .window_us = 1000};
+	struct dedup_shard *d = NULL;
+	CHECK(dedup_shard_open(&o, 3, &d) == 0);
+	claim_range(d, 30, 0, 3 * SEG);
+	dedup_set_durable(d, 3 * SEG);
+	for (uint64_t s = 0; s < 3; s++)
+		CHECK(dedup_seal_generation(d, s * SEG, (s + 1) * SEG, (int64_t)(100 + s * 100)) == 0);
+	CHECK_EQ_U(dedup_expire(d, 1050), 0);    /* cutoff 50: nothing is older */
+	CHECK_EQ_U(dedup_expire(d, 1150), 1);    /* cutoff 150: generation 0 (max 100) */
+	struct dedup_stats st;
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.generations, 2);
+	CHECK_EQ_U(st.cold_keys, 2 * SEG);
+	char p[1024];
+	CHECK(dedup_run_path(p, sizeof(p), dir, 3, 0) == 0);
+	CHECK(access(p, F_OK) != 0); /* its run is gone */
+	CHECK(dedup_run_path(p, sizeof(p), dir, 3, SEG) == 0);
+	CHECK(access(p, F_OK) == 0);
+	/* event times before the cutoff are TOO_OLD; the expired keys are forgotten */
+	struct dedup_query q = {.fp = dtest_fp(30, 1), .digest = dtest_digest(1),
+				.event_time_us = 149};
+	struct dedup_answer a;
+	dedup_check_claim(d, &q, 1, &a);
+	CHECK_EQ_U(a.verdict, DEDUP_TOO_OLD);
+	q.event_time_us = 150;
+	dedup_check_claim(d, &q, 1, &a);
+	CHECK_EQ_U(a.verdict, DEDUP_NEW);
+	expect_stored(d, 30, SEG, 3 * SEG);
+	/* The expiry survives a restart: generation 0 is not loaded again. */
+	dedup_shard_close(d);
+	CHECK(dedup_shard_open(&o, 3, &d) == 0);
+	CHECK(!dedup_has_generation(d, 0) && dedup_has_generation(d, SEG));
+	CHECK_EQ_U(dedup_expire(d, 100000), 2);
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.generations, 0);
+	dedup_shard_close(d);
+}
+
+int main(void)
+{
+	const char *t = getenv("TMPDIR");
+	snprintf(g_dir, sizeof(g_dir), "%s/tally-test-dedup-%d", t ? t : "/tmp", (int)getpid());
+	rm_rf(g_dir);
+	test_bloom_fp(10000, 1000000);
+	test_bloom_fp(1000, 300000);
+	test_bloom_fp(50000, 300000);
+	test_seal_restart_rebuild();
+	test_expiry();
+	rm_rf(g_dir);
+	printf("test_dedup_cold: ok\n");
+	return 0;
+}
