@@ -1,0 +1,8 @@
+# Rating engine: exact money, config, metering by event time, periods, invoices (docs/rating.md).
+tally_library(tally_rate
+  SOURCES src/rate_money.c src/rate_price.c src/rate_config.c src/rate_engine.c src/rate_invoice.c
+  DEPS tally_core PkgConfig::JANSSON PkgConfig::XXHASH)
+
+tally_test(test_rate_money SOURCES tests/test_rate_money.c DEPS tally_rate TIMEOUT 60)
+tally_test(test_rate_config SOURCES tests/test_rate_config.c DEPS tally_rate TIMEOUT 60)
+tally_test(test_rate_engine SOURCES tests/test_rate_engine.c DEPS tally_rate TIMEOUT 120)
