@@ -1,0 +1,6 @@
+# WAL: segmented LZ4-compressed write-ahead log (include/tally/wal.h, docs/wal-format.md).
+tally_library(tally_wal
+  SOURCES src/wal_format.c src/wal_io.c src/wal_writer.c src/wal_reader.c src/wal_ckpt.c
+  DEPS tally_core PkgConfig::LZ4 PkgConfig::XXHASH Threads::Threads)
+
+tally_test(test_wal SOURCES tests/test_wal.c DEPS tally_wal TIMEOUT 120)

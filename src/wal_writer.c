@@ -1,0 +1,921 @@
+/*
+ * wal_writer.c — the WAL writer: open/create, crash recovery, append into the open block,
+ * block sealing (LZ4 + XXH3-64, one pwrite), segment roll, sync and the durable watermark.
+ * Format: docs/wal-format.md. Public contract and threading: include/tally/wal.h.
+ *
+ * Invariants (per shard):
+ *   - Only the newest segment can end in a torn block: a segment is fdatasync'ed before the
+ *     next one is created (and the directory fsync'ed after), so recovery scans only the
+ *     newest segment; sealed ones are checked for continuity (and fully with verify_sealed).
+ *   - durable_next <= written_next <= next_offset. written_next is the first offset of the
+ *     open block; durable_next only moves forward and only after a successful fdatasync that
+ *     covered every block below it; never after the shard failed.
+ *   - The file bytes [0, seg_bytes) of the current segment are exactly the valid blocks
+ *     written; a failed pwrite is truncated back to seg_bytes before anything else happens
+ *     (if that truncate fails the shard is failed).
+ *   - No allocation after wal_open: the open block buffer, the compression buffer and the LZ4
+ *     state are allocated once per shard.
+ *
+ * Threads: see wal.h. `sync_lock` serialises wal_sync() with the appender's segment roll (the
+ * only point where the appender changes `fd`), so the syncer always fdatasyncs the fd that
+ * holds every block below the written_next it loaded.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <lz4.h>
+
+#include "wal_internal.h"
+
+struct wal_shard {
+	/* Shared between the appender and the syncer (and readers of the watermark). Each on
+	   its own cache line: the appender writes written_next, the syncer durable_next. */
+	_Alignas(64) _Atomic uint64_t written_next;
+	_Alignas(64) _Atomic uint64_t durable_next;
+	_Atomic int failed; /* 0 or the fatal -errno; set once, never cleared */
+	pthread_mutex_t sync_lock;
+	uint8_t *wm;        /* shared watermark page (mmap of shard-NN/durable) */
+
+	/* Appender-owned below. */
+	_Alignas(64) struct wal *w;
+	uint16_t index;
+	const struct wal_io *io;
+	int fd;                  /* current (newest) segment, O_WRONLY */
+	int idx_fd;              /* its sparse index, or -1 */
+	uint64_t seg_base;
+	uint64_t seg_bytes;      /* valid bytes in the current segment */
+	int64_t seg_first_ingest_us; /* INT64_MIN while the segment is empty */
+	uint64_t idx_bytes;
+	uint64_t idx_last_pos;   /* position of the last indexed block, UINT64_MAX if none */
+	bool idx_ok;
+
+	uint8_t *raw;            /* open block: raw records */
+	uint32_t raw_len;
+	uint32_t count;
+	uint64_t block_first_offset;
+	int64_t block_first_ingest_us;
+	int64_t block_prev_ingest_us;
+	int64_t block_min_event_us;
+	int64_t block_max_event_us;
+
+	uint64_t next_offset;
+	int64_t last_ingest_us;  /* INT64_MIN before the first record ever */
+	uint64_t discard_first;
+	uint64_t discard_count;
+
+	uint8_t *out;            /* header + compressed payload */
+	void *lz4_state;
+	char dir[WAL_PATH_BYTES_MAX];
+};
+
+struct wal {
+	struct wal_options opt;
+	uint16_t shard_count;
+	int lock_fd;
+	struct wal_shard **shards;
+	char data_dir[WAL_PATH_BYTES_MAX];
+};
+
+static const char *shard_name(const struct wal_shard *s)
+{
+	const char *p = strrchr(s->dir, '/');
+	return p ? p + 1 : s->dir;
+}
+
+/* ---------- watermark page ---------- */
+
+static void wm_publish(struct wal_shard *s, uint64_t durable)
+{
+	/* Release: a reader that sees `durable` (acquire) also sees the blocks written before
+	   the fdatasync that made them durable (they are in the page cache already). */
+	__atomic_store_n((uint64_t *)(s->wm + WAL_WM_OFF_DURABLE), durable, __ATOMIC_RELEASE);
+	__atomic_add_fetch((uint32_t *)(s->wm + WAL_WM_OFF_SEQ), 1, __ATOMIC_RELEASE);
+	/* Shared (not private) futex: waiters are in other processes mapping the same file. */
+	syscall(SYS_futex, (uint32_t *)(s->wm + WAL_WM_OFF_SEQ), FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Called with sync_lock held. */
+static void publish_durable(struct wal_shard *s, uint64_t durable)
+{
+	if (atomic_load_explicit(&s->failed, memory_order_relaxed) != 0)
+		return;
+	if (durable <= atomic_load_explicit(&s->durable_next, memory_order_relaxed))
+		return;
+	atomic_store_explicit(&s->durable_next, durable, memory_order_release);
+	wm_publish(s, durable);
+}
+
+static int wm_open(struct wal_shard *s)
+{
+	char path[WAL_PATH_BYTES_MAX];
+	int n = snprintf(path, sizeof path, "%s/durable", s->dir);
+	if (n < 0 || (size_t)n >= sizeof path)
+		return -ENAMETOOLONG;
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	int rc = 0;
+	if (ftruncate(fd, WAL_WATERMARK_BYTES) < 0) {
+		rc = -errno;
+		goto out_close;
+	}
+	void *p = mmap(NULL, WAL_WATERMARK_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		rc = -errno;
+		goto out_close;
+	}
+	s->wm = p;
+	wal_put_u32(s->wm + WAL_WM_OFF_MAGIC, WAL_WATERMARK_MAGIC);
+	wal_put_u32(s->wm + WAL_WM_OFF_VERSION, WAL_FORMAT_VERSION);
+out_close:
+	close(fd);
+	return rc;
+}
+
+/* ---------- index ---------- */
+
+static void idx_add(struct wal_shard *s, uint64_t offset, uint64_t pos)
+{
+	if (!s->idx_ok || s->idx_fd < 0)
+		return;
+	if (s->idx_last_pos != UINT64_MAX && pos - s->idx_last_pos < WAL_INDEX_INTERVAL_BYTES)
+		return;
+	uint8_t e[WAL_INDEX_ENTRY_BYTES];
+	wal_put_u64(e, offset);
+	wal_put_u64(e + 8, pos);
+	ssize_t r = s->io->pwrite(s->io->ctx, s->idx_fd, e, sizeof e, (off_t)s->idx_bytes);
+	if (r != (ssize_t)sizeof e) {
+		/* The index is only a hint (readers validate every entry): stop extending it for
+		   this segment rather than leave a hole. */
+		s->idx_ok = false;
+		return;
+	}
+	s->idx_bytes += sizeof e;
+	s->idx_last_pos = pos;
+}
+
+static void idx_scan_cb(void *ctx, uint64_t offset, uint64_t pos)
+{
+	idx_add(ctx, offset, pos);
+}
+
+static int idx_open_fresh(struct wal_shard *s)
+{
+	char path[WAL_PATH_BYTES_MAX];
+	int rc = wal_path_segment(path, sizeof path, s->dir, s->seg_base, "idx");
+	if (rc < 0)
+		return rc;
+	s->idx_fd = s->io->open(s->io->ctx, path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	s->idx_bytes = 0;
+	s->idx_last_pos = UINT64_MAX;
+	s->idx_ok = s->idx_fd >= 0;
+	return 0;
+}
+
+/* ---------- append ---------- */
+
+static void block_reset(struct wal_shard *s)
+{
+	s->raw_len = 0;
+	s->count = 0;
+}
+
+static int write_all(struct wal_shard *s, const uint8_t *buf, size_t n, uint64_t off)
+{
+	size_t done = 0;
+	while (done < n) {
+		ssize_t r = s->io->pwrite(s->io->ctx, s->fd, buf + done, n - done,
+					  (off_t)(off + done));
+		if (r == -EINTR)
+			continue;
+		if (r < 0)
+			return (int)r;
+		if (r == 0)
+			return -EIO; /* no progress: treat as a failed write */
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+static int set_failed(struct wal_shard *s, int err, const char *what)
+{
+	int expected = 0;
+	atomic_compare_exchange_strong(&s->failed, &expected, -EIO);
+	wal_set_error("%s: %s failed (%s): shard is failed, nothing more is acknowledged",
+		      shard_name(s), what, strerror(-err));
+	return -EIO;
+}
+
+/* Seals the current segment and starts a new one based at written_next. */
+static int roll(struct wal_shard *s)
+{
+	int rc = 0;
+	uint64_t old_base = s->seg_base;
+	uint64_t next = atomic_load_explicit(&s->written_next, memory_order_relaxed);
+	pthread_mutex_lock(&s->sync_lock);
+	if ((rc = atomic_load(&s->failed)) != 0)
+		goto out_unlock;
+	rc = s->io->fdatasync(s->io->ctx, s->fd);
+	if (rc < 0) {
+		rc = set_failed(s, rc, "fdatasync at segment roll");
+		goto out_unlock;
+	}
+	publish_durable(s, next);
+	char path[WAL_PATH_BYTES_MAX];
+	if ((rc = wal_path_segment(path, sizeof path, s->dir, next, "log")) < 0)
+		goto out_unlock;
+	int nfd = s->io->open(s->io->ctx, path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (nfd < 0) {
+		rc = nfd; /* e.g. ENOSPC: retryable, the old segment stays current */
+		wal_set_error("%s: cannot create segment %s: %s", shard_name(s), path,
+			      strerror(-rc));
+		goto out_unlock;
+	}
+	rc = wal_fsync_dir(s->io, s->dir);
+	if (rc < 0) {
+		s->io->close(s->io->ctx, nfd);
+		rc = set_failed(s, rc, "directory fsync at segment roll");
+		goto out_unlock;
+	}
+	s->io->close(s->io->ctx, s->fd);
+	if (s->idx_fd >= 0)
+		s->io->close(s->io->ctx, s->idx_fd);
+	s->fd = nfd;
+	s->seg_base = next;
+	s->seg_bytes = 0;
+	s->seg_first_ingest_us = INT64_MIN;
+	idx_open_fresh(s);
+out_unlock:
+	pthread_mutex_unlock(&s->sync_lock);
+	if (rc == 0 && s->w->opt.on_segment_sealed)
+		s->w->opt.on_segment_sealed(s->w->opt.ctx, s->index, old_base, next);
+	return rc;
+}
+
+static int seal(struct wal_shard *s)
+{
+	int rc;
+	if (s->count == 0)
+		return 0;
+	if ((rc = atomic_load_explicit(&s->failed, memory_order_relaxed)) != 0)
+		return rc;
+	const struct wal_options *o = &s->w->opt;
+	uint64_t bound = WAL_BLOCK_HEADER_BYTES + (uint64_t)LZ4_COMPRESSBOUND((int)s->raw_len);
+	bool by_size = s->seg_bytes > 0 && s->seg_bytes + bound > o->segment_bytes_max;
+	bool by_age = s->seg_first_ingest_us != INT64_MIN &&
+		      (uint64_t)(s->block_first_ingest_us - s->seg_first_ingest_us) >= o->segment_age_us;
+	if (by_size || by_age) {
+		rc = roll(s);
+		if (rc < 0)
+			goto out_discard;
+	}
+
+	uint8_t *payload = s->out + WAL_BLOCK_HEADER_BYTES;
+	int n = LZ4_compress_fast_extState(s->lz4_state, (const char *)s->raw, (char *)payload,
+					   (int)s->raw_len, LZ4_COMPRESSBOUND((int)s->raw_len), 1);
+	struct wal_block_hdr h = {
+		.magic = WAL_BLOCK_MAGIC,
+		.version = WAL_FORMAT_VERSION,
+		.codec = WAL_CODEC_LZ4,
+		.record_count = s->count,
+		.raw_bytes = s->raw_len,
+		.stored_bytes = (uint32_t)n,
+		.first_offset = s->block_first_offset,
+		.first_ingest_time_us = s->block_first_ingest_us,
+		.max_ingest_time_us = s->block_prev_ingest_us,
+		.min_event_time_us = s->block_min_event_us,
+		.max_event_time_us = s->block_max_event_us,
+	};
+	if (n <= 0 || (uint32_t)n >= s->raw_len) {
+		/* Incompressible: store raw (LZ4 would only add bytes). */
+		h.codec = WAL_CODEC_NONE;
+		h.stored_bytes = s->raw_len;
+		memcpy(payload, s->raw, s->raw_len);
+	}
+	wal_block_hdr_encode(&h, s->out);
+	h.checksum = wal_block_checksum(s->out, payload, h.stored_bytes);
+	wal_put_u64(s->out + 64, h.checksum);
+	size_t total = WAL_BLOCK_HEADER_BYTES + h.stored_bytes;
+
+	rc = write_all(s, s->out, total, s->seg_bytes);
+	if (rc < 0) {
+		wal_set_error("%s: write of block at offsets %" PRIu64 "..%" PRIu64
+			      " failed (%s): block discarded",
+			      shard_name(s), s->block_first_offset,
+			      s->block_first_offset + s->count - 1, strerror(-rc));
+		int tr = s->io->ftruncate(s->io->ctx, s->fd, (off_t)s->seg_bytes);
+		if (tr < 0)
+			rc = set_failed(s, tr, "ftruncate after a failed write");
+		goto out_discard;
+	}
+	idx_add(s, s->block_first_offset, s->seg_bytes);
+	if (s->seg_first_ingest_us == INT64_MIN)
+		s->seg_first_ingest_us = s->block_first_ingest_us;
+	s->seg_bytes += total;
+	/* Release: the syncer (acquire) may fdatasync and publish these offsets only after the
+	   pwrite above returned. */
+	atomic_store_explicit(&s->written_next, s->block_first_offset + s->count,
+			      memory_order_release);
+	block_reset(s);
+	return 0;
+
+out_discard:
+	s->discard_first = s->block_first_offset;
+	s->discard_count = s->count;
+	s->next_offset = s->block_first_offset;
+	block_reset(s);
+	return rc;
+}
+
+static int add_record(struct wal_shard *s, uint8_t kind, struct tally_view tenant,
+		      const struct tally_view *body, int64_t ingest_time_us, uint64_t *offset_out)
+{
+	int rc = atomic_load_explicit(&s->failed, memory_order_relaxed);
+	if (rc != 0)
+		return rc;
+	if (ingest_time_us < 0)
+		return -EINVAL;
+	size_t need = 1 + 10;
+	if (kind == WAL_RECORD_EVENT) {
+		if (tenant.len > TALLY_TENANT_BYTES_MAX || !body ||
+		    body->len < TALLY_EVENT_FIXED_BYTES || body->len > TALLY_EVENT_BYTES_MAX)
+			return -EINVAL;
+		need += 1 + tenant.len + 3 + body->len;
+	}
+	if (s->count > 0 &&
+	    (s->raw_len + need > s->w->opt.block_bytes_max || s->count == WAL_BLOCK_RECORDS_MAX)) {
+		rc = seal(s);
+		if (rc < 0)
+			return rc;
+	}
+	if (ingest_time_us < s->last_ingest_us)
+		ingest_time_us = s->last_ingest_us; /* the clock went back: clamp */
+	if (s->count == 0) {
+		s->block_first_offset = s->next_offset;
+		s->block_first_ingest_us = ingest_time_us;
+		s->block_prev_ingest_us = ingest_time_us;
+		s->block_min_event_us = INT64_MAX;
+		s->block_max_event_us = INT64_MIN;
+	}
+	uint8_t *p = s->raw + s->raw_len;
+	size_t n = 0;
+	p[n++] = kind;
+	n += wal_put_varint(p + n, (uint64_t)(ingest_time_us - s->block_prev_ingest_us));
+	if (kind == WAL_RECORD_EVENT) {
+		p[n++] = (uint8_t)tenant.len;
+		if (tenant.len)
+			memcpy(p + n, tenant.ptr, tenant.len);
+		n += tenant.len;
+		n += wal_put_varint(p + n, body->len);
+		memcpy(p + n, body->ptr, body->len);
+		n += body->len;
+		int64_t et = (int64_t)wal_get_u64(body->ptr);
+		if (et < s->block_min_event_us)
+			s->block_min_event_us = et;
+		if (et > s->block_max_event_us)
+			s->block_max_event_us = et;
+	}
+	s->raw_len += (uint32_t)n;
+	s->count++;
+	s->block_prev_ingest_us = ingest_time_us;
+	s->last_ingest_us = ingest_time_us;
+	if (offset_out)
+		*offset_out = s->next_offset;
+	s->next_offset++;
+	return 0;
+}
+
+int wal_append(struct wal_shard *s, struct tally_view tenant, const struct tally_view *event_body,
+	       int64_t ingest_time_us, uint64_t *offset_out)
+{
+	return add_record(s, WAL_RECORD_EVENT, tenant, event_body, ingest_time_us, offset_out);
+}
+
+int wal_append_tick(struct wal_shard *s, int64_t ingest_time_us, uint64_t *offset_out)
+{
+	struct tally_view none = {0};
+	return add_record(s, WAL_RECORD_TICK, none, NULL, ingest_time_us, offset_out);
+}
+
+int wal_flush(struct wal_shard *s)
+{
+	return seal(s);
+}
+
+bool wal_block_due(const struct wal_shard *s, int64_t now_us)
+{
+	return s->count > 0 && now_us - s->block_first_ingest_us >= (int64_t)s->w->opt.block_age_us;
+}
+
+uint64_t wal_next_offset(const struct wal_shard *s)
+{
+	return s->next_offset;
+}
+
+void wal_shard_last_discard(const struct wal_shard *s, uint64_t *first, uint64_t *count)
+{
+	*first = s->discard_first;
+	*count = s->discard_count;
+}
+
+uint64_t wal_written_next(const struct wal_shard *s)
+{
+	return atomic_load_explicit(&((struct wal_shard *)s)->written_next, memory_order_acquire);
+}
+
+uint64_t wal_durable_next(const struct wal_shard *s)
+{
+	/* Acquire pairs with the release in publish_durable(). */
+	return atomic_load_explicit(&((struct wal_shard *)s)->durable_next, memory_order_acquire);
+}
+
+int wal_shard_failed(const struct wal_shard *s)
+{
+	return atomic_load(&((struct wal_shard *)s)->failed);
+}
+
+int wal_sync(struct wal_shard *s, uint64_t *durable_next_out)
+{
+	int rc;
+	pthread_mutex_lock(&s->sync_lock);
+	if ((rc = atomic_load(&s->failed)) != 0)
+		goto out_unlock;
+	/* Acquire pairs with the release in seal(): every block below `w` was pwrite()n to
+	   s->fd (s->fd cannot change while we hold sync_lock). */
+	uint64_t w = atomic_load_explicit(&s->written_next, memory_order_acquire);
+	if (w > atomic_load_explicit(&s->durable_next, memory_order_relaxed)) {
+		rc = s->io->fdatasync(s->io->ctx, s->fd);
+		if (rc < 0) {
+			rc = set_failed(s, rc, "fdatasync");
+			goto out_unlock;
+		}
+		publish_durable(s, w);
+	}
+out_unlock:
+	if (durable_next_out)
+		*durable_next_out = atomic_load_explicit(&s->durable_next, memory_order_acquire);
+	pthread_mutex_unlock(&s->sync_lock);
+	return rc;
+}
+
+uint16_t wal_shard_count(const struct wal *w)
+{
+	return w->shard_count;
+}
+
+struct wal_shard *wal_shard(struct wal *w, uint16_t i)
+{
+	return i < w->shard_count ? w->shards[i] : NULL;
+}
+
+uint16_t wal_shard_index(const struct wal_shard *s)
+{
+	return s->index;
+}
+
+/* ---------- open / recovery ---------- */
+
+static int meta_read(const char *wal_dir, uint16_t *count)
+{
+	char path[WAL_PATH_BYTES_MAX], buf[128];
+	int n = snprintf(path, sizeof path, "%s/meta", wal_dir);
+	if (n < 0 || (size_t)n >= sizeof path)
+		return -ENAMETOOLONG;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ssize_t r = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (r < 0)
+		return -errno;
+	buf[r] = 0;
+	unsigned ver, cnt;
+	char tail;
+	if (sscanf(buf, "tally-wal version %u shards %u%c", &ver, &cnt, &tail) != 3 || tail != '\n' ||
+	    ver != WAL_FORMAT_VERSION || cnt == 0 || cnt > WAL_SHARDS_MAX) {
+		wal_set_error("%s: unreadable or unknown WAL meta file", path);
+		return -EBADMSG;
+	}
+	*count = (uint16_t)cnt;
+	return 0;
+}
+
+int wal_stored_shard_count(const char *data_dir, uint16_t *count_out)
+{
+	char wal_dir[WAL_PATH_BYTES_MAX];
+	int n = snprintf(wal_dir, sizeof wal_dir, "%s/wal", data_dir);
+	if (n < 0 || (size_t)n >= sizeof wal_dir)
+		return -ENAMETOOLONG;
+	int rc = meta_read(wal_dir, count_out);
+	if (rc == -ENOENT)
+		wal_set_error("%s: no WAL here (no meta file)", wal_dir);
+	return rc;
+}
+
+static int meta_write(const struct wal_io *io, const char *wal_dir, uint16_t count)
+{
+	char path[WAL_PATH_BYTES_MAX], tmp[WAL_PATH_BYTES_MAX], buf[64];
+	int n1 = snprintf(path, sizeof path, "%s/meta", wal_dir);
+	int n2 = snprintf(tmp, sizeof tmp, "%s/meta.tmp", wal_dir);
+	if (n1 < 0 || n2 < 0 || (size_t)n1 >= sizeof path || (size_t)n2 >= sizeof tmp)
+		return -ENAMETOOLONG;
+	int len = snprintf(buf, sizeof buf, "tally-wal version %u shards %u\n", WAL_FORMAT_VERSION,
+			   (unsigned)count);
+	int fd = io->open(io->ctx, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return fd;
+	int rc = 0;
+	ssize_t r = io->pwrite(io->ctx, fd, buf, (size_t)len, 0);
+	if (r != len)
+		rc = r < 0 ? (int)r : -EIO;
+	if (rc == 0)
+		rc = io->fsync(io->ctx, fd);
+	io->close(io->ctx, fd);
+	if (rc == 0 && rename(tmp, path) < 0)
+		rc = -errno;
+	if (rc == 0)
+		rc = wal_fsync_dir(io, wal_dir);
+	return rc;
+}
+
+static int mkdir_if_missing(const char *path)
+{
+	if (mkdir(path, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+/* End offset of a sealed segment; every block after the last index entry is checked (all
+   of them with `full`). Any invalid byte in a sealed segment is corruption. */
+static int check_sealed(struct wal_shard *s, uint64_t base, bool full, uint64_t *end)
+{
+	char path[WAL_PATH_BYTES_MAX];
+	int rc = wal_path_segment(path, sizeof path, s->dir, base, "log");
+	if (rc < 0)
+		return rc;
+	int fd = s->io->open(s->io->ctx, path, O_RDONLY | O_CLOEXEC, 0);
+	if (fd < 0) {
+		wal_set_error("%s: cannot open: %s", path, strerror(-fd));
+		return fd;
+	}
+	struct stat st;
+	uint64_t pos = 0, off = base;
+	if (!full && fstat(fd, &st) == 0)
+		wal_idx_last_entry(s->dir, base, (uint64_t)st.st_size, &pos, &off);
+	struct wal_scan sc;
+	rc = wal_scan_segment(s->io, fd, pos, off, false, &sc, NULL, NULL);
+	if (rc == 0 && sc.bad_why && pos != 0) /* stale index entry? rescan from the start */
+		rc = wal_scan_segment(s->io, fd, 0, base, false, &sc, NULL, NULL);
+	s->io->close(s->io->ctx, fd);
+	if (rc < 0) {
+		wal_set_error("%s: read error: %s", path, strerror(-rc));
+		return rc;
+	}
+	if (sc.bad_why) {
+		wal_set_error("%s: corrupt block at byte %" PRIu64 " (%s) in a sealed segment", path,
+			      sc.valid_bytes, sc.bad_why);
+		return -EBADMSG;
+	}
+	*end = sc.next_offset;
+	return 0;
+}
+
+/* Copies bytes [from, end) of fd to path.quarantine-<from> and syncs it. */
+static int quarantine_tail(struct wal_shard *s, int fd, const char *path, uint64_t from,
+			   uint64_t end)
+{
+	char qpath[WAL_PATH_BYTES_MAX + 64];
+	snprintf(qpath, sizeof qpath, "%s.quarantine-%" PRIu64, path, from);
+	int qfd = s->io->open(s->io->ctx, qpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (qfd < 0)
+		return qfd;
+	uint8_t *buf = malloc(1 << 20);
+	int rc = buf ? 0 : -ENOMEM;
+	for (uint64_t at = from; rc == 0 && at < end;) {
+		size_t want = end - at < (1u << 20) ? (size_t)(end - at) : (1u << 20);
+		ssize_t r = wal_pread_full(s->io, fd, buf, want, (off_t)at);
+		if (r <= 0) {
+			rc = r < 0 ? (int)r : -EIO;
+			break;
+		}
+		ssize_t w = s->io->pwrite(s->io->ctx, qfd, buf, (size_t)r, (off_t)(at - from));
+		if (w != r)
+			rc = w < 0 ? (int)w : -EIO;
+		at += (uint64_t)r;
+	}
+	free(buf);
+	if (rc == 0)
+		rc = s->io->fsync(s->io->ctx, qfd);
+	s->io->close(s->io->ctx, qfd);
+	if (rc == 0)
+		fprintf(stderr, "wal: REPAIR: quarantined bytes %" PRIu64 "..%" PRIu64 " of %s to %s\n",
+			from, end, path, qpath);
+	return rc;
+}
+
+static int recover_newest(struct wal_shard *s, uint64_t base)
+{
+	char path[WAL_PATH_BYTES_MAX];
+	int rc = wal_path_segment(path, sizeof path, s->dir, base, "log");
+	if (rc < 0)
+		return rc;
+	int fd = s->io->open(s->io->ctx, path, O_RDWR | O_CLOEXEC, 0);
+	if (fd < 0) {
+		wal_set_error("%s: cannot open: %s", path, strerror(-fd));
+		return fd;
+	}
+	/* Rebuild this segment's index from the scan (it is only a hint). */
+	s->seg_base = base;
+	idx_open_fresh(s);
+	struct wal_scan sc;
+	rc = wal_scan_segment(s->io, fd, 0, base, true, &sc, idx_scan_cb, s);
+	if (rc < 0) {
+		wal_set_error("%s: read error during recovery: %s", path, strerror(-rc));
+		goto out_close;
+	}
+	if (sc.bad_why) {
+		if (sc.later_valid_at != UINT64_MAX) {
+			if (!s->w->opt.repair) {
+				wal_set_error("%s: corrupt block at byte %" PRIu64 " (%s) with a valid "
+					      "block after it at byte %" PRIu64
+					      ": refusing to open (see --repair)",
+					      path, sc.valid_bytes, sc.bad_why, sc.later_valid_at);
+				rc = -EBADMSG;
+				goto out_close;
+			}
+			rc = quarantine_tail(s, fd, path, sc.valid_bytes, sc.file_bytes);
+			if (rc < 0)
+				goto out_close;
+		}
+		/* A torn tail: the blocks from here were never durable. */
+		rc = s->io->ftruncate(s->io->ctx, fd, (off_t)sc.valid_bytes);
+		if (rc == 0)
+			rc = s->io->fdatasync(s->io->ctx, fd);
+		if (rc < 0) {
+			wal_set_error("%s: cannot truncate torn tail at byte %" PRIu64 ": %s", path,
+				      sc.valid_bytes, strerror(-rc));
+			goto out_close;
+		}
+	}
+	s->io->close(s->io->ctx, fd);
+	fd = s->io->open(s->io->ctx, path, O_WRONLY | O_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = fd;
+		goto out;
+	}
+	s->fd = fd;
+	fd = -1;
+	s->seg_base = base;
+	s->seg_bytes = sc.valid_bytes;
+	s->seg_first_ingest_us = sc.first_ingest_time_us;
+	s->next_offset = sc.next_offset;
+	if (sc.last_max_ingest_time_us != INT64_MIN)
+		s->last_ingest_us = sc.last_max_ingest_time_us;
+	rc = 0;
+out_close:
+	if (fd >= 0)
+		s->io->close(s->io->ctx, fd);
+out:
+	return rc;
+}
+
+static int shard_open(struct wal *w, uint16_t i, struct wal_shard **out)
+{
+	struct wal_shard *s = aligned_alloc(64, (sizeof *s + 63) & ~(size_t)63);
+	if (!s)
+		return -ENOMEM;
+	memset(s, 0, sizeof *s);
+	s->w = w;
+	s->index = i;
+	s->io = w->opt.io;
+	s->fd = -1;
+	s->idx_fd = -1;
+	s->last_ingest_us = INT64_MIN;
+	pthread_mutex_init(&s->sync_lock, NULL);
+	*out = s; /* freed by the caller's cleanup on error */
+	int rc = wal_path_shard_dir(s->dir, sizeof s->dir, w->data_dir, i);
+	if (rc < 0)
+		return rc;
+	s->raw = malloc(w->opt.block_bytes_max);
+	s->out = malloc(WAL_BLOCK_HEADER_BYTES + (size_t)LZ4_COMPRESSBOUND((int)w->opt.block_bytes_max));
+	s->lz4_state = malloc((size_t)LZ4_sizeofState());
+	if (!s->raw || !s->out || !s->lz4_state)
+		return -ENOMEM;
+	if ((rc = mkdir_if_missing(s->dir)) < 0) {
+		wal_set_error("%s: cannot create: %s", s->dir, strerror(-rc));
+		return rc;
+	}
+	uint64_t *bases = NULL;
+	size_t n = 0;
+	if ((rc = wal_list_bases(s->dir, &bases, &n)) < 0)
+		return rc;
+	if (n == 0) {
+		char path[WAL_PATH_BYTES_MAX];
+		rc = wal_path_segment(path, sizeof path, s->dir, 0, "log");
+		if (rc == 0) {
+			int fd = s->io->open(s->io->ctx, path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+			if (fd < 0)
+				rc = fd;
+			else
+				s->io->close(s->io->ctx, fd);
+		}
+		if (rc == 0)
+			rc = wal_fsync_dir(s->io, s->dir);
+		if (rc < 0)
+			goto out_free;
+		bases = malloc(sizeof *bases);
+		if (!bases) {
+			rc = -ENOMEM;
+			goto out_free;
+		}
+		bases[0] = 0;
+		n = 1;
+	}
+	for (size_t k = 0; k + 1 < n; k++) {
+		uint64_t end;
+		if ((rc = check_sealed(s, bases[k], w->opt.verify_sealed, &end)) < 0)
+			goto out_free;
+		if (end != bases[k + 1]) {
+			wal_set_error("%s/%020" PRIu64 ".log: ends at offset %" PRIu64
+				      " but the next segment starts at %" PRIu64,
+				      s->dir, bases[k], end, bases[k + 1]);
+			rc = -EBADMSG;
+			goto out_free;
+		}
+	}
+	if ((rc = recover_newest(s, bases[n - 1])) < 0)
+		goto out_free;
+	if ((rc = wm_open(s)) < 0) {
+		wal_set_error("%s: cannot map the durable watermark: %s", s->dir, strerror(-rc));
+		goto out_free;
+	}
+	/* Everything that survived recovery is durable (recovery synced it). */
+	atomic_store(&s->written_next, s->next_offset);
+	atomic_store(&s->durable_next, s->next_offset);
+	wm_publish(s, s->next_offset);
+out_free:
+	free(bases);
+	return rc;
+}
+
+static void shard_free(struct wal_shard *s)
+{
+	if (!s)
+		return;
+	if (s->fd >= 0)
+		s->io->close(s->io->ctx, s->fd);
+	if (s->idx_fd >= 0)
+		s->io->close(s->io->ctx, s->idx_fd);
+	if (s->wm)
+		munmap(s->wm, WAL_WATERMARK_BYTES);
+	pthread_mutex_destroy(&s->sync_lock);
+	free(s->raw);
+	free(s->out);
+	free(s->lz4_state);
+	free(s);
+}
+
+static int options_fill(const struct wal_options *in, struct wal_options *o)
+{
+	*o = in ? *in : (struct wal_options){0};
+	if (!o->io)
+		o->io = wal_io_libc();
+	if (!o->block_bytes_max)
+		o->block_bytes_max = WAL_BLOCK_BYTES_DEFAULT;
+	if (!o->block_age_us)
+		o->block_age_us = WAL_BLOCK_AGE_US_DEFAULT;
+	if (!o->segment_bytes_max)
+		o->segment_bytes_max = WAL_SEGMENT_BYTES_DEFAULT;
+	if (!o->segment_age_us)
+		o->segment_age_us = WAL_SEGMENT_AGE_US_DEFAULT;
+	if (o->block_bytes_max < WAL_BLOCK_BYTES_MIN || o->block_bytes_max > WAL_BLOCK_RAW_BYTES_MAX) {
+		wal_set_error("block_bytes_max %u outside %u..%u", o->block_bytes_max,
+			      WAL_BLOCK_BYTES_MIN, WAL_BLOCK_RAW_BYTES_MAX);
+		return -EINVAL;
+	}
+	if (o->segment_bytes_max < WAL_SEGMENT_BYTES_MIN) {
+		wal_set_error("segment_bytes_max below %llu", (unsigned long long)WAL_SEGMENT_BYTES_MIN);
+		return -EINVAL;
+	}
+	if (o->shard_count > WAL_SHARDS_MAX) {
+		wal_set_error("shard count %u above %u", o->shard_count, WAL_SHARDS_MAX);
+		return -EINVAL;
+	}
+	if (o->fsync_mode != WAL_FSYNC_ALWAYS && o->fsync_mode != WAL_FSYNC_INTERVAL) {
+		wal_set_error("unknown fsync mode %d", o->fsync_mode);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int wal_open(const char *data_dir, const struct wal_options *opt, struct wal **out)
+{
+	*out = NULL;
+	wal_set_error("%s", "");
+	struct wal *w = calloc(1, sizeof *w);
+	if (!w)
+		return -ENOMEM;
+	w->lock_fd = -1;
+	int rc = options_fill(opt, &w->opt);
+	if (rc < 0)
+		goto out_free;
+	char wal_dir[WAL_PATH_BYTES_MAX], lock_path[WAL_PATH_BYTES_MAX];
+	int n1 = snprintf(w->data_dir, sizeof w->data_dir, "%s", data_dir);
+	int n2 = snprintf(wal_dir, sizeof wal_dir, "%s/wal", data_dir);
+	int n3 = snprintf(lock_path, sizeof lock_path, "%s/wal/lock", data_dir);
+	if (n1 < 0 || n2 < 0 || n3 < 0 || (size_t)n3 >= sizeof lock_path - 64) {
+		rc = -ENAMETOOLONG;
+		goto out_free;
+	}
+	if ((rc = mkdir_if_missing(data_dir)) < 0 || (rc = mkdir_if_missing(wal_dir)) < 0) {
+		wal_set_error("%s: cannot create: %s", wal_dir, strerror(-rc));
+		goto out_free;
+	}
+	w->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (w->lock_fd < 0) {
+		rc = -errno;
+		goto out_free;
+	}
+	if (flock(w->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		wal_set_error("%s: another writer has this WAL open", wal_dir);
+		goto out_free;
+	}
+	uint16_t stored = 0;
+	rc = meta_read(wal_dir, &stored);
+	if (rc == -ENOENT) {
+		if (w->opt.shard_count == 0) {
+			wal_set_error("%s: new WAL needs a shard count", wal_dir);
+			rc = -EINVAL;
+			goto out_free;
+		}
+		rc = meta_write(w->opt.io, wal_dir, w->opt.shard_count);
+		if (rc < 0) {
+			wal_set_error("%s: cannot write meta: %s", wal_dir, strerror(-rc));
+			goto out_free;
+		}
+		stored = w->opt.shard_count;
+	} else if (rc < 0) {
+		goto out_free;
+	} else if (w->opt.shard_count != 0 && w->opt.shard_count != stored) {
+		wal_set_error("%s: WAL was created with %u shards, asked for %u (the shard count "
+			      "cannot change: offsets and dedup state are per shard)",
+			      wal_dir, stored, w->opt.shard_count);
+		rc = -EINVAL;
+		goto out_free;
+	}
+	w->shard_count = stored;
+	w->shards = calloc(stored, sizeof *w->shards);
+	if (!w->shards) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+	for (uint16_t i = 0; i < stored; i++) {
+		rc = shard_open(w, i, &w->shards[i]);
+		if (rc < 0)
+			goto out_free;
+	}
+	*out = w;
+	return 0;
+out_free:
+	if (w->shards)
+		for (uint16_t i = 0; i < w->shard_count; i++)
+			shard_free(w->shards[i]);
+	free(w->shards);
+	if (w->lock_fd >= 0)
+		close(w->lock_fd);
+	free(w);
+	return rc;
+}
+
+int wal_close(struct wal *w)
+{
+	if (!w)
+		return 0;
+	int first = 0;
+	for (uint16_t i = 0; i < w->shard_count; i++) {
+		struct wal_shard *s = w->shards[i];
+		int rc = seal(s);
+		if (rc == 0)
+			rc = wal_sync(s, NULL);
+		if (rc < 0 && first == 0)
+			first = rc;
+		shard_free(s);
+	}
+	free(w->shards);
+	close(w->lock_fd);
+	free(w);
+	return first;
+}

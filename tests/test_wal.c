@@ -1,0 +1,312 @@
+/*
+ * test_wal.c — WAL round trip across segment rolls, seek by offset, durable-only reads,
+ * merged multi-shard reads, segment listing/iteration, option and length checks, clock
+ * clamping, ticks, consumer checkpoints and retention.
+ */
+#include "wal_testutil.h"
+
+#define SEED 42
+
+/* Appends events [from, to) of stream SEED to shard s, ticking every 97th record, flushing
+   every ~37 records and syncing every ~200. ingest = base + offset * 10 us. */
+static void fill(struct wal_shard *s, uint64_t from, uint64_t to, uint64_t seed)
+{
+	uint8_t body[WT_BODY_MAX];
+	for (uint64_t i = from; i < to; i++) {
+		uint64_t off;
+		int64_t ingest = WT_BASE_TIME_US + (int64_t)i * 10;
+		if (i % 97 == 50) {
+			CHECK_EQ(wal_append_tick(s, ingest, &off), 0);
+		} else {
+			struct tally_view b = {body, (uint32_t)wt_event(seed, i, body)};
+			CHECK_EQ(wal_append(s, wt_tenant(seed, i), &b, ingest, &off), 0);
+		}
+		CHECK_EQ(off, i);
+		if (wt_mix(i) % 37 == 0)
+			CHECK_EQ(wal_flush(s), 0);
+		if (wt_mix(i + 1) % 200 == 0) {
+			CHECK_EQ(wal_flush(s), 0);
+			CHECK_EQ(wal_sync(s, NULL), 0);
+		}
+	}
+}
+
+static void check_record(const struct wal_record *rec, uint64_t off, uint64_t seed)
+{
+	CHECK_EQ(rec->offset, off);
+	CHECK_EQ(rec->ingest_time_us, WT_BASE_TIME_US + (int64_t)off * 10);
+	if (off % 97 == 50) {
+		CHECK_EQ(rec->kind, WAL_RECORD_TICK);
+		return;
+	}
+	CHECK_EQ(rec->kind, WAL_RECORD_EVENT);
+	uint8_t body[WT_BODY_MAX];
+	size_t n = wt_event(seed, off, body);
+	CHECK_EQ(rec->ev.body.len, n);
+	CHECK(memcmp(rec->ev.body.ptr, body, n) == 0);
+	struct tally_view t = wt_tenant(seed, off);
+	CHECK_EQ(rec->tenant.len, t.len);
+	CHECK(t.len == 0 || memcmp(rec->tenant.ptr, t.ptr, t.len) == 0);
+	CHECK_EQ(rec->ev.key.len, 24);
+}
+
+static void test_round_trip(void)
+{
+	char dir[512];
+	wt_tmpdir(dir, sizeof dir, "wal");
+	struct wal_options o = {.shard_count = 2, .block_bytes_max = 16 << 10,
+				.segment_bytes_max = 64 << 10};
+	struct wal *w;
+	const uint64_t N = 6000;
+	CHECK_EQ(wal_open(dir, &o, &w), 0);
+	CHECK_EQ(wal_shard_count(w), 2);
+	fill(wal_shard(w, 0), 0, N / 2, SEED);
+	fill(wal_shard(w, 1), 0, 1000, SEED + 1);
+	CHECK_EQ(wal_close(w), 0);
+
+	/* Reopen (recovery) and continue: offsets continue densely. */
+	o.shard_count = 0; /* use the stored count */
+	CHECK_EQ(wal_open(dir, &o, &w), 0);
+	CHECK_EQ(wal_next_offset(wal_shard(w, 0)), N / 2);
+	CHECK_EQ(wal_durable_next(wal_shard(w, 0)), N / 2);
+	fill(wal_shard(w, 0), N / 2, N, SEED);
+	CHECK_EQ(wal_close(w), 0);
+
+	/* Several segments exist, contiguous, all but the last sealed. */
+	struct wal_segment_info segs[64];
+	size_t nseg;
+	CHECK_EQ(wal_segments_list(dir, 0, segs, 64, &nseg), 0);
+	CHECK(nseg >= 4 && nseg <= 64);
+	CHECK_EQ(segs[0].base_offset, 0);
+	for (size_t k = 0; k < nseg; k++) {
+		CHECK_EQ(segs[k].sealed, k + 1 < nseg);
+		struct wal_segment_iter *it;
+		CHECK_EQ(wal_segment_iter_open(segs[k].path, segs[k].base_offset, UINT64_MAX, false,
+					       &it),
+			 0);
+		struct wal_record rec;
+		uint64_t expect = segs[k].base_offset;
+		int r;
+		while ((r = wal_segment_iter_next(it, &rec)) == 1) {
+			check_record(&rec, expect, SEED);
+			expect++;
+		}
+		CHECK_EQ(r, 0);
+		CHECK_EQ(expect, k + 1 < nseg ? segs[k + 1].base_offset : N);
+		wal_segment_iter_close(it);
+		struct wal_segment_stats st;
+		CHECK_EQ(wal_segment_verify(segs[k].path, segs[k].base_offset, true, &st), 0);
+		CHECK_EQ(st.next_offset, expect);
+		CHECK_EQ(st.file_bytes, segs[k].file_bytes);
+	}
+
+	/* Sequential read of shard 0. */
+	struct wal_reader *r;
+	CHECK_EQ(wal_reader_open(dir, 0, &r), 0);
+	struct wal_record rec;
+	for (uint64_t i = 0; i < N; i++) {
+		CHECK_EQ(wal_reader_next(r, &rec), 1);
+		check_record(&rec, i, SEED);
+		CHECK_EQ(rec.shard, 0);
+	}
+	CHECK_EQ(wal_reader_next(r, &rec), 0);
+	CHECK_EQ(wal_reader_durable_next(r, 0), N);
+
+	/* Seek by offset: block starts, mid-block, segment boundaries, the very end. */
+	for (int k = 0; k < 300; k++) {
+		uint64_t target = k < (int)nseg ? segs[k].base_offset : wt_mix((uint64_t)k) % N;
+		CHECK_EQ(wal_reader_seek(r, 0, target), 0);
+		for (int j = 0; j < 3 && target + (uint64_t)j < N; j++) {
+			CHECK_EQ(wal_reader_next(r, &rec), 1);
+			check_record(&rec, target + (uint64_t)j, SEED);
+		}
+	}
+	CHECK_EQ(wal_reader_seek(r, 0, N - 1), 0);
+	CHECK_EQ(wal_reader_next(r, &rec), 1);
+	CHECK_EQ(rec.offset, N - 1);
+	CHECK_EQ(wal_reader_next(r, &rec), 0);
+	CHECK_EQ(wal_reader_seek(r, 0, N + 5), 0); /* beyond the end: waits */
+	CHECK_EQ(wal_reader_next(r, &rec), 0);
+	CHECK_EQ(wal_reader_seek_latest(r), 0);
+	CHECK_EQ(wal_reader_position(r, 0), N);
+	CHECK_EQ(wal_reader_seek(r, 1, 0), -EINVAL); /* not this reader's shard */
+	wal_reader_close(r);
+
+	/* All shards merged by ingest time. */
+	CHECK_EQ(wal_reader_open(dir, -1, &r), 0);
+	uint64_t seen[2] = {0, 0};
+	int64_t last = INT64_MIN;
+	int got;
+	while ((got = wal_reader_next(r, &rec)) == 1) {
+		CHECK(rec.ingest_time_us >= last);
+		last = rec.ingest_time_us;
+		CHECK_EQ(rec.offset, seen[rec.shard]);
+		check_record(&rec, rec.offset, rec.shard == 0 ? SEED : SEED + 1);
+		seen[rec.shard]++;
+	}
+	CHECK_EQ(got, 0);
+	CHECK_EQ(seen[0], N);
+	CHECK_EQ(seen[1], 1000);
+	wal_reader_close(r);
+	wt_rmrf(dir);
+}
+
+static void test_durable_only(void)
+{
+	char dir[512];
+	wt_tmpdir(dir, sizeof dir, "wal");
+	struct wal_options o = {.shard_count = 1};
+	struct wal *w;
+	CHECK_EQ(wal_open(dir, &o, &w), 0);
+	struct wal_shard *s = wal_shard(w, 0);
+	struct wal_reader *r;
+	CHECK_EQ(wal_reader_open(dir, 0, &r), 0);
+	struct wal_record rec;
+	CHECK_EQ(wal_reader_next(r, &rec), 0);
+	uint8_t body[WT_BODY_MAX];
+	for (uint64_t i = 0; i < 10; i++) {
+		struct tally_view b = {body, (uint32_t)wt_event(7, i, body)};
+		CHECK_EQ(wal_append(s, wt_tenant(7, i), &b, 1000, NULL), 0);
+	}
+	CHECK_EQ(wal_written_next(s), 0);
+	CHECK_EQ(wal_flush(s), 0);
+	CHECK_EQ(wal_written_next(s), 10);
+	CHECK_EQ(wal_durable_next(s), 0);
+	CHECK_EQ(wal_reader_next(r, &rec), 0); /* written, not durable: not served */
+	CHECK_EQ(wal_reader_wait(r, 5), 0);
+	uint64_t d;
+	CHECK_EQ(wal_sync(s, &d), 0);
+	CHECK_EQ(d, 10);
+	CHECK_EQ(wal_reader_wait(r, 1000), 0);
+	for (uint64_t i = 0; i < 10; i++) {
+		CHECK_EQ(wal_reader_next(r, &rec), 1);
+		CHECK_EQ(rec.offset, i);
+	}
+	CHECK_EQ(wal_reader_next(r, &rec), 0);
+
+	/* Clock going back: clamped to the previous ingest time. */
+	uint64_t off;
+	CHECK_EQ(wal_append_tick(s, 5000, &off), 0);
+	CHECK_EQ(wal_append_tick(s, 4000, &off), 0);
+	CHECK_EQ(wal_flush(s), 0);
+	CHECK_EQ(wal_sync(s, NULL), 0);
+	CHECK_EQ(wal_reader_next(r, &rec), 1);
+	CHECK_EQ(rec.ingest_time_us, 5000);
+	CHECK_EQ(rec.kind, WAL_RECORD_TICK);
+	CHECK_EQ(wal_reader_next(r, &rec), 1);
+	CHECK_EQ(rec.ingest_time_us, 5000);
+	CHECK_EQ(rec.offset, 11);
+
+	/* Length checks. */
+	uint8_t big[TALLY_EVENT_BYTES_MAX + 1];
+	memset(big, 0, sizeof big);
+	struct tally_view b = {body, 11};
+	CHECK_EQ(wal_append(s, wt_tenant(7, 0), &b, 6000, NULL), -EINVAL);
+	b = (struct tally_view){big, sizeof big};
+	CHECK_EQ(wal_append(s, wt_tenant(7, 0), &b, 6000, NULL), -EINVAL);
+	uint8_t t65[65] = {0};
+	b = (struct tally_view){body, (uint32_t)wt_event(7, 0, body)};
+	CHECK_EQ(wal_append(s, (struct tally_view){t65, 65}, &b, 6000, NULL), -EINVAL);
+	CHECK_EQ(wal_append(s, (struct tally_view){t65, 64}, &b, 6000, NULL), 0);
+	CHECK_EQ(wal_append_tick(s, -1, NULL), -EINVAL);
+	CHECK_EQ(wal_next_offset(s), 13);
+
+	/* Block due by age. */
+	CHECK(!wal_block_due(s, 6000 + 100));
+	CHECK(wal_block_due(s, 6000 + 200));
+	wal_reader_close(r);
+	CHECK_EQ(wal_close(w), 0);
+
+	/* Shard count mismatch and missing count are refused with a message. */
+	o.shard_count = 3;
+	CHECK_EQ(wal_open(dir, &o, &w), -EINVAL);
+	CHECK(strstr(wal_last_error(), "created with 1 shards") != NULL);
+	o.shard_count = 0;
+	o.block_bytes_max = 100;
+	CHECK_EQ(wal_open(dir, &o, &w), -EINVAL);
+	char dir2[600];
+	snprintf(dir2, sizeof dir2, "%s/fresh", dir);
+	o.block_bytes_max = 0;
+	CHECK_EQ(wal_open(dir2, &o, &w), -EINVAL); /* new WAL, no shard count */
+
+	/* Two writers: the second is refused. */
+	CHECK_EQ(wal_open(dir, &o, &w), 0);
+	struct wal *w2;
+	CHECK_EQ(wal_open(dir, &o, &w2), -EBUSY);
+	CHECK_EQ(wal_close(w), 0);
+	wt_rmrf(dir);
+}
+
+static void test_checkpoint_retention(void)
+{
+	char dir[512];
+	wt_tmpdir(dir, sizeof dir, "wal");
+	uint64_t pos[3] = {5, 6, 7}, got[3];
+	CHECK_EQ(wal_checkpoint_load(dir, "rating", got, 3), -ENOENT);
+	CHECK_EQ(wal_checkpoint_save(dir, "rating", pos, 3), 0);
+	CHECK_EQ(wal_checkpoint_load(dir, "rating", got, 3), 0);
+	CHECK(memcmp(pos, got, sizeof pos) == 0);
+	CHECK_EQ(wal_checkpoint_load(dir, "rating", got, 2), -EINVAL);
+	CHECK_EQ(wal_checkpoint_save(dir, "../evil", pos, 3), -EINVAL);
+	CHECK_EQ(wal_checkpoint_save(dir, "", pos, 3), -EINVAL);
+	/* Damage it: detected. */
+	char path[700];
+	snprintf(path, sizeof path, "%s/consumers/rating.ckpt", dir);
+	int fd = open(path, O_RDWR);
+	CHECK(fd >= 0);
+	uint8_t byte = 0x55;
+	CHECK(pwrite(fd, &byte, 1, 20) == 1);
+	close(fd);
+	CHECK_EQ(wal_checkpoint_load(dir, "rating", got, 3), -EBADMSG);
+	CHECK(unlink(path) == 0);
+
+	/* Retention: 1 shard, old segments deletable up to the checkpoint. */
+	struct wal_options o = {.shard_count = 1, .block_bytes_max = 16 << 10,
+				.segment_bytes_max = 64 << 10};
+	struct wal *w;
+	CHECK_EQ(wal_open(dir, &o, &w), 0);
+	fill(wal_shard(w, 0), 0, 3000, SEED);
+	CHECK_EQ(wal_close(w), 0);
+	struct wal_segment_info segs[64];
+	size_t nseg;
+	CHECK_EQ(wal_segments_list(dir, 0, segs, 64, &nseg), 0);
+	CHECK(nseg >= 3);
+	int64_t now = WT_BASE_TIME_US + 400ll * 86400 * 1000000;
+	uint64_t age = 399ull * 86400 * 1000000; /* everything is older than that */
+	uint64_t ck = segs[2].base_offset;       /* the consumer passed segments 0 and 1 */
+	CHECK_EQ(wal_checkpoint_save(dir, "billing", &ck, 1), 0);
+	uint32_t deleted;
+	CHECK_EQ(wal_retention_run(dir, 401ull * 86400 * 1000000, now, false, &deleted), 0);
+	CHECK_EQ(deleted, 0); /* too young */
+	CHECK_EQ(wal_retention_run(dir, age, now, false, &deleted), 0);
+	CHECK_EQ(deleted, 2);
+	size_t nseg2;
+	CHECK_EQ(wal_segments_list(dir, 0, segs, 64, &nseg2), 0);
+	CHECK_EQ(nseg2, nseg - 2);
+	CHECK_EQ(segs[0].base_offset, ck);
+	/* The reader starts at the earliest remaining record; deleted offsets are -ERANGE. */
+	struct wal_reader *r;
+	CHECK_EQ(wal_reader_open(dir, 0, &r), 0);
+	struct wal_record rec;
+	CHECK_EQ(wal_reader_next(r, &rec), 1);
+	CHECK_EQ(rec.offset, ck);
+	CHECK_EQ(wal_reader_seek(r, 0, 0), -ERANGE);
+	wal_reader_close(r);
+	/* Reopen as writer: still consistent. */
+	CHECK_EQ(wal_open(dir, &o, &w), 0);
+	CHECK_EQ(wal_next_offset(wal_shard(w, 0)), 3000);
+	CHECK_EQ(wal_close(w), 0);
+	/* Forced: deletes all sealed segments regardless of the checkpoint. */
+	CHECK_EQ(wal_retention_run(dir, age, now, true, &deleted), 0);
+	CHECK_EQ(deleted, nseg2 - 1);
+	wt_rmrf(dir);
+}
+
+int main(void)
+{
+	test_round_trip();
+	test_durable_only();
+	test_checkpoint_retention();
+	printf("test_wal: OK\n");
+	return 0;
+}
