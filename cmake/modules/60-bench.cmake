@@ -5,3 +5,33 @@ target_include_directories(tally_benchlib PUBLIC ${PROJECT_SOURCE_DIR}/bench)
 
 tally_test(test_bench_gen SOURCES tests/test_bench_gen.c DEPS tally_benchlib TIMEOUT 120)
 tally_test(test_bench_hist SOURCES tests/test_bench_hist.c DEPS tally_benchlib TIMEOUT 60)
+
+# tally-bench itself. --verify-wal needs the WAL reader (include/tally/wal.h, wal_reader_*):
+# compiled in only when the tally_wal library defines it, otherwise the option says so.
+set(_bench_wal_deps "")
+set(_bench_have_wal 0)
+if(TARGET tally_wal)
+  get_target_property(_wal_srcs tally_wal SOURCES)
+  foreach(_s ${_wal_srcs})
+    if(NOT IS_ABSOLUTE ${_s})
+      set(_s ${PROJECT_SOURCE_DIR}/${_s})
+    endif()
+    if(EXISTS ${_s})
+      file(STRINGS ${_s} _hit REGEX "^int wal_reader_open\\(")
+      if(_hit)
+        set(_bench_have_wal 1)
+      endif()
+    endif()
+  endforeach()
+  if(_bench_have_wal)
+    set(_bench_wal_deps tally_wal)
+  endif()
+endif()
+tally_bench(tally-bench SOURCES bench/tally_bench.c DEPS tally_benchlib ${_bench_wal_deps} Threads::Threads)
+target_compile_definitions(tally-bench PRIVATE TALLY_BENCH_HAVE_WAL_READER=${_bench_have_wal})
+
+# tally-bench end to end against the in-process fake server (owned by the client module).
+if(TARGET tally_client_fake)
+  tally_test(test_bench_fake SOURCES tests/test_bench_fake.c DEPS tally_client_fake TIMEOUT 120)
+  add_dependencies(test_bench_fake tally-bench)
+endif()
