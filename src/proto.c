@@ -274,7 +274,11 @@ long proto_encode_hello(uint8_t *buf, size_t cap, const struct proto_hello *h)
 
 long proto_encode_hello_ok(uint8_t *buf, size_t cap, const struct proto_hello_ok *h)
 {
-	if (h->tenant.len > TALLY_TENANT_BYTES_MAX)
+	/* The same bounds the parser enforces, so an encoded frame always parses. */
+	if (h->tenant.len > TALLY_TENANT_BYTES_MAX || h->frame_bytes_max < PROTO_FRAME_BYTES_MIN ||
+	    h->frame_bytes_max > PROTO_FRAME_BYTES_MAX || h->batch_events_max == 0 ||
+	    h->batch_events_max > PROTO_BATCH_EVENTS_MAX || h->inflight_max == 0 ||
+	    h->shard_count == 0)
 		return -EINVAL;
 	size_t body = 41 + (size_t)h->tenant.len;
 	if (cap < PROTO_HEADER_BYTES + body)
@@ -391,6 +395,9 @@ void proto_ack_start(struct proto_ack_builder *b, uint8_t *buf, size_t cap, uint
 
 int proto_ack_add(struct proto_ack_builder *b, const struct proto_receipt *r)
 {
+	if (r->status < PROTO_ACCEPTED || r->status > PROTO_REJECTED ||
+	    (r->status == PROTO_REJECTED) != (r->reason != 0))
+		return -EINVAL;
 	if (b->len + PROTO_RECEIPT_BYTES > b->cap)
 		return -ENOSPC;
 	uint8_t *p = b->buf + b->len;
@@ -444,11 +451,11 @@ static const struct proto_error_info error_info[PROTO_E_MAX_] = {
 
 static const struct proto_error_info *error_lookup(int code)
 {
-	if (code < 0)
-		code = -code;
-	if (code >= PROTO_E_MAX_)
+	/* Compared as unsigned: negating INT_MIN would be undefined. */
+	unsigned u = code < 0 ? 0u - (unsigned)code : (unsigned)code;
+	if (u >= PROTO_E_MAX_)
 		return NULL;
-	return &error_info[code];
+	return &error_info[u];
 }
 
 const char *proto_error_str(int code)
