@@ -1055,6 +1055,10 @@ static void run_phase(struct worker *w, uint32_t pi)
 	int64_t drain_deadline = 0;
 
 	st->measure_start_ns = ph->t0_ns + ph->warmup_ns;
+	/* Every worker starts at the common t0 (the main thread set it a little ahead). */
+	struct timespec t0 = {ph->t0_ns / NS_PER_S, ph->t0_ns % NS_PER_S};
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t0, NULL) == EINTR)
+		;
 	for (uint32_t i = 0; i < w->nconns; i++) {
 		struct conn *c = w->conns[i];
 		c->st = st;

@@ -35,3 +35,11 @@ if(TARGET tally_client_fake)
   tally_test(test_bench_fake SOURCES tests/test_bench_fake.c DEPS tally_client_fake TIMEOUT 120)
   add_dependencies(test_bench_fake tally-bench)
 endif()
+
+# A tiny run against a real tallyd with --expect and --verify-wal; skipped (77) without tallyd.
+add_test(NAME test_bench_smoke COMMAND sh ${PROJECT_SOURCE_DIR}/tests/test_bench_smoke.sh)
+set_tests_properties(test_bench_smoke PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 120
+                     ENVIRONMENT "TALLY_BIN=${CMAKE_BINARY_DIR}/bin;TALLY_SRC=${PROJECT_SOURCE_DIR}")
+if(TARGET tallyd)
+  add_dependencies(tally-bench tallyd) # so that building the bench also builds what it smokes
+endif()
