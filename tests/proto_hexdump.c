@@ -59,6 +59,18 @@ static const uint8_t *cur(void)
 	return g_base + g_off;
 }
 
+/* The whole frame as plain hex, 32 bytes a line: a test vector to paste into a client's tests. */
+static void raw(const uint8_t *f, size_t n)
+{
+	printf("raw:\n");
+	for (size_t i = 0; i < n; i += 32) {
+		for (size_t k = i; k < n && k < i + 32; k++)
+			printf("%02x", f[k]);
+		printf("\n");
+	}
+	printf("\n");
+}
+
 static void header(const uint8_t *f, size_t n, const char *title)
 {
 	g_base = f;
@@ -149,7 +161,7 @@ static void dump_hello(void)
 	str_field(14, "client_name");
 	str_field(32, "api_key");
 	expect(g_off == (size_t)n, "hello length");
-	printf("\n");
+	raw(f, (size_t)n);
 }
 
 static void dump_batch_and_ack(void)
@@ -196,7 +208,7 @@ static void dump_batch_and_ack(void)
 		event_fields(el);
 	}
 	expect(g_off == (size_t)n, "batch length");
-	printf("\n");
+	raw(f, (size_t)n);
 
 	static uint8_t a[256];
 	struct proto_ack_builder ab;
@@ -219,6 +231,32 @@ static void dump_batch_and_ack(void)
 		field(8, "receipt[%d] offset %" PRIu64, i, le(cur(), 8));
 	}
 	expect(g_off == (size_t)n, "ack length");
+	raw(a, (size_t)n);
+}
+
+static void dump_error_ping(void)
+{
+	static uint8_t f[1024];
+	const char *msg = "WAL out of space";
+	long n = proto_encode_error(f, sizeof(f), PROTO_E_DISK_FULL, false, 43, msg);
+	struct proto_frame fr;
+	expect(n > 0 && proto_frame_parse(f, (size_t)n, PROTO_HELLO_BYTES_MAX, 1, &fr, NULL) == n,
+	       "error");
+	header(f, (size_t)n, "ERROR (server -> client): DISK_FULL, retryable, for request_id 43");
+	field(2, "code %" PRIu64 " (%s)", le(cur(), 2), proto_error_code(PROTO_E_DISK_FULL));
+	field(1, "fatal %u (0 = the connection stays open)", cur()[0]);
+	field(1, "reserved 0");
+	field(8, "request_id %" PRIu64 " (the BATCH this answers; 0 = none)", le(cur(), 8));
+	field(2, "message_len %" PRIu64, le(cur(), 2));
+	str_field(strlen(msg), "message");
+	expect(g_off == (size_t)n && fr.u.error.request_id == 43, "error length");
+	raw(f, (size_t)n);
+
+	n = proto_encode_ping(f, sizeof(f), PROTO_PING, 0x0123456789ABCDEFull);
+	expect(n == 24 && proto_frame_parse(f, 24, 64, 1, &fr, NULL) == 24, "ping");
+	header(f, (size_t)n, "PING (client -> server), nonce 0x0123456789ABCDEF");
+	field(8, "nonce 0x%016" PRIX64 " (PONG echoes it)", le(cur(), 8));
+	raw(f, (size_t)n);
 }
 
 int main(int argc, char **argv)
@@ -230,5 +268,6 @@ int main(int argc, char **argv)
 	}
 	dump_hello();
 	dump_batch_and_ack();
+	dump_error_ping();
 	return g_bad;
 }
