@@ -1,0 +1,1134 @@
+/*
+ * cmd_send.c — `tally send`: reads usage events as JSON lines, sends them to a tallyd in
+ * pipelined batches through the client library (tally/client.h) and summarises the receipts.
+ * Usage and the accepted JSON are in usage() below and in docs/client.md.
+ *
+ * How a line becomes an event (no floating point anywhere):
+ *   - fields: event_id | idempotency_key, customer_id, event_name (strings), timestamp
+ *     (RFC 3339, parsed exactly by parse_rfc3339()) | timestamp_us (integer), and metadata |
+ *     properties (an object). Any other field makes the line invalid: a typo must not drop
+ *     data silently.
+ *   - property values: JSON integer -> INT; string of the form -?D+.D+ -> DECIMAL, exact, with
+ *     as many digits after the point as written (<= 18); other strings -> STRING. A JSON real
+ *     (0.25, 1e3) is also taken exactly from its text: before jansson sees a line,
+ *     mark_reals() rewrites each real token T outside strings into the string "\u0000T"
+ *     (parsed with JSON_ALLOW_NUL), so the original digits survive; jansson never produces a
+ *     double. A real -> DECIMAL; strings holding a NUL are otherwise refused.
+ *   - the body is encoded here (encode_body(), no validation) and validated by
+ *     event_decode(), the broker's own check: an invalid event is reported "rejected" with
+ *     the broker's reason and never sent. The broker may still reject (e.g. time limits).
+ *
+ * Lines go into batches of --batch events (capped by the server's batch_events_max and by its
+ * frame size); up to inflight_max batches are in flight; each batch remembers the line
+ * numbers of its events so that receipts are reported by line.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tally/client.h"
+#include "tally/event.h"
+#include "tally/protocol.h"
+#include "tools/cmds.h"
+
+#define SEND_BATCH_DEFAULT     500u
+#define SEND_LINE_BYTES_MAX    (1u << 20) /* a longer line is invalid */
+#define SEND_PROBLEMS_KEPT_MAX 10000u      /* per-line reports kept for the summary */
+#define SEND_MSG_BYTES_MAX     320u
+
+enum send_kind { SEND_INVALID = 1, SEND_REJECTED, SEND_CONFLICT, SEND_UNACKED };
+
+static const char *kind_name(int k)
+{
+	switch (k) {
+	case SEND_INVALID: return "invalid";
+	case SEND_REJECTED: return "rejected";
+	case SEND_CONFLICT: return "conflict";
+	default: return "unacked";
+	}
+}
+
+struct send_problem {
+	uint64_t line;
+	uint8_t kind;   /* enum send_kind */
+	uint8_t reason; /* enum tally_reject for SEND_REJECTED */
+	uint16_t shard; /* SEND_CONFLICT: the first event's position, if known */
+	uint64_t offset;
+	char *msg;      /* SEND_INVALID, SEND_UNACKED */
+};
+
+struct send_slot {
+	uint64_t request_id; /* 0 = free */
+	uint32_t count;
+	uint64_t *lines;     /* batch_cap entries */
+};
+
+struct send_state {
+	struct tally_client *c;
+	bool quiet;
+	bool json;
+	int io_timeout_ms;
+	uint32_t batch_cap;
+	/* The batch being built. */
+	uint64_t *lines;
+	uint32_t count;
+	bool building;
+	/* Batches in flight. */
+	struct send_slot *slots;
+	uint32_t slot_count;
+	/* Counters. */
+	uint64_t nlines, sent, accepted, duplicate, conflict, rejected, invalid, unacked;
+	struct send_problem *problems;
+	size_t nproblems, problems_cap;
+	uint64_t problems_dropped;
+	char fatal[TALLY_CLIENT_ERROR_BYTES_MAX + 64]; /* set when the connection failed */
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Reports                                                                                   */
+
+__attribute__((format(printf, 5, 6))) static void add_problem(struct send_state *st, uint64_t line,
+							       int kind, uint8_t reason,
+							       const char *fmt, ...)
+{
+	if (st->nproblems == SEND_PROBLEMS_KEPT_MAX) {
+		st->problems_dropped++;
+		return;
+	}
+	if (st->nproblems == st->problems_cap) {
+		size_t cap = st->problems_cap ? st->problems_cap * 2 : 64;
+		struct send_problem *p = realloc(st->problems, cap * sizeof(*p));
+		if (!p) {
+			st->problems_dropped++;
+			return;
+		}
+		st->problems = p;
+		st->problems_cap = cap;
+	}
+	struct send_problem *p = &st->problems[st->nproblems++];
+	memset(p, 0, sizeof(*p));
+	p->line = line;
+	p->kind = (uint8_t)kind;
+	p->reason = reason;
+	p->offset = PROTO_OFFSET_UNKNOWN;
+	if (fmt) {
+		char buf[SEND_MSG_BYTES_MAX];
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(buf, sizeof(buf), fmt, ap);
+		va_end(ap);
+		p->msg = strdup(buf);
+	}
+}
+
+static int problem_cmp(const void *a, const void *b)
+{
+	const struct send_problem *x = a, *y = b;
+	return x->line < y->line ? -1 : x->line > y->line;
+}
+
+static void problem_text(const struct send_problem *p, char *buf, size_t cap)
+{
+	switch (p->kind) {
+	case SEND_REJECTED:
+		snprintf(buf, cap, "%s (%s)", event_reject_str((enum tally_reject)p->reason),
+			 event_reject_code((enum tally_reject)p->reason));
+		break;
+	case SEND_CONFLICT:
+		if (p->offset != PROTO_OFFSET_UNKNOWN)
+			snprintf(buf, cap,
+				 "same event_id already stored with different content; the first "
+				 "stands (shard %u, offset %llu)",
+				 p->shard, (unsigned long long)p->offset);
+		else
+			snprintf(buf, cap, "same event_id already stored with different content; "
+					   "the first stands");
+		break;
+	default:
+		snprintf(buf, cap, "%s", p->msg ? p->msg : "(out of memory)");
+		break;
+	}
+}
+
+static void print_summary(struct send_state *st)
+{
+	if (st->nproblems)
+		qsort(st->problems, st->nproblems, sizeof(*st->problems), problem_cmp);
+	char text[SEND_MSG_BYTES_MAX + 128];
+	if (st->json) {
+		json_t *o = json_object();
+		json_object_set_new(o, "lines", json_integer((json_int_t)st->nlines));
+		json_object_set_new(o, "sent", json_integer((json_int_t)st->sent));
+		json_object_set_new(o, "accepted", json_integer((json_int_t)st->accepted));
+		json_object_set_new(o, "duplicate", json_integer((json_int_t)st->duplicate));
+		json_object_set_new(o, "conflict", json_integer((json_int_t)st->conflict));
+		json_object_set_new(o, "rejected", json_integer((json_int_t)st->rejected));
+		json_object_set_new(o, "invalid", json_integer((json_int_t)st->invalid));
+		json_object_set_new(o, "unacked", json_integer((json_int_t)st->unacked));
+		if (st->fatal[0])
+			json_object_set_new(o, "error", json_string(st->fatal));
+		if (!st->quiet) {
+			json_t *a = json_array();
+			for (size_t i = 0; i < st->nproblems; i++) {
+				const struct send_problem *p = &st->problems[i];
+				json_t *e = json_object();
+				json_object_set_new(e, "line", json_integer((json_int_t)p->line));
+				json_object_set_new(e, "kind", json_string(kind_name(p->kind)));
+				if (p->kind == SEND_REJECTED)
+					json_object_set_new(
+						e, "reason",
+						json_string(event_reject_code((enum tally_reject)p->reason)));
+				if (p->kind == SEND_CONFLICT && p->offset != PROTO_OFFSET_UNKNOWN) {
+					json_object_set_new(e, "shard", json_integer(p->shard));
+					json_object_set_new(e, "offset", json_integer((json_int_t)p->offset));
+				}
+				problem_text(p, text, sizeof(text));
+				json_object_set_new(e, "message", json_string(text));
+				json_array_append_new(a, e);
+			}
+			json_object_set_new(o, "problems", a);
+			if (st->problems_dropped)
+				json_object_set_new(o, "problems_not_listed",
+						    json_integer((json_int_t)st->problems_dropped));
+		}
+		char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		if (s)
+			printf("%s\n", s);
+		free(s);
+		json_decref(o);
+		return;
+	}
+	if (!st->quiet) {
+		for (size_t i = 0; i < st->nproblems; i++) {
+			problem_text(&st->problems[i], text, sizeof(text));
+			printf("line %llu: %s: %s\n", (unsigned long long)st->problems[i].line,
+			       kind_name(st->problems[i].kind), text);
+		}
+		if (st->problems_dropped)
+			printf("... and %llu more problems not listed\n",
+			       (unsigned long long)st->problems_dropped);
+	}
+	printf("sent %llu events from %llu lines: %llu accepted, %llu duplicate, %llu conflict, "
+	       "%llu rejected, %llu invalid",
+	       (unsigned long long)st->sent, (unsigned long long)st->nlines,
+	       (unsigned long long)st->accepted, (unsigned long long)st->duplicate,
+	       (unsigned long long)st->conflict, (unsigned long long)st->rejected,
+	       (unsigned long long)st->invalid);
+	if (st->unacked)
+		printf(", %llu unacked", (unsigned long long)st->unacked);
+	printf("\n");
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Exact parsing: RFC 3339 times and decimals                                                 */
+
+/* Days from 1970-01-01 to y-m-d, proleptic Gregorian (H. Hinnant's days_from_civil). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+	y -= m <= 2;
+	int64_t era = (y >= 0 ? y : y - 399) / 400;
+	unsigned yoe = (unsigned)(y - era * 400);
+	unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+	unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + (int64_t)doe - 719468;
+}
+
+static bool digits(const char *s, int n, unsigned *out)
+{
+	unsigned v = 0;
+	for (int i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		v = v * 10 + (unsigned)(s[i] - '0');
+	}
+	*out = v;
+	return true;
+}
+
+/*
+ * YYYY-MM-DDTHH:MM:SS[.fraction](Z|+hh:mm|-hh:mm), 'T' also 't' or ' ', 'Z' also 'z'.
+ * The fraction may have any number of digits, but only zeros after the 6th (microseconds
+ * are the unit: anything finer would be rounded, and we do not round). Returns 0 with
+ * *us set, or -1 with err filled.
+ */
+static int parse_rfc3339(const char *s, size_t n, int64_t *us, char *err, size_t errcap)
+{
+	unsigned y, mo, d, h, mi, sec, oh = 0, om = 0;
+	int64_t frac_us = 0;
+	if (n < 20 || !digits(s, 4, &y) || s[4] != '-' || !digits(s + 5, 2, &mo) || s[7] != '-' ||
+	    !digits(s + 8, 2, &d) || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
+	    !digits(s + 11, 2, &h) || s[13] != ':' || !digits(s + 14, 2, &mi) || s[16] != ':' ||
+	    !digits(s + 17, 2, &sec))
+		goto bad_form;
+	static const unsigned mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+	if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] + (mo == 2 && leap) || h > 23 ||
+	    mi > 59 || sec > 59) {
+		snprintf(err, errcap, "timestamp \"%.*s\" is not a valid date and time%s", (int)n, s,
+			 sec == 60 ? " (leap seconds are not supported)" : "");
+		return -1;
+	}
+	size_t i = 19;
+	if (i < n && s[i] == '.') {
+		i++;
+		size_t start = i;
+		int64_t scale = 100000;
+		while (i < n && s[i] >= '0' && s[i] <= '9') {
+			if (i - start < 6) {
+				frac_us += (s[i] - '0') * scale;
+				scale /= 10;
+			} else if (s[i] != '0') {
+				snprintf(err, errcap,
+					 "timestamp \"%.*s\" is finer than a microsecond (the unit of "
+					 "event time; tally does not round)",
+					 (int)n, s);
+				return -1;
+			}
+			i++;
+		}
+		if (i == start)
+			goto bad_form;
+	}
+	int sign = 0;
+	if (i < n && (s[i] == 'Z' || s[i] == 'z')) {
+		i++;
+	} else if (i + 6 == n && (s[i] == '+' || s[i] == '-') && digits(s + i + 1, 2, &oh) &&
+		   s[i + 3] == ':' && digits(s + i + 4, 2, &om)) {
+		sign = s[i] == '+' ? 1 : -1;
+		if (oh > 23 || om > 59)
+			goto bad_form;
+		i += 6;
+	} else {
+		goto bad_form;
+	}
+	if (i != n)
+		goto bad_form;
+	int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
+	secs -= sign * (int64_t)(oh * 3600 + om * 60); /* local time = UTC + offset */
+	*us = secs * 1000000 + frac_us;
+	return 0;
+bad_form:
+	snprintf(err, errcap,
+		 "timestamp \"%.*s\" is not RFC 3339 (e.g. 2026-01-31T23:59:59.250Z or "
+		 "2026-02-01T01:59:59+02:00)",
+		 (int)(n > 64 ? 64 : n), s);
+	return -1;
+}
+
+/*
+ * Exact decimal from text: [-]D+[.D+][(e|E)[+-]D+] (the exponent only if allow_exp).
+ * Returns 1 with (*mant, *scale), 0 if s does not have that shape (and `need_point`: no
+ * point), or -1 if it has the shape but no int64 mantissa with scale <= 18 holds it (err).
+ */
+static int parse_decimal(const char *s, size_t n, bool allow_exp, bool need_point, int64_t *mant,
+			 uint8_t *scale, char *err, size_t errcap)
+{
+	size_t i = 0;
+	bool neg = false;
+	if (i < n && s[i] == '-') {
+		neg = true;
+		i++;
+	}
+	unsigned __int128 m = 0;
+	bool overflow = false;
+	size_t int_digits = 0, frac_digits = 0;
+	while (i < n && s[i] >= '0' && s[i] <= '9') {
+		m = m * 10 + (unsigned)(s[i++] - '0');
+		int_digits++;
+		if (m > ((unsigned __int128)1 << 64))
+			overflow = true, m = (unsigned __int128)1 << 64;
+	}
+	if (!int_digits)
+		return 0;
+	bool point = i < n && s[i] == '.';
+	if (point) {
+		i++;
+		while (i < n && s[i] >= '0' && s[i] <= '9') {
+			m = m * 10 + (unsigned)(s[i++] - '0');
+			frac_digits++;
+			if (m > ((unsigned __int128)1 << 64))
+				overflow = true, m = (unsigned __int128)1 << 64;
+		}
+		if (!frac_digits)
+			return 0;
+	}
+	long exp = 0;
+	if (allow_exp && i < n && (s[i] == 'e' || s[i] == 'E')) {
+		i++;
+		bool eneg = false;
+		if (i < n && (s[i] == '+' || s[i] == '-'))
+			eneg = s[i++] == '-';
+		size_t ed = 0;
+		while (i < n && s[i] >= '0' && s[i] <= '9') {
+			if (exp < 100000)
+				exp = exp * 10 + (s[i] - '0');
+			i++;
+			ed++;
+		}
+		if (!ed)
+			return 0;
+		if (eneg)
+			exp = -exp;
+	}
+	if (i != n || (need_point && !point))
+		return 0;
+	long sc = (long)frac_digits - exp;
+	/* Drop trailing zeros only when needed to fit the scale: 1.50 stays scale 2. */
+	while (sc > TALLY_DECIMAL_SCALE_MAX && !overflow && m % 10 == 0 && m != 0) {
+		m /= 10;
+		sc--;
+	}
+	if (m == 0 && sc > TALLY_DECIMAL_SCALE_MAX)
+		sc = TALLY_DECIMAL_SCALE_MAX;
+	while (sc < 0 && !overflow) {
+		m *= 10;
+		sc++;
+		if (m > ((unsigned __int128)1 << 64))
+			overflow = true;
+	}
+	uint64_t limit = neg ? (uint64_t)1 << 63 : ((uint64_t)1 << 63) - 1;
+	if (overflow || m > limit || sc < 0 || sc > TALLY_DECIMAL_SCALE_MAX) {
+		snprintf(err, errcap,
+			 "%.*s does not fit a decimal (at most 18 digits after the point and an "
+			 "int64 mantissa)",
+			 (int)(n > 48 ? 48 : n), s);
+		return -1;
+	}
+	*mant = neg ? (int64_t)(0 - (uint64_t)m) : (int64_t)m;
+	*scale = (uint8_t)sc;
+	return 1;
+}
+
+/*
+ * Copies line[0..n) to out, rewriting each JSON number token with a fraction or exponent
+ * outside strings as the string "\u0000<token>" (see the file header). Tokens that are not
+ * valid JSON numbers are copied as they are, for jansson to report. out needs 4n + 16 bytes.
+ */
+static size_t mark_reals(const char *line, size_t n, char *out)
+{
+	size_t o = 0;
+	bool in_str = false;
+	for (size_t i = 0; i < n;) {
+		char ch = line[i];
+		if (in_str) {
+			out[o++] = ch;
+			i++;
+			if (ch == '\\' && i < n)
+				out[o++] = line[i++];
+			else if (ch == '"')
+				in_str = false;
+			continue;
+		}
+		if (ch == '"') {
+			in_str = true;
+			out[o++] = line[i++];
+			continue;
+		}
+		if (ch != '-' && !(ch >= '0' && ch <= '9')) {
+			out[o++] = line[i++];
+			continue;
+		}
+		size_t j = i + (ch == '-');
+		bool real = false;
+		while (j < n && ((line[j] >= '0' && line[j] <= '9') || line[j] == '.' || line[j] == 'e' ||
+				 line[j] == 'E' || line[j] == '+' || line[j] == '-')) {
+			if (line[j] == '.' || line[j] == 'e' || line[j] == 'E')
+				real = true;
+			j++;
+		}
+		if (real) {
+			memcpy(out + o, "\"\\u0000", 7);
+			o += 7;
+			memcpy(out + o, line + i, j - i);
+			o += j - i;
+			out[o++] = '"';
+		} else {
+			memcpy(out + o, line + i, j - i);
+			o += j - i;
+		}
+		i = j;
+	}
+	out[o] = '\0';
+	return o;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* One line -> one event                                                                     */
+
+struct send_event {
+	struct tally_event_in in;
+	struct tally_prop props[TALLY_PROPS_MAX];
+};
+
+/* A string field: 0, or -1 with err (wrong type, NUL inside, a JSON real). */
+static int get_string(json_t *v, const char *field, struct tally_view *out, char *err, size_t cap)
+{
+	if (!json_is_string(v)) {
+		snprintf(err, cap, "field \"%s\" must be a string", field);
+		return -1;
+	}
+	const char *s = json_string_value(v);
+	size_t n = json_string_length(v);
+	if (n && s[0] == '\0') {
+		snprintf(err, cap, "field \"%s\" must be a string, not the number %s", field, s + 1);
+		return -1;
+	}
+	if (strlen(s) != n) {
+		snprintf(err, cap, "field \"%s\" contains a NUL character", field);
+		return -1;
+	}
+	out->ptr = (const uint8_t *)s;
+	out->len = (uint32_t)n;
+	return 0;
+}
+
+static int get_props(json_t *obj, const char *field, struct send_event *ev, char *err, size_t cap)
+{
+	if (!json_is_object(obj)) {
+		snprintf(err, cap, "field \"%s\" must be an object", field);
+		return -1;
+	}
+	if (json_object_size(obj) > TALLY_PROPS_MAX) {
+		/* Reported by the broker's check as PROP_COUNT: leave a count it will see. */
+		ev->in.prop_count = (uint32_t)json_object_size(obj);
+		return 1;
+	}
+	const char *k;
+	json_t *v;
+	uint32_t i = 0;
+	json_object_foreach(obj, k, v) {
+		struct tally_prop *p = &ev->props[i++];
+		memset(p, 0, sizeof(*p));
+		p->key.ptr = (const uint8_t *)k;
+		p->key.len = (uint32_t)strlen(k);
+		if (json_is_integer(v)) {
+			p->kind = TALLY_VALUE_INT;
+			p->i64 = (int64_t)json_integer_value(v);
+		} else if (json_is_string(v)) {
+			const char *s = json_string_value(v);
+			size_t n = json_string_length(v);
+			char derr[160];
+			if (n && s[0] == '\0') { /* a JSON real, marked by mark_reals() */
+				int r = parse_decimal(s + 1, n - 1, true, false, &p->i64, &p->scale, derr,
+						      sizeof(derr));
+				if (r <= 0) {
+					snprintf(err, cap, "%s \"%s\": %s", field, k,
+						 r < 0 ? derr : "malformed number");
+					return -1;
+				}
+				p->kind = TALLY_VALUE_DECIMAL;
+				continue;
+			}
+			if (strlen(s) != n) {
+				snprintf(err, cap, "%s \"%s\" contains a NUL character", field, k);
+				return -1;
+			}
+			int r = parse_decimal(s, n, false, true, &p->i64, &p->scale, derr, sizeof(derr));
+			if (r < 0) {
+				snprintf(err, cap, "%s \"%s\": %s", field, k, derr);
+				return -1;
+			}
+			if (r > 0) {
+				p->kind = TALLY_VALUE_DECIMAL;
+			} else {
+				p->kind = TALLY_VALUE_STRING;
+				p->str.ptr = (const uint8_t *)s;
+				p->str.len = (uint32_t)n;
+			}
+		} else {
+			snprintf(err, cap,
+				 "%s \"%s\" must be an integer, a decimal or a string (not %s)", field, k,
+				 json_is_boolean(v) ? "a boolean"
+				 : json_is_null(v)  ? "null"
+				 : json_is_array(v) ? "an array"
+						    : "an object");
+			return -1;
+		}
+	}
+	ev->in.prop_count = i;
+	ev->in.props = ev->props;
+	return 0;
+}
+
+/*
+ * Fills ev from a parsed line (views into `root`). Returns 0, or -1 with err (invalid line).
+ */
+static int line_to_event(json_t *root, struct send_event *ev, char *err, size_t cap)
+{
+	static const char *const known[] = {"event_id",  "idempotency_key", "customer_id",
+					    "event_name", "timestamp",       "timestamp_us",
+					    "metadata",   "properties"};
+	memset(&ev->in, 0, sizeof(ev->in));
+	if (!json_is_object(root)) {
+		snprintf(err, cap, "a line must be a JSON object");
+		return -1;
+	}
+	const char *k;
+	json_t *v;
+	json_object_foreach(root, k, v) {
+		bool ok = false;
+		for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+			ok |= !strcmp(k, known[i]);
+		if (!ok) {
+			snprintf(err, cap, "unknown field \"%.64s\"", k);
+			return -1;
+		}
+	}
+	json_t *id = json_object_get(root, "event_id");
+	json_t *ik = json_object_get(root, "idempotency_key");
+	if (id && ik) {
+		snprintf(err, cap, "give event_id or idempotency_key, not both");
+		return -1;
+	}
+	if (!id && !ik) {
+		snprintf(err, cap, "missing field \"event_id\" (or \"idempotency_key\")");
+		return -1;
+	}
+	if (get_string(id ? id : ik, id ? "event_id" : "idempotency_key", &ev->in.key, err, cap) < 0)
+		return -1;
+	json_t *cu = json_object_get(root, "customer_id");
+	if (!cu) {
+		snprintf(err, cap, "missing field \"customer_id\"");
+		return -1;
+	}
+	if (get_string(cu, "customer_id", &ev->in.customer, err, cap) < 0)
+		return -1;
+	json_t *nm = json_object_get(root, "event_name");
+	if (!nm) {
+		snprintf(err, cap, "missing field \"event_name\"");
+		return -1;
+	}
+	if (get_string(nm, "event_name", &ev->in.name, err, cap) < 0)
+		return -1;
+
+	json_t *ts = json_object_get(root, "timestamp");
+	json_t *tu = json_object_get(root, "timestamp_us");
+	if (ts && tu) {
+		snprintf(err, cap, "give timestamp or timestamp_us, not both");
+		return -1;
+	}
+	if (ts) {
+		struct tally_view t;
+		if (get_string(ts, "timestamp", &t, err, cap) < 0)
+			return -1;
+		if (parse_rfc3339((const char *)t.ptr, t.len, &ev->in.event_time_us, err, cap) < 0)
+			return -1;
+	} else if (tu) {
+		if (!json_is_integer(tu)) {
+			snprintf(err, cap, "field \"timestamp_us\" must be an integer (microseconds "
+					   "since the Unix epoch)");
+			return -1;
+		}
+		ev->in.event_time_us = (int64_t)json_integer_value(tu);
+	} else {
+		snprintf(err, cap, "missing field \"timestamp\" (or \"timestamp_us\")");
+		return -1;
+	}
+
+	json_t *md = json_object_get(root, "metadata");
+	json_t *pr = json_object_get(root, "properties");
+	if (md && pr) {
+		snprintf(err, cap, "give metadata or properties, not both");
+		return -1;
+	}
+	if (md || pr)
+		return get_props(md ? md : pr, md ? "metadata" : "properties", ev, err, cap) < 0 ? -1
+												  : 0;
+	return 0;
+}
+
+/*
+ * Encodes the event body as specified in tally/event.h, without validating it, then runs the
+ * broker's own validation (event_decode) on it. Lengths that do not even fit their field
+ * are reported with the reason the decoder gives for them. Returns the reason (NONE = valid,
+ * *len set).
+ */
+static enum tally_reject encode_body(const struct tally_event_in *in, uint8_t *buf, size_t cap,
+				     size_t *len)
+{
+	if (in->key.len == 0 || in->key.len > TALLY_KEY_BYTES_MAX)
+		return TALLY_REJECT_KEY_LEN;
+	if (in->customer.len == 0 || in->customer.len > TALLY_CUSTOMER_BYTES_MAX)
+		return TALLY_REJECT_CUSTOMER_LEN;
+	if (in->name.len == 0 || in->name.len > TALLY_NAME_BYTES_MAX)
+		return TALLY_REJECT_NAME_LEN;
+	if (in->prop_count > TALLY_PROPS_MAX)
+		return TALLY_REJECT_PROP_COUNT;
+	for (uint32_t i = 0; i < in->prop_count; i++) {
+		if (in->props[i].key.len == 0 || in->props[i].key.len > TALLY_PROP_KEY_BYTES_MAX)
+			return TALLY_REJECT_PROP_KEY_LEN;
+		if (in->props[i].kind == TALLY_VALUE_STRING &&
+		    in->props[i].str.len > TALLY_PROP_STRING_BYTES_MAX)
+			return TALLY_REJECT_PROP_STRING_LEN;
+	}
+	/* The checks above bound the body by TALLY_EVENT_BYTES_MAX <= cap. */
+	uint8_t *p = buf;
+	uint64_t t = (uint64_t)in->event_time_us;
+	for (int i = 0; i < 8; i++)
+		*p++ = (uint8_t)(t >> (8 * i));
+	*p++ = (uint8_t)in->key.len;
+	*p++ = (uint8_t)in->customer.len;
+	*p++ = (uint8_t)in->name.len;
+	*p++ = (uint8_t)in->prop_count;
+	memcpy(p, in->key.ptr, in->key.len);
+	p += in->key.len;
+	memcpy(p, in->customer.ptr, in->customer.len);
+	p += in->customer.len;
+	memcpy(p, in->name.ptr, in->name.len);
+	p += in->name.len;
+	for (uint32_t i = 0; i < in->prop_count; i++) {
+		const struct tally_prop *pr = &in->props[i];
+		*p++ = (uint8_t)pr->key.len;
+		*p++ = pr->kind;
+		memcpy(p, pr->key.ptr, pr->key.len);
+		p += pr->key.len;
+		if (pr->kind == TALLY_VALUE_STRING) {
+			*p++ = (uint8_t)pr->str.len;
+			*p++ = (uint8_t)(pr->str.len >> 8);
+			if (pr->str.len)
+				memcpy(p, pr->str.ptr, pr->str.len);
+			p += pr->str.len;
+		} else {
+			if (pr->kind == TALLY_VALUE_DECIMAL)
+				*p++ = pr->scale;
+			uint64_t v = (uint64_t)pr->i64;
+			for (int k = 0; k < 8; k++)
+				*p++ = (uint8_t)(v >> (8 * k));
+		}
+	}
+	*len = (size_t)(p - buf);
+	(void)cap;
+	struct tally_event ev;
+	return event_decode(buf, *len, &ev);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Sending and receipts                                                                      */
+
+static void set_fatal(struct send_state *st, const char *what)
+{
+	if (!st->fatal[0])
+		snprintf(st->fatal, sizeof(st->fatal), "%s: %s", what, tally_client_last_error(st->c));
+}
+
+static struct send_slot *find_slot(struct send_state *st, uint64_t request_id)
+{
+	for (uint32_t i = 0; i < st->slot_count; i++)
+		if (st->slots[i].request_id == request_id)
+			return &st->slots[i];
+	return NULL;
+}
+
+/* Marks every event of a slot as without receipt, with the reason. */
+static void slot_unacked(struct send_state *st, struct send_slot *s, const char *why)
+{
+	for (uint32_t i = 0; i < s->count; i++)
+		add_problem(st, s->lines[i], SEND_UNACKED, 0, "%s", why);
+	st->unacked += s->count;
+	s->request_id = 0;
+}
+
+/* Waits for one reply and accounts for it. Returns 0, or -1 when the connection failed. */
+static int take_reply(struct send_state *st)
+{
+	struct tally_client_reply r;
+	int rc = tally_client_recv(st->c, st->io_timeout_ms, &r);
+	if (rc < 0) {
+		set_fatal(st, "waiting for receipts");
+		return -1;
+	}
+	if (r.kind == TALLY_CLIENT_REPLY_ACK) {
+		struct send_slot *s = find_slot(st, r.request_id);
+		if (!s) /* the client matched it to a batch we sent: cannot happen */
+			return 0;
+		for (uint32_t i = 0; i < r.receipt_count && i < s->count; i++) {
+			const struct proto_receipt *p = &r.receipts[i];
+			switch (p->status) {
+			case PROTO_ACCEPTED:
+				st->accepted++;
+				break;
+			case PROTO_DUPLICATE:
+				st->duplicate++;
+				break;
+			case PROTO_CONFLICT:
+				st->conflict++;
+				add_problem(st, s->lines[i], SEND_CONFLICT, 0, NULL);
+				if (st->nproblems && st->problems[st->nproblems - 1].line == s->lines[i]) {
+					st->problems[st->nproblems - 1].shard = p->shard;
+					st->problems[st->nproblems - 1].offset = p->offset;
+				}
+				break;
+			default:
+				st->rejected++;
+				add_problem(st, s->lines[i], SEND_REJECTED, p->reason, NULL);
+				break;
+			}
+		}
+		s->request_id = 0;
+		return 0;
+	}
+	if (r.kind == TALLY_CLIENT_REPLY_ERROR) {
+		/* An ERROR naming a batch: those events were not stored. */
+		struct send_slot *s = r.request_id ? find_slot(st, r.request_id) : NULL;
+		if (s)
+			slot_unacked(st, s, tally_client_last_error(st->c));
+		if (r.fatal) {
+			set_fatal(st, "the server closed the connection");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int flush_batch(struct send_state *st)
+{
+	if (!st->building || st->count == 0)
+		return 0;
+	uint64_t id;
+	int rc = tally_client_batch_send(st->c, &id);
+	st->building = false;
+	if (rc < 0) {
+		/* Nothing of this batch is known to have arrived. */
+		for (uint32_t i = 0; i < st->count; i++)
+			add_problem(st, st->lines[i], SEND_UNACKED, 0, "not sent: %s",
+				    tally_client_last_error(st->c));
+		st->unacked += st->count;
+		st->count = 0;
+		set_fatal(st, "sending a batch");
+		return -1;
+	}
+	struct send_slot *s = find_slot(st, 0);
+	/* The client allows no more batches in flight than we have slots. */
+	assert(s);
+	s->request_id = id;
+	s->count = st->count;
+	memcpy(s->lines, st->lines, st->count * sizeof(*st->lines));
+	st->sent += st->count;
+	st->count = 0;
+	return 0;
+}
+
+static int begin_batch(struct send_state *st)
+{
+	for (;;) {
+		int rc = tally_client_batch_begin(st->c);
+		if (rc == 0) {
+			st->building = true;
+			return 0;
+		}
+		if (rc != TALLY_CLIENT_E_INFLIGHT) {
+			set_fatal(st, "starting a batch");
+			return -1;
+		}
+		if (take_reply(st) < 0)
+			return -1;
+	}
+}
+
+/* Adds one encoded event (from line `line`) to the current batch, sending as needed. */
+static int add_event(struct send_state *st, uint64_t line, const uint8_t *body, size_t len)
+{
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (!st->building && begin_batch(st) < 0)
+			return -1;
+		int rc = tally_client_batch_add_raw(st->c, body, len);
+		if (rc == 0) {
+			st->lines[st->count++] = line;
+			if (st->count == st->batch_cap)
+				return flush_batch(st);
+			return 0;
+		}
+		if ((rc == -ENOSPC || rc == -E2BIG) && st->count > 0) {
+			if (flush_batch(st) < 0)
+				return -1;
+			continue; /* retry in a fresh batch */
+		}
+		break;
+	}
+	add_problem(st, line, SEND_INVALID, 0,
+		    "event of %zu bytes does not fit in a frame of %u bytes", len,
+		    tally_client_limits(st->c)->frame_bytes_max);
+	st->invalid++;
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: tally send [options] [FILE]\n"
+		"\n"
+		"Sends usage events, one JSON object per line, from FILE (or stdin when FILE is\n"
+		"absent or \"-\") to a tallyd, and prints what happened to each: accepted,\n"
+		"duplicate (already stored, same content), conflict (same event_id, different\n"
+		"content: the first stands), rejected (with the reason), or invalid (the line\n"
+		"could not be read; reported with its number, the other lines still go).\n"
+		"\n"
+		"A line:\n"
+		"  {\"event_id\": \"req-81723\", \"customer_id\": \"cus_42\", \"event_name\": \"llm.tokens\",\n"
+		"   \"timestamp\": \"2026-03-01T12:00:00.250+01:00\",\n"
+		"   \"metadata\": {\"tokens\": 1234, \"gpu_s\": \"0.25\", \"model\": \"small\"}}\n"
+		"  event_id (or idempotency_key), customer_id, event_name: strings\n"
+		"  timestamp: RFC 3339, or timestamp_us: integer microseconds since the epoch\n"
+		"  metadata (or properties): integers -> INT, \"0.25\"-like strings and JSON\n"
+		"  numbers with a fraction -> exact DECIMAL (<= 18 digits after the point),\n"
+		"  other strings -> STRING. Unknown fields make the line invalid.\n"
+		"\n"
+		"options:\n"
+		"  --connect HOST:PORT  tallyd address (default 127.0.0.1:7878)\n"
+		"  --api-key KEY        API key (default: $TALLY_API_KEY)\n"
+		"  --batch N            events per batch (default 500; at most the server's limit)\n"
+		"  --timeout MS         connect and I/O timeout in ms (default 30000)\n"
+		"  --quiet              print only the summary line\n"
+		"  --json               print the summary as one JSON object\n"
+		"  --help               this text\n"
+		"\n"
+		"exit status: 0 all accepted or duplicate; 1 some conflict, rejected or invalid;\n"
+		"2 usage or connection error (events reported \"unacked\" may or may not be\n"
+		"stored: sending the same lines again is safe, duplicates are recognised).\n");
+}
+
+static int parse_connect(const char *arg, char *host, size_t cap, uint16_t *port)
+{
+	const char *colon = strrchr(arg, ':');
+	if (!colon)
+		return -1;
+	const char *h = arg;
+	size_t hl = (size_t)(colon - arg);
+	if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+		h++;
+		hl -= 2;
+	}
+	if (hl == 0 || hl >= cap)
+		return -1;
+	char *end;
+	errno = 0;
+	unsigned long p = strtoul(colon + 1, &end, 10);
+	if (errno || *end || end == colon + 1 || p == 0 || p > 65535)
+		return -1;
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	*port = (uint16_t)p;
+	return 0;
+}
+
+static void process_line(struct send_state *st, uint64_t lineno, char *line, size_t n,
+			 char *marked, uint8_t *body)
+{
+	char err[SEND_MSG_BYTES_MAX];
+	size_t ws = 0;
+	while (ws < n && (line[ws] == ' ' || line[ws] == '\t'))
+		ws++;
+	if (ws == n)
+		return; /* blank lines are skipped */
+	if (n > SEND_LINE_BYTES_MAX) {
+		add_problem(st, lineno, SEND_INVALID, 0, "line longer than %u bytes",
+			    SEND_LINE_BYTES_MAX);
+		st->invalid++;
+		return;
+	}
+	size_t mn = mark_reals(line, n, marked);
+	json_error_t je;
+	json_t *root = json_loadb(marked, mn, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
+	if (!root) {
+		add_problem(st, lineno, SEND_INVALID, 0, "malformed JSON: %s", je.text);
+		st->invalid++;
+		return;
+	}
+	struct send_event ev;
+	if (line_to_event(root, &ev, err, sizeof(err)) < 0) {
+		add_problem(st, lineno, SEND_INVALID, 0, "%s", err);
+		st->invalid++;
+		json_decref(root);
+		return;
+	}
+	size_t len = 0;
+	enum tally_reject rj = encode_body(&ev.in, body, TALLY_EVENT_BYTES_MAX, &len);
+	json_decref(root);
+	if (rj != TALLY_REJECT_NONE) {
+		add_problem(st, lineno, SEND_REJECTED, (uint8_t)rj, NULL);
+		st->rejected++;
+		return;
+	}
+	(void)add_event(st, lineno, body, len);
+}
+
+int tally_cmd_send(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"connect", required_argument, NULL, 'c'}, {"api-key", required_argument, NULL, 'k'},
+		{"batch", required_argument, NULL, 'b'},   {"timeout", required_argument, NULL, 't'},
+		{"quiet", no_argument, NULL, 'q'},          {"json", no_argument, NULL, 'j'},
+		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+	};
+	char host[256] = "127.0.0.1";
+	uint16_t port = TALLY_CLIENT_PORT_DEFAULT;
+	const char *api_key = getenv("TALLY_API_KEY");
+	unsigned long batch = SEND_BATCH_DEFAULT;
+	long timeout_ms = TALLY_CLIENT_IO_TIMEOUT_MS;
+	struct send_state st = {0};
+	int opt;
+	char *end;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "c:k:b:t:qjh", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'c':
+			if (parse_connect(optarg, host, sizeof(host), &port) < 0) {
+				fprintf(stderr, "tally send: --connect wants HOST:PORT, got \"%s\"\n", optarg);
+				return 2;
+			}
+			break;
+		case 'k':
+			api_key = optarg;
+			break;
+		case 'b':
+			errno = 0;
+			batch = strtoul(optarg, &end, 10);
+			if (errno || *end || batch == 0 || batch > PROTO_BATCH_EVENTS_MAX) {
+				fprintf(stderr, "tally send: --batch wants 1..%u, got \"%s\"\n",
+					PROTO_BATCH_EVENTS_MAX, optarg);
+				return 2;
+			}
+			break;
+		case 't':
+			errno = 0;
+			timeout_ms = strtol(optarg, &end, 10);
+			if (errno || *end || timeout_ms <= 0 || timeout_ms > 3600000) {
+				fprintf(stderr, "tally send: --timeout wants 1..3600000 ms, got \"%s\"\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'q':
+			st.quiet = true;
+			break;
+		case 'j':
+			st.json = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (argc - optind > 1) {
+		fprintf(stderr, "tally send: one FILE at most\n");
+		usage(stderr);
+		return 2;
+	}
+	FILE *in = stdin;
+	const char *path = argc - optind == 1 ? argv[optind] : "-";
+	if (strcmp(path, "-")) {
+		in = fopen(path, "r");
+		if (!in) {
+			fprintf(stderr, "tally send: cannot open %s: %s\n", path, strerror(errno));
+			return 2;
+		}
+	}
+
+	struct tally_client_options o = {
+		.host = host,
+		.port = port,
+		.api_key = api_key,
+		.client_name = "tally-send",
+		.connect_timeout_ms = (int)timeout_ms,
+		.io_timeout_ms = (int)timeout_ms,
+	};
+	int status = 2;
+	char *line = NULL, *marked = NULL;
+	uint8_t *body = NULL;
+	int rc = tally_client_connect(&o, &st.c);
+	if (rc < 0) {
+		fprintf(stderr, "tally send: %s\n", tally_client_last_error(st.c));
+		goto out_close;
+	}
+	st.io_timeout_ms = (int)timeout_ms;
+	const struct tally_client_limits *lim = tally_client_limits(st.c);
+	st.batch_cap = batch < lim->batch_events_max ? (uint32_t)batch : lim->batch_events_max;
+	st.slot_count = lim->inflight_max;
+	st.lines = calloc(st.batch_cap, sizeof(*st.lines));
+	st.slots = calloc(st.slot_count, sizeof(*st.slots));
+	body = malloc(TALLY_EVENT_BYTES_MAX);
+	if (!st.lines || !st.slots || !body)
+		goto out_nomem;
+	for (uint32_t i = 0; i < st.slot_count; i++) {
+		st.slots[i].lines = calloc(st.batch_cap, sizeof(*st.slots[i].lines));
+		if (!st.slots[i].lines)
+			goto out_nomem;
+	}
+
+	size_t line_cap = 0, marked_cap = 0;
+	ssize_t n;
+	while (!st.fatal[0] && (n = getline(&line, &line_cap, in)) >= 0) {
+		st.nlines++;
+		size_t len = (size_t)n;
+		while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+			len--;
+		if (marked_cap < 4 * len + 16) {
+			char *m = realloc(marked, 4 * len + 16);
+			if (!m)
+				goto out_nomem;
+			marked = m;
+			marked_cap = 4 * len + 16;
+		}
+		process_line(&st, st.nlines, line, len, marked, body);
+	}
+	if (!st.fatal[0] && ferror(in))
+		snprintf(st.fatal, sizeof(st.fatal), "reading %s: %s", path, strerror(errno));
+	if (!st.fatal[0])
+		(void)flush_batch(&st);
+	while (!st.fatal[0] && tally_client_inflight(st.c) > 0)
+		if (take_reply(&st) < 0)
+			break;
+	/* Whatever is still in flight has no receipt: its fate is unknown. */
+	for (uint32_t i = 0; i < st.slot_count; i++)
+		if (st.slots[i].request_id)
+			slot_unacked(&st, &st.slots[i], "no receipt: the connection failed before the ACK");
+
+	print_summary(&st);
+	if (st.fatal[0]) {
+		fprintf(stderr, "tally send: %s\n", st.fatal);
+		if (!feof(in))
+			fprintf(stderr, "tally send: stopped after line %llu; later lines were not read\n",
+				(unsigned long long)st.nlines);
+		if (st.unacked)
+			fprintf(stderr,
+				"tally send: %llu events have no receipt; sending the same lines again "
+				"is safe (duplicates are recognised)\n",
+				(unsigned long long)st.unacked);
+		status = 2;
+	} else if (st.unacked) {
+		status = 2;
+	} else {
+		status = st.conflict || st.rejected || st.invalid ? 1 : 0;
+	}
+	goto out_close;
+
+out_nomem:
+	fprintf(stderr, "tally send: out of memory\n");
+	status = 2;
+out_close:
+	tally_client_close(st.c);
+	if (in != stdin)
+		fclose(in);
+	free(line);
+	free(marked);
+	free(body);
+	if (st.slots)
+		for (uint32_t i = 0; i < st.slot_count; i++)
+			free(st.slots[i].lines);
+	free(st.slots);
+	free(st.lines);
+	for (size_t i = 0; i < st.nproblems; i++)
+		free(st.problems[i].msg);
+	free(st.problems);
+	return status;
+}
