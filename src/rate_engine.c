@@ -392,6 +392,8 @@ static int64_t due_ord(const struct rate_engine *e, const struct rate_cust *c)
 
 static int64_t cust_next_close(const struct rate_engine *e, const struct rate_cust *c)
 {
+	if (c->closed_through == RATE_ORD_NONE)
+		return INT64_MIN; /* due as soon as the watermark is known */
 	return cust_start(e, c, c->closed_through + 2) + e->cfg->grace_us;
 }
 
@@ -1317,7 +1319,8 @@ int rate_engine_write_reports(struct rate_engine *e, const char *dir)
 {
 	const struct rate_config *cfg = e->cfg;
 	late_sort_engine = e;
-	qsort(e->late, e->nlate, sizeof *e->late, late_cmp);
+	if (e->nlate)
+		qsort(e->late, e->nlate, sizeof *e->late, late_cmp);
 	json_t *doc = json_object(), *arr = json_array();
 	for (size_t i = 0; i < e->nlate; i++) {
 		const struct rate_late *l = &e->late[i];
