@@ -196,6 +196,7 @@ struct wal_cursor {
 	int fd;                  /* current segment, -1 if none */
 	uint64_t seg_base;
 	uint64_t pos;            /* byte position of the next block to load */
+	uint64_t blk_pos;        /* byte position of the loaded block (for messages) */
 	uint64_t next;           /* next offset to yield */
 	bool positioned;         /* fd/pos correspond to `next` */
 	bool has_peek;
@@ -266,7 +267,7 @@ static int cursor_open_seg(struct wal_cursor *c, uint64_t base)
 
 static int corrupt(struct wal_cursor *c, uint64_t pos, const char *why)
 {
-	wal_set_error("%s: corrupt block at byte %" PRIu64 ": %s", c->seg_path, pos, why);
+	wal_set_error("%s: corrupt block at byte %" PRIu64 " (%s)", c->seg_path, pos, why);
 	return -EBADMSG;
 }
 
@@ -355,6 +356,7 @@ static int cursor_load(struct wal_cursor *c)
 		return 0; /* not entirely durable yet (cannot happen with a whole-block watermark) */
 	blockwalk_init(&c->bw, &h, c->buf.raw);
 	uint64_t at = c->pos;
+	c->blk_pos = at;
 	c->pos += WAL_BLOCK_HEADER_BYTES + h.stored_bytes;
 	while (c->bw.next_offset < c->next) {
 		struct wal_record skip;
@@ -375,9 +377,8 @@ static int cursor_fill(struct wal_cursor *c)
 			return rc;
 	}
 	const char *why = NULL;
-	uint64_t at = c->pos;
 	if (blockwalk_next(&c->bw, &c->peek, &why) < 0)
-		return corrupt(c, at, why); /* (position of the block after; message says so) */
+		return corrupt(c, c->blk_pos, why);
 	c->peek.shard = c->shard;
 	c->has_peek = true;
 	return 1;
@@ -610,6 +611,7 @@ int wal_segments_list(const char *data_dir, uint16_t shard, struct wal_segment_i
 struct wal_segment_iter {
 	int fd;
 	uint64_t pos;
+	uint64_t blk_pos;
 	uint64_t next;
 	uint64_t limit_next;
 	bool allow_torn_tail;
@@ -648,6 +650,7 @@ int wal_segment_iter_next(struct wal_segment_iter *it, struct wal_record *rec)
 		return 0;
 	if (it->bw.left == 0) {
 		struct wal_block_hdr h;
+		it->blk_pos = it->pos;
 		int rc = block_load(it->fd, it->pos, &h, &it->buf, false, &why);
 		if (rc == 0 || (rc == -EBADMSG && it->allow_torn_tail)) {
 			it->done = true;
@@ -670,7 +673,7 @@ int wal_segment_iter_next(struct wal_segment_iter *it, struct wal_record *rec)
 	it->next = rec->offset + 1;
 	return 1;
 out_corrupt:
-	wal_set_error("%s: corrupt block at or before byte %" PRIu64 ": %s", it->path, it->pos, why);
+	wal_set_error("%s: corrupt block at byte %" PRIu64 " (%s)", it->path, it->blk_pos, why);
 	return -EBADMSG;
 }
 
@@ -708,7 +711,7 @@ int wal_segment_verify(const char *path, uint64_t base_offset, bool decode_recor
 			break;
 		if (rc == -EBADMSG) {
 			st->torn_tail_at = pos;
-			wal_set_error("%s: corrupt block at byte %" PRIu64 ": %s", path, pos, why);
+			wal_set_error("%s: corrupt block at byte %" PRIu64 " (%s)", path, pos, why);
 			rc = -EBADMSG;
 			break;
 		}

@@ -177,11 +177,21 @@ static int idx_open_fresh(struct wal_shard *s)
 	int rc = wal_path_segment(path, sizeof path, s->dir, s->seg_base, "idx");
 	if (rc < 0)
 		return rc;
-	s->idx_fd = s->io->open(s->io->ctx, path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	/* No O_TRUNC: truncating to zero makes ext4 (auto_da_alloc) flush on close; stale
+	   entries are cut with ftruncate once rewritten (idx_finish). */
+	s->idx_fd = s->io->open(s->io->ctx, path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
 	s->idx_bytes = 0;
 	s->idx_last_pos = UINT64_MAX;
 	s->idx_ok = s->idx_fd >= 0;
 	return 0;
+}
+
+/* Cuts the index after the entries written since idx_open_fresh (recovery rewrite). */
+static void idx_finish(struct wal_shard *s)
+{
+	if (s->idx_fd >= 0 && s->idx_ok &&
+	    s->io->ftruncate(s->io->ctx, s->idx_fd, (off_t)s->idx_bytes) < 0)
+		s->idx_ok = false;
 }
 
 /* ---------- append ---------- */
@@ -669,6 +679,7 @@ static int recover_newest(struct wal_shard *s, uint64_t base)
 			goto out_close;
 		}
 	}
+	idx_finish(s);
 	s->io->close(s->io->ctx, fd);
 	fd = s->io->open(s->io->ctx, path, O_WRONLY | O_CLOEXEC, 0);
 	if (fd < 0) {

@@ -4,3 +4,4 @@ tally_library(tally_wal
   DEPS tally_core PkgConfig::LZ4 PkgConfig::XXHASH Threads::Threads)
 
 tally_test(test_wal SOURCES tests/test_wal.c DEPS tally_wal TIMEOUT 120)
+tally_test(test_wal_crash SOURCES tests/test_wal_crash.c DEPS tally_wal TIMEOUT 300)
