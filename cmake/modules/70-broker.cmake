@@ -1,0 +1,11 @@
+# tallyd: the broker (src/net.c, src/shard.c, src/ring.c, src/auth.c, src/log.c).
+tally_library(tally_ring SOURCES src/ring.c DEPS PkgConfig::CK)
+tally_library(tally_broker SOURCES src/net.c src/shard.c src/auth.c src/log.c
+  DEPS tally_ring tally_wal tally_dedup tally_core PkgConfig::URING Threads::Threads)
+tally_tool(tallyd SOURCES src/tallyd.c DEPS tally_broker)
+tally_test(test_tallyd_epoll SOURCES tests/test_tallyd.c DEPS tally_client tally_wal
+  ARGS epoll TIMEOUT 300 LABELS broker)
+add_dependencies(test_tallyd_epoll tallyd)
+tally_test(test_tallyd_uring SOURCES tests/test_tallyd.c DEPS tally_client tally_wal
+  ARGS uring TIMEOUT 300 LABELS broker)
+add_dependencies(test_tallyd_uring tallyd)

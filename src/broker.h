@@ -1,0 +1,106 @@
+/*
+ * broker.h — internals shared by the broker's modules (net*.c, shard.c, tallyd.c).
+ * Not a public API: tools and clients use include/tally/client.h.
+ *
+ * A BATCH becomes a `struct broker_slot`: one allocation per batch (never per event) that is
+ * also the ACK frame being built. Its receipts are written in place, by whichever thread owns
+ * the event's shard (distinct indices, so no two threads write the same bytes); `pending`
+ * counts the events not yet resolved. The thread that brings it to zero hands the slot back to
+ * the connection's thread, which alone sends it and frees it.
+ */
+#ifndef TALLY_BROKER_H
+#define TALLY_BROKER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "tally/event.h"
+#include "tally/protocol.h"
+#include "byteorder.h"
+
+#define BROKER_THREADS_MAX 64
+#define BROKER_SHARDS_MAX 256
+
+enum broker_io { BROKER_IO_URING = 0, BROKER_IO_EPOLL = 1 };
+
+struct broker_config {
+	const char *listen_host;
+	uint16_t port;
+	const char *data_dir;
+	uint16_t threads;
+	uint16_t shards;           /* 0 = stored, or 8 for a new data directory */
+	int io;                    /* enum broker_io */
+	int fsync_mode;            /* enum wal_fsync_mode */
+	uint32_t fsync_interval_ms;
+	int64_t dedup_window_us;
+	int64_t max_future_us;
+	int64_t max_age_us;
+	const char *auth_file;
+	bool insecure;
+	uint32_t max_conns;
+	uint32_t frame_bytes_max;
+	uint32_t batch_events_max;
+	uint32_t inflight_max;      /* per connection */
+	uint32_t hello_timeout_ms;
+	uint32_t idle_timeout_ms;
+	uint32_t read_timeout_ms;   /* a started frame must complete within this */
+	uint32_t auth_fail_delay_ms;
+	uint32_t sync_delay_us;     /* injected latency per fdatasync (benchmarks) */
+	uint64_t expected_keys;     /* per shard, dedup hot-table preallocation */
+	uint64_t segment_bytes_max;
+	uint32_t tick_idle_ms;
+};
+
+struct broker_tenant {
+	uint8_t len;
+	char name[TALLY_TENANT_BYTES_MAX + 1];
+};
+
+struct conn;
+
+struct broker_slot {
+	struct broker_slot *next;   /* connection send queue */
+	struct conn *conn;
+	uint16_t worker;            /* the connection's thread */
+	uint32_t n;
+	uint64_t request_id;
+	const struct broker_tenant *tenant;
+	_Atomic uint32_t pending;   /* events not yet resolved */
+	_Atomic uint16_t error;     /* 0, or a PROTO_E_* that fails the whole batch */
+	uint32_t len;               /* bytes to send */
+	uint32_t sent;
+	uint32_t cap;
+	uint8_t frame[];            /* the ACK (or ERROR) frame */
+};
+
+static inline void broker_slot_receipt(struct broker_slot *s, uint32_t idx, uint8_t status,
+				       uint8_t reason, uint16_t shard, uint64_t offset)
+{
+	uint8_t *r = s->frame + PROTO_HEADER_BYTES + PROTO_ACK_HEADER_BYTES +
+		     (size_t)idx * PROTO_RECEIPT_BYTES;
+	r[0] = status;
+	r[1] = reason;
+	tally_put_u16(r + 2, shard);
+	tally_put_u32(r + 4, 0);
+	tally_put_u64(r + 8, offset);
+}
+
+/* Logging: one line to stderr, "2026-11-21T08:40:00.123456Z LEVEL message". */
+enum broker_log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
+extern int broker_log_min;
+void broker_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+int64_t broker_now_us(void);
+
+/* auth.c: API keys -> tenants. */
+struct broker_auth;
+int broker_auth_load(const char *path, struct broker_auth **out, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+/* Constant-time over all keys: the time taken does not depend on which key matched. */
+const struct broker_tenant *broker_auth_lookup(const struct broker_auth *a, const uint8_t *key,
+					       size_t len);
+size_t broker_auth_count(const struct broker_auth *a);
+void broker_auth_free(struct broker_auth *a);
+
+#endif

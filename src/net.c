@@ -1,0 +1,1694 @@
+/*
+ * net.c — tallyd's threads: per-core event loops, connections, frame handling, and the routing
+ * of events to the shards that own them. Architecture: docs/architecture.md.
+ *
+ * Threads and ownership:
+ *  - One worker thread per core. Each owns: its SO_REUSEPORT listener, the connections it
+ *    accepted, and the shards s with s % threads == id. Nothing a worker owns is touched by
+ *    another thread, with two exceptions that are designed for it: a batch slot's receipts
+ *    (written at distinct indices by the shard owners, see broker.h) and its atomic `pending`.
+ *  - Events cross threads in chunks through the ring mesh (ring.h): the connection's thread
+ *    copies the events for worker d into its chunk for d (one SPSC ring per ordered pair),
+ *    d runs them through its shards and sends the chunk back for reuse. A slot whose last
+ *    event is resolved on another thread is sent back to the connection's thread the same way.
+ *    Messages are tagged pointers (low 2 bits).
+ *  - A worker sleeps in epoll_wait / io_uring_wait_cqe; a ring message or a finished sync wakes
+ *    it through its eventfd. No busy-spinning while idle.
+ *
+ * Bounds (no unbounded buffers, whatever clients do):
+ *  - a connection's receive buffer grows to at most the negotiated frame size + header;
+ *  - a connection has at most inflight_max frames queued or in flight; past that its frames
+ *    stay unparsed in its buffer and reading from it stops (TCP flow control does the rest);
+ *  - chunks are a fixed pool per (from, to) pair, each able to hold a whole batch; a batch
+ *    that finds no free chunk waits (its connection is "stalled") until one comes back;
+ *  - at most max_conns connections; a HELLO is capped at PROTO_HELLO_BYTES_MAX and must come
+ *    within hello_timeout_ms; a frame once started must complete within read_timeout_ms.
+ * Allocation: a batch slot is one malloc per BATCH frame (never per event); everything else is
+ * allocated at start-up or when a connection is accepted.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "net.h"
+#include "shard.h"
+#include "tally/dedup.h"
+#include "tally/ring.h"
+#include "tally/wal.h"
+
+#define NET_RBUF_INITIAL   (16u << 10)
+#define NET_EPOLL_EVENTS   256
+#define NET_TIMER_MS       50
+#define NET_DRAIN_MAX      512
+#define NET_CHUNKS_PER_PAIR 8
+#define NET_URING_ENTRIES  4096
+#define NET_URING_BUFS     512      /* provided buffers per thread (power of two) */
+#define NET_URING_BUF_BYTES (32u << 10)
+#define NET_URING_BGID     7
+#define NET_SHUTDOWN_SEND_MS 2000
+
+#define TAG_CHUNK  0u /* from -> to: events to run */
+#define TAG_RETURN 1u /* to -> from: chunk run, reusable */
+#define TAG_SLOT   2u /* shard owner -> connection's thread: slot resolved */
+#define TAG_MASK   3u
+
+enum conn_state {
+	CONN_HELLO = 0,  /* only HELLO accepted */
+	CONN_READY,      /* authenticated */
+	CONN_AUTHFAIL,   /* bad key: the ERROR goes out after auth_fail_delay_ms */
+	CONN_DRAIN,      /* fatal error queued: send what is queued, then close */
+};
+
+struct conn {
+	int fd;
+	uint16_t worker;
+	uint8_t state;
+	bool closed;       /* fd closed; struct lives until inflight == 0 */
+	bool read_paused;  /* not reading: buffer full, inflight cap, stall, or draining */
+	bool stalled;      /* on the worker's stalled list (waiting for a chunk) */
+	bool want_write;
+	bool in_parse;     /* conn_parse() is on the stack: nested calls only ask for another pass */
+	bool reparse;
+	uint32_t hold;     /* callers on the stack using this struct: it is not freed meanwhile */
+	bool recv_armed;   /* io_uring: the multishot recv is outstanding */
+	bool send_armed;   /* io_uring: a sendmsg is outstanding */
+	bool cancel_sent;  /* io_uring: the recv is being cancelled (reading paused) */
+	int held_head, held_tail; /* io_uring: received buffers not yet copied (-1: none) */
+	struct iovec siov[16];    /* io_uring: the outstanding sendmsg's frames */
+	struct msghdr smh;
+	uint8_t *rbuf;
+	uint32_t rlen, rcap;
+	uint32_t frame_bytes_max;
+	uint32_t inflight; /* slots allocated for this connection and not yet freed */
+	const struct broker_tenant *tenant;
+	struct broker_slot *sq_head, *sq_tail; /* frames ready to send, in order */
+	int64_t hello_deadline_us;
+	int64_t last_rx_us;
+	int64_t partial_since_us; /* when an incomplete frame started waiting, 0 if none */
+	int64_t close_at_us;
+	struct conn *prev, *next;  /* worker's list */
+	struct conn *next_stalled;
+	uint64_t id;
+};
+
+struct chunk {
+	uint16_t from, to;
+	uint32_t n, data_len;
+	uint32_t items_cap, data_cap;
+	struct shard_item *items;
+	uint16_t *item_shard;
+	uint8_t *data;
+	struct chunk *next_free;
+};
+
+struct outq {
+	void **v;
+	size_t n, cap;
+};
+
+struct worker {
+	uint16_t id;
+	struct broker *b;
+	pthread_t th;
+	int listen_fd;
+	int epfd;
+	bool uring;
+	struct io_uring ring;
+	bool uring_ready;
+	struct io_uring_buf_ring *br;  /* provided buffers for multishot recv */
+	uint8_t *bufs;
+	int *held_next;                /* per buffer id: next held buffer of the same conn */
+	uint32_t *held_len, *held_off;
+
+	struct conn *conns;
+	uint32_t nconns;
+	struct conn *stalled;
+
+	struct shard *shards[BROKER_SHARDS_MAX]; /* indexed by global shard id; NULL if not ours */
+
+	struct chunk *out[BROKER_THREADS_MAX];       /* chunk being filled for each worker */
+	struct chunk *free_chunks[BROKER_THREADS_MAX];
+	struct outq overflow[BROKER_THREADS_MAX];    /* ring was full: retry next iteration */
+	bool need_wake[BROKER_THREADS_MAX];
+
+	/* Scratch for grouping a batch's local events by shard. */
+	struct shard_item *local;
+	uint16_t *local_shard;
+	struct shard_item *sorted;
+	uint32_t *counts;
+
+	int64_t now_us;
+	int64_t last_timer_us;
+	bool stopping_seen;
+	int64_t stop_deadline_us;
+};
+
+struct broker {
+	const struct broker_config *cfg;
+	struct wal *wal;
+	struct broker_auth *auth;
+	struct broker_tenant default_tenant;
+	struct ring_mesh *mesh;
+	uint16_t nworkers;
+	uint16_t nshards;
+	uint16_t port;
+	int io;
+	struct worker *workers;
+	struct shard *shards[BROKER_SHARDS_MAX];
+	_Atomic uint32_t nconns;
+	_Atomic int64_t slots_live;  /* batch slots not yet freed, all workers */
+	_Atomic bool stopping;
+	_Atomic int fatal;
+	uint64_t conn_ids;
+};
+
+static void conn_maybe_free(struct worker *w, struct conn *c);
+static void conn_close(struct worker *w, struct conn *c);
+static void conn_try_send(struct worker *w, struct conn *c);
+static void conn_parse(struct worker *w, struct conn *c);
+static void conn_update_read(struct worker *w, struct conn *c);
+
+static void conn_hold(struct conn *c)
+{
+	c->hold++;
+}
+
+static void conn_release(struct worker *w, struct conn *c)
+{
+	c->hold--;
+	conn_maybe_free(w, c);
+}
+
+/* ------------------------------------------------------------------ slots */
+
+static struct broker_slot *slot_alloc(struct worker *w, struct conn *c, uint32_t n,
+				      uint64_t request_id)
+{
+	/* Room for the ACK, or for an ERROR frame with a short message, whichever is larger. */
+	size_t cap = proto_ack_size(n);
+	if (cap < PROTO_HEADER_BYTES + 14 + 160)
+		cap = PROTO_HEADER_BYTES + 14 + 160;
+	struct broker_slot *s = malloc(sizeof *s + cap);
+	if (!s)
+		return NULL;
+	s->next = NULL;
+	s->conn = c;
+	s->worker = w->id;
+	s->n = n;
+	s->request_id = request_id;
+	s->tenant = c->tenant;
+	atomic_init(&s->pending, n);
+	atomic_init(&s->error, 0);
+	s->len = 0;
+	s->sent = 0;
+	s->cap = (uint32_t)cap;
+	c->inflight++;
+	atomic_fetch_add_explicit(&w->b->slots_live, 1, memory_order_relaxed);
+	return s;
+}
+
+static void slot_free(struct worker *w, struct broker_slot *s)
+{
+	struct conn *c = s->conn;
+	c->inflight--;
+	atomic_fetch_sub_explicit(&w->b->slots_live, 1, memory_order_relaxed);
+	free(s);
+	conn_maybe_free(w, c);
+}
+
+/* Queues a control frame (HELLO_OK, ERROR, PONG) already encoded in buf. */
+static void conn_queue_frame(struct worker *w, struct conn *c, const uint8_t *buf, size_t len)
+{
+	struct broker_slot *s = slot_alloc(w, c, 0, 0);
+	if (!s || len > s->cap) {
+		if (s)
+			slot_free(w, s);
+		conn_close(w, c);
+		return;
+	}
+	memcpy(s->frame, buf, len);
+	s->len = (uint32_t)len;
+	if (c->sq_tail)
+		c->sq_tail->next = s;
+	else
+		c->sq_head = s;
+	c->sq_tail = s;
+	conn_try_send(w, c);
+}
+
+static void conn_send_error(struct worker *w, struct conn *c, int code, bool fatal,
+			    uint64_t request_id, const char *msg)
+{
+	uint8_t buf[PROTO_HEADER_BYTES + 14 + PROTO_ERROR_MSG_BYTES_MAX];
+	char text[256];
+	snprintf(text, sizeof text, "%s%s%s", proto_error_str(code), msg ? ": " : "",
+		 msg ? msg : "");
+	long n = proto_encode_error(buf, sizeof buf, (uint16_t)code, fatal, request_id, text);
+	if (n > 0)
+		conn_queue_frame(w, c, buf, (size_t)n);
+	if (fatal && !c->closed) {
+		c->state = CONN_DRAIN;
+		c->close_at_us = w->now_us + 1000000;
+		conn_update_read(w, c);
+	}
+}
+
+/* The connection's thread: every event of the slot is resolved; send its ACK or ERROR. */
+static void slot_complete_local(struct worker *w, struct broker_slot *s)
+{
+	struct conn *c = s->conn;
+	if (c->closed || atomic_load(&w->b->fatal)) {
+		slot_free(w, s);
+		return;
+	}
+	uint16_t err = atomic_load_explicit(&s->error, memory_order_acquire);
+	long n;
+	if (err) {
+		char msg[128];
+		snprintf(msg, sizeof msg, "batch %llu not stored; retry it with the same keys",
+			 (unsigned long long)s->request_id);
+		char text[200];
+		snprintf(text, sizeof text, "%s: %s", proto_error_str(err), msg);
+		n = proto_encode_error(s->frame, s->cap, err, false, s->request_id, text);
+	} else {
+		struct proto_ack_builder ab = {.buf = s->frame, .cap = s->cap,
+					       .len = proto_ack_size(s->n), .count = s->n};
+		n = proto_ack_finish(&ab);
+	}
+	if (n <= 0) {
+		slot_free(w, s);
+		return;
+	}
+	s->len = (uint32_t)n;
+	s->next = NULL;
+	if (c->sq_tail)
+		c->sq_tail->next = s;
+	else
+		c->sq_head = s;
+	c->sq_tail = s;
+	conn_try_send(w, c);
+}
+
+static void worker_send_msg(struct worker *w, uint16_t to, void *p, unsigned tag)
+{
+	void *msg = (void *)((uintptr_t)p | tag);
+	struct outq *q = &w->overflow[to];
+	if (q->n == 0 && ring_send(w->b->mesh, w->id, to, msg)) {
+		w->need_wake[to] = true;
+		return;
+	}
+	if (q->n == q->cap) {
+		size_t ncap = q->cap ? q->cap * 2 : 64;
+		void **nv = realloc(q->v, ncap * sizeof *nv);
+		if (!nv) {
+			broker_log(LOG_ERROR, "out of memory queueing a ring message; stopping");
+			atomic_store(&w->b->fatal, -ENOMEM);
+			return;
+		}
+		q->v = nv;
+		q->cap = ncap;
+	}
+	q->v[q->n++] = msg;
+}
+
+/* shard_resolve_fn: runs on the shard owner's thread (this worker). */
+static void worker_resolve(void *ctx, struct broker_slot *s, uint32_t count)
+{
+	struct worker *w = ctx;
+	/* acq_rel: our receipt bytes are released to whoever completes the slot, and the one
+	   that completes it acquires every other thread's receipts. */
+	if (atomic_fetch_sub_explicit(&s->pending, count, memory_order_acq_rel) != count)
+		return;
+	if (s->worker == w->id)
+		slot_complete_local(w, s);
+	else
+		worker_send_msg(w, s->worker, s, TAG_SLOT);
+}
+
+static void worker_wake_cb(void *ctx)
+{
+	struct worker *w = ctx;
+	ring_wake(w->b->mesh, w->id);
+}
+
+/* ------------------------------------------------------------------ chunks */
+
+static struct chunk *chunk_new(const struct broker_config *cfg, uint16_t from, uint16_t to)
+{
+	struct chunk *ch = calloc(1, sizeof *ch);
+	if (!ch)
+		return NULL;
+	ch->from = from;
+	ch->to = to;
+	ch->items_cap = cfg->batch_events_max;
+	ch->data_cap = cfg->frame_bytes_max;
+	ch->items = malloc(ch->items_cap * sizeof *ch->items);
+	ch->item_shard = malloc(ch->items_cap * sizeof *ch->item_shard);
+	ch->data = malloc(ch->data_cap);
+	if (!ch->items || !ch->item_shard || !ch->data) {
+		free(ch->items);
+		free(ch->item_shard);
+		free(ch->data);
+		free(ch);
+		return NULL;
+	}
+	return ch;
+}
+
+static void chunk_free(struct chunk *ch)
+{
+	free(ch->items);
+	free(ch->item_shard);
+	free(ch->data);
+	free(ch);
+}
+
+/* Makes sure the chunk for `to` can take a batch of n events and `bytes` bytes. */
+static bool chunk_reserve(struct worker *w, uint16_t to, uint32_t n, uint32_t bytes)
+{
+	struct chunk *ch = w->out[to];
+	if (ch && ch->items_cap - ch->n >= n && ch->data_cap - ch->data_len >= bytes)
+		return true;
+	if (ch && ch->n > 0) {
+		worker_send_msg(w, to, ch, TAG_CHUNK);
+		w->out[to] = NULL;
+	}
+	if (!w->out[to]) {
+		ch = w->free_chunks[to];
+		if (!ch)
+			return false;
+		w->free_chunks[to] = ch->next_free;
+		ch->n = 0;
+		ch->data_len = 0;
+		w->out[to] = ch;
+	}
+	return true;
+}
+
+/* Runs items grouped by shard. items/shard_of have n entries, all for shards of this worker. */
+static void worker_run_items(struct worker *w, struct shard_item *items, const uint16_t *shard_of,
+			     uint32_t n)
+{
+	uint16_t ns = w->b->nshards;
+	if (n == 0)
+		return;
+	memset(w->counts, 0, (ns + 1) * sizeof *w->counts);
+	for (uint32_t i = 0; i < n; i++)
+		w->counts[shard_of[i] + 1]++;
+	for (uint16_t s = 0; s < ns; s++)
+		w->counts[s + 1] += w->counts[s];
+	for (uint32_t i = 0; i < n; i++)
+		w->sorted[w->counts[shard_of[i]]++] = items[i];
+	/* counts[s] is now the end of shard s's run; its start is the previous shard's end. */
+	uint32_t start = 0;
+	for (uint16_t s = 0; s < ns; s++) {
+		uint32_t end = w->counts[s];
+		if (end > start)
+			shard_submit(w->shards[s], w->sorted + start, end - start, w->now_us);
+		start = end;
+	}
+}
+
+static void worker_handle_msg(struct worker *w, void *msg)
+{
+	unsigned tag = (unsigned)((uintptr_t)msg & TAG_MASK);
+	void *p = (void *)((uintptr_t)msg & ~(uintptr_t)TAG_MASK);
+	if (tag == TAG_CHUNK) {
+		struct chunk *ch = p;
+		worker_run_items(w, ch->items, ch->item_shard, ch->n);
+		worker_send_msg(w, ch->from, ch, TAG_RETURN);
+	} else if (tag == TAG_RETURN) {
+		struct chunk *ch = p;
+		ch->next_free = w->free_chunks[ch->to];
+		w->free_chunks[ch->to] = ch;
+	} else {
+		slot_complete_local(w, p);
+	}
+}
+
+static void worker_drain_rings(struct worker *w)
+{
+	void *msgs[NET_DRAIN_MAX];
+	size_t n;
+	while ((n = ring_drain(w->b->mesh, w->id, msgs, NET_DRAIN_MAX)) > 0)
+		for (size_t i = 0; i < n; i++)
+			worker_handle_msg(w, msgs[i]);
+}
+
+static void worker_flush_out(struct worker *w)
+{
+	for (uint16_t to = 0; to < w->b->nworkers; to++) {
+		if (to == w->id)
+			continue;
+		if (w->out[to] && w->out[to]->n > 0) {
+			worker_send_msg(w, to, w->out[to], TAG_CHUNK);
+			w->out[to] = NULL;
+		}
+		struct outq *q = &w->overflow[to];
+		size_t k = 0;
+		while (k < q->n && ring_send(w->b->mesh, w->id, to, q->v[k]))
+			k++;
+		if (k) {
+			memmove(q->v, q->v + k, (q->n - k) * sizeof *q->v);
+			q->n -= k;
+			w->need_wake[to] = true;
+		}
+		if (w->need_wake[to]) {
+			ring_wake(w->b->mesh, to);
+			w->need_wake[to] = false;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ frames */
+
+static void handle_hello(struct worker *w, struct conn *c, const struct proto_hello *h)
+{
+	const struct broker_config *cfg = w->b->cfg;
+	if (h->version != PROTO_VERSION) {
+		conn_send_error(w, c, PROTO_E_UNSUPPORTED, true, 0, "this server speaks version 1");
+		return;
+	}
+	if (w->b->auth) {
+		c->tenant = broker_auth_lookup(w->b->auth, h->api_key.ptr, h->api_key.len);
+		if (!c->tenant) {
+			/* Delayed, so that guessing keys is slow; nothing more is read meanwhile. */
+			c->state = CONN_AUTHFAIL;
+			c->close_at_us = w->now_us + (int64_t)cfg->auth_fail_delay_ms * 1000;
+			conn_update_read(w, c);
+			broker_log(LOG_WARN, "conn %llu: authentication failed",
+				   (unsigned long long)c->id);
+			return;
+		}
+	} else {
+		c->tenant = &w->b->default_tenant;
+	}
+	c->frame_bytes_max = cfg->frame_bytes_max;
+	if (h->frame_bytes_max && h->frame_bytes_max < c->frame_bytes_max)
+		c->frame_bytes_max = h->frame_bytes_max < PROTO_FRAME_BYTES_MIN
+					     ? PROTO_FRAME_BYTES_MIN
+					     : h->frame_bytes_max;
+	struct proto_hello_ok ok = {
+		.version = PROTO_VERSION,
+		.shard_count = w->b->nshards,
+		.frame_bytes_max = c->frame_bytes_max,
+		.batch_events_max = cfg->batch_events_max,
+		.inflight_max = cfg->inflight_max,
+		.server_time_us = w->now_us,
+		.max_future_us = cfg->max_future_us,
+		.max_age_us = cfg->max_age_us,
+		.tenant = {(const uint8_t *)c->tenant->name, c->tenant->len},
+	};
+	uint8_t buf[PROTO_HEADER_BYTES + 41 + TALLY_TENANT_BYTES_MAX];
+	long n = proto_encode_hello_ok(buf, sizeof buf, &ok);
+	if (n < 0) {
+		conn_close(w, c);
+		return;
+	}
+	c->state = CONN_READY;
+	conn_queue_frame(w, c, buf, (size_t)n);
+}
+
+/*
+ * Returns false if the batch cannot be taken now (no chunk free): the frame stays in the
+ * buffer and the connection waits on the stalled list.
+ */
+static bool handle_batch(struct worker *w, struct conn *c, const struct proto_batch *bt)
+{
+	const struct broker_config *cfg = w->b->cfg;
+	struct broker *b = w->b;
+	uint16_t nw = b->nworkers;
+
+	for (uint16_t to = 0; to < nw; to++)
+		if (to != w->id && !chunk_reserve(w, to, bt->event_count, bt->events.len))
+			return false;
+	struct broker_slot *s = slot_alloc(w, c, bt->event_count, bt->request_id);
+	if (!s) {
+		conn_send_error(w, c, PROTO_E_UNAVAILABLE, false, bt->request_id, "out of memory");
+		return true;
+	}
+	struct proto_ack_builder ab;
+	proto_ack_start(&ab, s->frame, s->cap, bt->request_id);
+
+	struct tally_view tenant = {(const uint8_t *)c->tenant->name, c->tenant->len};
+	struct proto_batch_iter it;
+	struct tally_view body;
+	uint32_t nlocal = 0, rejected = 0;
+	int64_t now = w->now_us;
+	proto_batch_iter_init(bt, &it);
+	for (uint32_t i = 0; proto_batch_next(&it, &body); i++) {
+		struct tally_event ev;
+		enum tally_reject r = event_decode(body.ptr, body.len, &ev);
+		if (r == TALLY_REJECT_NONE && ev.event_time_us > now + cfg->max_future_us)
+			r = TALLY_REJECT_TIME_TOO_NEW;
+		if (r == TALLY_REJECT_NONE && ev.event_time_us < now - cfg->max_age_us)
+			r = TALLY_REJECT_TIME_TOO_OLD;
+		if (r != TALLY_REJECT_NONE) {
+			broker_slot_receipt(s, i, PROTO_REJECTED, (uint8_t)r, 0,
+					    PROTO_OFFSET_UNKNOWN);
+			rejected++;
+			continue;
+		}
+		struct shard_item item = {
+			.slot = s,
+			.idx = i,
+			.digest = event_content_digest(&ev),
+			.fp = event_fingerprint(tenant, ev.key),
+			.event_time_us = ev.event_time_us,
+			.body = body.ptr,
+			.body_len = (uint16_t)body.len,
+			.tenant = c->tenant,
+		};
+		uint16_t shard = dedup_shard_of(item.fp, b->nshards);
+		uint16_t owner = (uint16_t)(shard % nw);
+		if (owner == w->id) {
+			w->local[nlocal] = item;
+			w->local_shard[nlocal++] = shard;
+		} else {
+			struct chunk *ch = w->out[owner];
+			memcpy(ch->data + ch->data_len, body.ptr, body.len);
+			item.body = ch->data + ch->data_len;
+			ch->data_len += body.len;
+			ch->items[ch->n] = item;
+			ch->item_shard[ch->n++] = shard;
+		}
+	}
+	worker_run_items(w, w->local, w->local_shard, nlocal);
+	if (rejected)
+		worker_resolve(w, s, rejected);
+	return true;
+}
+
+/* Parses and handles every complete frame in the buffer that may be handled now. */
+static void conn_parse_pass(struct worker *w, struct conn *c);
+
+static void conn_parse(struct worker *w, struct conn *c)
+{
+	if (c->in_parse) {
+		c->reparse = true;
+		return;
+	}
+	conn_hold(c);
+	c->in_parse = true;
+	do {
+		c->reparse = false;
+		conn_parse_pass(w, c);
+	} while (c->reparse && !c->closed);
+	c->in_parse = false;
+	conn_release(w, c);
+}
+
+static void conn_parse_pass(struct worker *w, struct conn *c)
+{
+	const struct broker_config *cfg = w->b->cfg;
+	uint32_t off = 0;
+	while (!c->closed && (c->state == CONN_HELLO || c->state == CONN_READY) && off < c->rlen) {
+		/* While stopping, complete frames already received are still handled: only
+		   reading from the socket stops (conn_wants_read). */
+		if (c->inflight >= cfg->inflight_max)
+			break;
+		struct proto_frame f;
+		size_t need = 0;
+		uint32_t limit = c->state == CONN_HELLO ? PROTO_HELLO_BYTES_MAX : c->frame_bytes_max;
+		long n = proto_frame_parse(c->rbuf + off, c->rlen - off, limit,
+					   cfg->batch_events_max, &f, &need);
+		if (n == 0) {
+			if (need > c->rcap) {
+				/* Grow to the frame's size: bounded by the negotiated maximum. */
+				uint8_t *nb = realloc(c->rbuf, need);
+				if (!nb) {
+					conn_send_error(w, c, PROTO_E_UNAVAILABLE, true, 0,
+							"out of memory");
+					break;
+				}
+				if (off) {
+					memmove(nb, nb + off, c->rlen - off);
+					c->rlen -= off;
+					off = 0;
+				}
+				c->rbuf = nb;
+				c->rcap = (uint32_t)need;
+			}
+			break;
+		}
+		if (n < 0) {
+			conn_send_error(w, c, (int)-n, true, 0, NULL);
+			broker_log(LOG_INFO, "conn %llu: %s; closing", (unsigned long long)c->id,
+				   proto_error_str((int)-n));
+			break;
+		}
+		if (c->state == CONN_HELLO) {
+			if (f.type != PROTO_HELLO) {
+				conn_send_error(w, c, PROTO_E_UNEXPECTED, true, 0, "send HELLO first");
+				break;
+			}
+			handle_hello(w, c, &f.u.hello);
+		} else if (f.type == PROTO_BATCH) {
+			if (!handle_batch(w, c, &f.u.batch)) {
+				if (!c->stalled) {
+					c->stalled = true;
+					c->next_stalled = w->stalled;
+					w->stalled = c;
+				}
+				break;
+			}
+		} else if (f.type == PROTO_PING) {
+			uint8_t buf[PROTO_HEADER_BYTES + 8];
+			long m = proto_encode_ping(buf, sizeof buf, PROTO_PONG, f.u.ping_nonce);
+			if (m > 0)
+				conn_queue_frame(w, c, buf, (size_t)m);
+		} else {
+			conn_send_error(w, c, PROTO_E_UNEXPECTED, true, 0,
+					"clients send HELLO, BATCH and PING only");
+			break;
+		}
+		off += (uint32_t)n;
+	}
+	if (off > 0 && !c->closed) {
+		memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+		c->rlen -= off;
+	}
+	if (!c->closed) {
+		c->partial_since_us = c->rlen > 0 ? (c->partial_since_us ? c->partial_since_us
+									  : w->now_us)
+						  : 0;
+		conn_update_read(w, c);
+	}
+}
+
+/* ------------------------------------------------------------------ backends */
+
+/* Should the connection be reading right now? */
+static bool conn_wants_read(struct worker *w, const struct conn *c)
+{
+	if (c->closed || c->stalled || atomic_load(&w->b->stopping))
+		return false;
+	if (c->state != CONN_HELLO && c->state != CONN_READY)
+		return false;
+	if (c->inflight >= w->b->cfg->inflight_max)
+		return false;
+	return c->rlen < c->rcap;
+}
+
+static void uring_arm_recv(struct worker *w, struct conn *c);
+static void uring_arm_send(struct worker *w, struct conn *c);
+static bool uring_consume_held(struct worker *w, struct conn *c);
+static void uring_cancel_recv(struct worker *w, struct conn *c);
+static void conn_on_input(struct worker *w, struct conn *c);
+
+static void epoll_update(struct worker *w, struct conn *c)
+{
+	struct epoll_event ev = {.data.ptr = c};
+	ev.events = (c->read_paused ? 0 : EPOLLIN) | (c->want_write ? EPOLLOUT : 0) | EPOLLRDHUP;
+	epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+static void conn_update_read(struct worker *w, struct conn *c)
+{
+	if (c->closed)
+		return;
+	bool paused = !conn_wants_read(w, c);
+	if (w->uring) {
+		c->read_paused = paused;
+		if (!paused && c->held_head >= 0 && uring_consume_held(w, c)) {
+			conn_on_input(w, c); /* parses, then comes back here */
+			return;
+		}
+		if (!paused)
+			uring_arm_recv(w, c);
+		else if (c->held_head >= 0 || c->state != CONN_READY)
+			uring_cancel_recv(w, c);
+		return;
+	}
+	if (paused != c->read_paused) {
+		c->read_paused = paused;
+		epoll_update(w, c);
+	}
+}
+
+/* Bytes were appended to c->rbuf. */
+static void conn_on_input(struct worker *w, struct conn *c)
+{
+	c->last_rx_us = w->now_us;
+	conn_parse(w, c);
+}
+
+static void conn_try_send(struct worker *w, struct conn *c)
+{
+	if (c->closed)
+		return;
+	if (w->uring) {
+		uring_arm_send(w, c);
+		return;
+	}
+	while (c->sq_head) {
+		struct iovec iov[64];
+		int k = 0;
+		for (struct broker_slot *s = c->sq_head; s && k < 64; s = s->next, k++) {
+			iov[k].iov_base = s->frame + s->sent;
+			iov[k].iov_len = s->len - s->sent;
+		}
+		struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)k};
+		ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				break;
+			conn_close(w, c);
+			return;
+		}
+		while (n > 0 && c->sq_head) {
+			struct broker_slot *s = c->sq_head;
+			size_t left = s->len - s->sent;
+			if ((size_t)n < left) {
+				s->sent += (uint32_t)n;
+				n = 0;
+				break;
+			}
+			n -= (ssize_t)left;
+			c->sq_head = s->next;
+			if (!c->sq_head)
+				c->sq_tail = NULL;
+			slot_free(w, s);
+		}
+	}
+	bool want = c->sq_head != NULL;
+	if (want != c->want_write) {
+		c->want_write = want;
+		epoll_update(w, c);
+	}
+	if (!c->sq_head && c->state == CONN_DRAIN) {
+		conn_close(w, c);
+		return;
+	}
+	/* Sending freed slots: the connection may take frames again. */
+	if (c->rlen > 0 && c->state == CONN_READY && !c->stalled)
+		conn_parse(w, c);
+	else
+		conn_update_read(w, c);
+}
+
+static void epoll_on_readable(struct worker *w, struct conn *c)
+{
+	for (int rounds = 0; rounds < 16 && !c->closed && !c->read_paused; rounds++) {
+		if (c->rlen == c->rcap)
+			break;
+		ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, MSG_DONTWAIT);
+		if (n == 0) {
+			conn_close(w, c);
+			return;
+		}
+		if (n < 0) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+				conn_close(w, c);
+			return;
+		}
+		c->rlen += (uint32_t)n;
+		conn_on_input(w, c);
+	}
+}
+
+/* io_uring user_data: the conn pointer with the operation in the low bits. */
+#define URING_OP_RECV   1u
+#define URING_OP_SEND   2u
+#define URING_OP_ACCEPT 3u
+#define URING_OP_WAKE   4u
+#define URING_OP_CANCEL 5u
+#define URING_OP_MASK   7u
+
+static struct io_uring_sqe *uring_sqe(struct worker *w)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	if (!sqe) {
+		io_uring_submit(&w->ring);
+		sqe = io_uring_get_sqe(&w->ring);
+	}
+	return sqe;
+}
+
+static void uring_recycle(struct worker *w, int bid)
+{
+	io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * NET_URING_BUF_BYTES,
+			      NET_URING_BUF_BYTES, (unsigned short)bid,
+			      io_uring_buf_ring_mask(NET_URING_BUFS), 0);
+	/* Publishes the entry to the kernel (a release store of the ring tail). */
+	io_uring_buf_ring_advance(w->br, 1);
+}
+
+/* Copies held buffers into the connection's buffer while there is room. True if any. */
+static bool uring_consume_held(struct worker *w, struct conn *c)
+{
+	bool any = false;
+	while (c->held_head >= 0 && c->rlen < c->rcap) {
+		int bid = c->held_head;
+		uint32_t left = w->held_len[bid] - w->held_off[bid];
+		uint32_t room = c->rcap - c->rlen;
+		uint32_t k = left < room ? left : room;
+		memcpy(c->rbuf + c->rlen,
+		       w->bufs + (size_t)bid * NET_URING_BUF_BYTES + w->held_off[bid], k);
+		c->rlen += k;
+		w->held_off[bid] += k;
+		any = true;
+		if (w->held_off[bid] == w->held_len[bid]) {
+			c->held_head = w->held_next[bid];
+			if (c->held_head < 0)
+				c->held_tail = -1;
+			uring_recycle(w, bid);
+		}
+	}
+	return any;
+}
+
+static void uring_release_held(struct worker *w, struct conn *c)
+{
+	while (c->held_head >= 0) {
+		int bid = c->held_head;
+		c->held_head = w->held_next[bid];
+		uring_recycle(w, bid);
+	}
+	c->held_tail = -1;
+}
+
+static void uring_arm_recv(struct worker *w, struct conn *c)
+{
+	if (c->recv_armed || c->closed)
+		return;
+	struct io_uring_sqe *sqe = uring_sqe(w);
+	if (!sqe)
+		return;
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = NET_URING_BGID;
+	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | URING_OP_RECV);
+	c->recv_armed = true;
+	c->cancel_sent = false;
+}
+
+static void uring_cancel_recv(struct worker *w, struct conn *c)
+{
+	if (!c->recv_armed || c->cancel_sent)
+		return;
+	struct io_uring_sqe *sqe = uring_sqe(w);
+	if (!sqe)
+		return;
+	io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)c | URING_OP_RECV, 0);
+	io_uring_sqe_set_data64(sqe, URING_OP_CANCEL);
+	c->cancel_sent = true;
+}
+
+static void uring_arm_send(struct worker *w, struct conn *c)
+{
+	if (c->send_armed || c->closed || !c->sq_head)
+		return;
+	struct io_uring_sqe *sqe = uring_sqe(w);
+	if (!sqe)
+		return;
+	/* Batched: up to 16 queued frames in one sendmsg. They stay queued (and their memory
+	   valid) until the completion says how much went out. */
+	int k = 0;
+	for (struct broker_slot *s = c->sq_head; s && k < 16; s = s->next, k++) {
+		c->siov[k].iov_base = s->frame + s->sent;
+		c->siov[k].iov_len = s->len - s->sent;
+	}
+	memset(&c->smh, 0, sizeof c->smh);
+	c->smh.msg_iov = c->siov;
+	c->smh.msg_iovlen = (size_t)k;
+	io_uring_prep_sendmsg(sqe, c->fd, &c->smh, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | URING_OP_SEND);
+	c->send_armed = true;
+}
+
+static void uring_on_send(struct worker *w, struct conn *c, int res)
+{
+	c->send_armed = false;
+	if (c->closed) {
+		conn_maybe_free(w, c);
+		return;
+	}
+	if (res < 0) {
+		conn_close(w, c);
+		return;
+	}
+	size_t n = (size_t)res;
+	while (n > 0 && c->sq_head) {
+		struct broker_slot *s = c->sq_head;
+		size_t left = s->len - s->sent;
+		if (n < left) {
+			s->sent += (uint32_t)n;
+			break;
+		}
+		n -= left;
+		c->sq_head = s->next;
+		if (!c->sq_head)
+			c->sq_tail = NULL;
+		slot_free(w, s);
+	}
+	if (!c->sq_head && c->state == CONN_DRAIN) {
+		conn_close(w, c);
+		return;
+	}
+	uring_arm_send(w, c);
+	if (c->rlen > 0 && c->state == CONN_READY && !c->stalled)
+		conn_parse(w, c);
+	else
+		conn_update_read(w, c);
+}
+
+static void uring_on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
+{
+	bool more = flags & IORING_CQE_F_MORE;
+	if (!more)
+		c->recv_armed = false;
+	if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+		int bid = (int)(flags >> IORING_CQE_BUFFER_SHIFT);
+		if (c->closed) {
+			uring_recycle(w, bid);
+			conn_maybe_free(w, c);
+			return;
+		}
+		w->held_len[bid] = (uint32_t)res;
+		w->held_off[bid] = 0;
+		w->held_next[bid] = -1;
+		if (c->held_tail >= 0)
+			w->held_next[c->held_tail] = bid;
+		else
+			c->held_head = bid;
+		c->held_tail = bid;
+		if (uring_consume_held(w, c))
+			conn_on_input(w, c);
+		else
+			conn_update_read(w, c);
+		return;
+	}
+	if (c->closed) {
+		conn_maybe_free(w, c);
+		return;
+	}
+	if (res == 0) {
+		conn_close(w, c);
+		return;
+	}
+	if (res == -ENOBUFS || res == -ECANCELED || res == -EINTR || res == -EAGAIN) {
+		/* Out of provided buffers, or paused: re-armed when the connection wants to read
+		   again (the stalled list is retried every turn). */
+		if (res == -ENOBUFS && !c->stalled) {
+			c->stalled = true;
+			c->next_stalled = w->stalled;
+			w->stalled = c;
+		} else {
+			conn_update_read(w, c);
+		}
+		return;
+	}
+	if (!more)
+		conn_close(w, c);
+}
+
+/* ------------------------------------------------------------------ connections */
+
+static void conn_accept_fd(struct worker *w, int fd)
+{
+	struct broker *b = w->b;
+	if (atomic_fetch_add(&b->nconns, 1) >= b->cfg->max_conns) {
+		atomic_fetch_sub(&b->nconns, 1);
+		uint8_t buf[256];
+		long n = proto_encode_error(buf, sizeof buf, PROTO_E_TOO_MANY_CONNS, false, 0,
+					    "too many connections; retry later");
+		if (n > 0) {
+			ssize_t rc = send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+			(void)rc;
+		}
+		close(fd);
+		return;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	struct conn *c = calloc(1, sizeof *c);
+	uint8_t *rb = malloc(NET_RBUF_INITIAL);
+	if (!c || !rb) {
+		free(c);
+		free(rb);
+		close(fd);
+		atomic_fetch_sub(&b->nconns, 1);
+		return;
+	}
+	c->fd = fd;
+	c->worker = w->id;
+	c->rbuf = rb;
+	c->rcap = NET_RBUF_INITIAL;
+	c->state = CONN_HELLO;
+	c->held_head = c->held_tail = -1;
+	c->id = __atomic_add_fetch(&b->conn_ids, 1, __ATOMIC_RELAXED);
+	c->hello_deadline_us = w->now_us + (int64_t)b->cfg->hello_timeout_ms * 1000;
+	c->last_rx_us = w->now_us;
+	c->next = w->conns;
+	if (w->conns)
+		w->conns->prev = c;
+	w->conns = c;
+	w->nconns++;
+	if (w->uring) {
+		uring_arm_recv(w, c);
+	} else {
+		struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+			conn_close(w, c);
+	}
+}
+
+static void conn_close(struct worker *w, struct conn *c)
+{
+	if (c->closed)
+		return;
+	c->closed = true;
+	if (w->uring) {
+		/* Outstanding operations complete with errors once the socket is shut down;
+		   the struct is freed when they have. */
+		shutdown(c->fd, SHUT_RDWR);
+		uring_release_held(w, c);
+		uring_cancel_recv(w, c);
+	} else {
+		epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	}
+	while (c->sq_head) {
+		struct broker_slot *s = c->sq_head;
+		c->sq_head = s->next;
+		c->inflight--;
+		atomic_fetch_sub_explicit(&w->b->slots_live, 1, memory_order_relaxed);
+		free(s);
+	}
+	c->sq_tail = NULL;
+	if (!w->uring || (!c->recv_armed && !c->send_armed)) {
+		close(c->fd);
+		c->fd = -1;
+	}
+	atomic_fetch_sub(&w->b->nconns, 1);
+	conn_maybe_free(w, c);
+}
+
+/* Frees a closed connection once nothing refers to it any more. */
+static void conn_maybe_free(struct worker *w, struct conn *c)
+{
+	if (!c->closed || c->inflight > 0 || c->recv_armed || c->send_armed || c->stalled ||
+	    c->hold > 0)
+		return;
+	if (c->fd >= 0) {
+		close(c->fd);
+		c->fd = -1;
+	}
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	w->nconns--;
+	free(c->rbuf);
+	free(c);
+}
+
+static void worker_retry_stalled(struct worker *w)
+{
+	struct conn *list = w->stalled;
+	w->stalled = NULL;
+	while (list) {
+		struct conn *c = list;
+		list = c->next_stalled;
+		c->stalled = false;
+		if (c->closed)
+			conn_maybe_free(w, c);
+		else
+			conn_parse(w, c); /* holds c itself */
+	}
+}
+
+static void worker_timers(struct worker *w)
+{
+	const struct broker_config *cfg = w->b->cfg;
+	int64_t now = w->now_us;
+	for (struct conn *c = w->conns, *next; c; c = next) {
+		if (c->closed) {
+			next = c->next;
+			continue;
+		}
+		conn_hold(c);
+		if (c->state == CONN_HELLO && now > c->hello_deadline_us) {
+			conn_send_error(w, c, PROTO_E_TIMEOUT, true, 0, "no HELLO in time");
+		} else if (c->state == CONN_AUTHFAIL && now >= c->close_at_us) {
+			conn_send_error(w, c, PROTO_E_AUTH, true, 0, "unknown API key");
+		} else if (c->state == CONN_DRAIN && now >= c->close_at_us) {
+			conn_close(w, c);
+		} else if (c->partial_since_us && c->state == CONN_READY && !c->stalled &&
+			   c->inflight < cfg->inflight_max &&
+			   now - c->partial_since_us > (int64_t)cfg->read_timeout_ms * 1000) {
+			conn_send_error(w, c, PROTO_E_TIMEOUT, true, 0,
+					"frame not completed within the read deadline");
+		} else if (c->state == CONN_READY && c->inflight == 0 && c->rlen == 0 &&
+			   now - c->last_rx_us > (int64_t)cfg->idle_timeout_ms * 1000) {
+			conn_close(w, c);
+		}
+		next = c->next;
+		conn_release(w, c);
+	}
+}
+
+/* ------------------------------------------------------------------ the loop */
+
+static int worker_poll_shards(struct worker *w)
+{
+	for (uint16_t s = 0; s < w->b->nshards; s++) {
+		if (!w->shards[s])
+			continue;
+		int rc = shard_poll(w->shards[s], w->now_us);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+static bool worker_quiet(struct worker *w)
+{
+	for (uint16_t s = 0; s < w->b->nshards; s++)
+		if (w->shards[s] && shard_busy(w->shards[s]))
+			return false;
+	for (uint16_t to = 0; to < w->b->nworkers; to++)
+		if (w->overflow[to].n || (w->out[to] && w->out[to]->n))
+			return false;
+	return true;
+}
+
+/* One turn after I/O: rings, shards, stalled connections, timers, outgoing chunks. */
+static bool worker_turn(struct worker *w)
+{
+	struct broker *b = w->b;
+	w->now_us = broker_now_us();
+	worker_drain_rings(w);
+	int rc = worker_poll_shards(w);
+	if (rc < 0) {
+		int zero = 0;
+		if (atomic_compare_exchange_strong(&b->fatal, &zero, rc))
+			broker_log(LOG_ERROR, "storage failure (%s): stopping without further "
+					      "acknowledgements", strerror(-rc));
+		for (uint16_t i = 0; i < b->nworkers; i++)
+			ring_wake(b->mesh, i);
+		return false;
+	}
+	if (atomic_load(&b->fatal))
+		return false;
+	if (w->stalled)
+		worker_retry_stalled(w);
+	if (w->now_us - w->last_timer_us >= NET_TIMER_MS * 1000) {
+		w->last_timer_us = w->now_us;
+		worker_timers(w);
+	}
+	worker_flush_out(w);
+
+	if (atomic_load(&b->stopping)) {
+		if (!w->stopping_seen) {
+			w->stopping_seen = true;
+			w->stop_deadline_us = w->now_us + 30 * 1000000LL;
+			if (w->listen_fd >= 0) {
+				if (!w->uring)
+					epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->listen_fd, NULL);
+				shutdown(w->listen_fd, SHUT_RDWR);
+			}
+			for (struct conn *c = w->conns; c; c = c->next)
+				conn_update_read(w, c);
+		}
+		/* Done when no batch anywhere is unresolved or unsent, and our shards are idle. */
+		bool sends_pending = false;
+		for (struct conn *c = w->conns; c; c = c->next)
+			if (!c->closed && c->sq_head)
+				sends_pending = true;
+		if (atomic_load(&b->slots_live) == 0 && worker_quiet(w) && !sends_pending)
+			return false;
+		if (w->now_us > w->stop_deadline_us) {
+			broker_log(LOG_WARN, "worker %u: shutdown deadline passed with batches in "
+					     "flight (clients will retry them)", w->id);
+			return false;
+		}
+	}
+	return true;
+}
+
+static int worker_loop_epoll(struct worker *w)
+{
+	struct epoll_event evs[NET_EPOLL_EVENTS];
+	int wake_fd = ring_wake_fd(w->b->mesh, w->id);
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->listen_fd};
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen_fd, &ev) < 0)
+		return -errno;
+	ev.data.ptr = &w->epfd; /* marker for the wake eventfd */
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, wake_fd, &ev) < 0)
+		return -errno;
+	while (worker_turn(w)) {
+		int timeout = atomic_load(&w->b->stopping) ? 10 : NET_TIMER_MS;
+		int n = epoll_wait(w->epfd, evs, NET_EPOLL_EVENTS, timeout);
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		w->now_us = broker_now_us();
+		for (int i = 0; i < n; i++) {
+			void *p = evs[i].data.ptr;
+			if (p == &w->listen_fd) {
+				for (int k = 0; k < 64; k++) {
+					int fd = accept4(w->listen_fd, NULL, NULL,
+							 SOCK_NONBLOCK | SOCK_CLOEXEC);
+					if (fd < 0)
+						break;
+					conn_accept_fd(w, fd);
+				}
+			} else if (p == &w->epfd) {
+				ring_wake_clear(w->b->mesh, w->id);
+				worker_drain_rings(w);
+			} else {
+				struct conn *c = p;
+				conn_hold(c);
+				if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))
+					epoll_on_readable(w, c);
+				if (!c->closed && (evs[i].events & EPOLLOUT))
+					conn_try_send(w, c);
+				if (!c->closed && (evs[i].events & (EPOLLHUP | EPOLLERR)))
+					conn_close(w, c);
+				conn_release(w, c);
+			}
+		}
+	}
+	return 0;
+}
+
+static void uring_arm_accept(struct worker *w)
+{
+	struct io_uring_sqe *sqe = uring_sqe(w);
+	if (!sqe)
+		return;
+	io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, URING_OP_ACCEPT);
+}
+
+static uint64_t wake_buf[BROKER_THREADS_MAX];
+
+static void uring_arm_wake(struct worker *w)
+{
+	struct io_uring_sqe *sqe = uring_sqe(w);
+	if (!sqe)
+		return;
+	io_uring_prep_read(sqe, ring_wake_fd(w->b->mesh, w->id), &wake_buf[w->id], 8, 0);
+	io_uring_sqe_set_data64(sqe, URING_OP_WAKE);
+}
+
+static int worker_loop_uring(struct worker *w)
+{
+	uring_arm_accept(w);
+	uring_arm_wake(w);
+	bool accepting = true;
+	while (worker_turn(w)) {
+		if (accepting && atomic_load(&w->b->stopping))
+			accepting = false;
+		struct __kernel_timespec ts = {.tv_sec = 0,
+					       .tv_nsec = (atomic_load(&w->b->stopping) ? 10 : NET_TIMER_MS) * 1000000L};
+		struct io_uring_cqe *cqe;
+		int rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+		if (rc < 0 && rc != -ETIME && rc != -EINTR)
+			return rc;
+		w->now_us = broker_now_us();
+		unsigned head, seen = 0;
+		io_uring_for_each_cqe(&w->ring, head, cqe) {
+			seen++;
+			uint64_t ud = io_uring_cqe_get_data64(cqe);
+			unsigned op = (unsigned)(ud & URING_OP_MASK);
+			struct conn *c = (struct conn *)(uintptr_t)(ud & ~(uint64_t)URING_OP_MASK);
+			int res = cqe->res;
+			bool more = cqe->flags & IORING_CQE_F_MORE;
+			switch (op) {
+			case URING_OP_ACCEPT:
+				if (res >= 0) {
+					if (atomic_load(&w->b->stopping))
+						close(res);
+					else
+						conn_accept_fd(w, res);
+				}
+				if (!more && accepting && !atomic_load(&w->b->stopping))
+					uring_arm_accept(w);
+				break;
+			case URING_OP_WAKE:
+				worker_drain_rings(w);
+				uring_arm_wake(w);
+				break;
+			case URING_OP_RECV:
+				conn_hold(c);
+				uring_on_recv(w, c, res, cqe->flags);
+				conn_release(w, c);
+				break;
+			case URING_OP_SEND:
+				conn_hold(c);
+				uring_on_send(w, c, res);
+				conn_release(w, c);
+				break;
+			default:
+				break;
+			}
+		}
+		io_uring_cq_advance(&w->ring, seen);
+	}
+	return 0;
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	w->now_us = broker_now_us();
+	int rc = w->uring ? worker_loop_uring(w) : worker_loop_epoll(w);
+	if (rc < 0) {
+		broker_log(LOG_ERROR, "worker %u: event loop failed: %s", w->id, strerror(-rc));
+		int zero = 0;
+		atomic_compare_exchange_strong(&w->b->fatal, &zero, rc);
+	}
+	/* Close what is left; slots still referenced by other threads keep conns alive until
+	   broker_wait() frees everything after all threads stopped. */
+	for (struct conn *c = w->conns, *next; c; c = next) {
+		next = c->next;
+		if (!c->closed)
+			conn_close(w, c);
+	}
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ start / stop */
+
+static int listen_socket(const struct broker_config *cfg, uint16_t port, int *out)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+	if (inet_pton(AF_INET, cfg->listen_host, &sa.sin_addr) != 1)
+		return -EINVAL;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+	/* 4096 is a hint: the kernel caps it at net.core.somaxconn. */
+	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 4096) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	*out = fd;
+	return 0;
+}
+
+static bool uring_usable(char *why, size_t len)
+{
+	struct io_uring r;
+	int rc = io_uring_queue_init(8, &r, 0);
+	if (rc < 0) {
+		snprintf(why, len, "io_uring_queue_init: %s", strerror(-rc));
+		return false;
+	}
+	struct io_uring_probe *p = io_uring_get_probe_ring(&r);
+	bool ok = p && io_uring_opcode_supported(p, IORING_OP_ACCEPT) &&
+		  io_uring_opcode_supported(p, IORING_OP_RECV) &&
+		  io_uring_opcode_supported(p, IORING_OP_SEND);
+	if (!ok)
+		snprintf(why, len, "kernel lacks IORING_OP_ACCEPT/RECV/SEND");
+	if (p)
+		io_uring_free_probe(p);
+	io_uring_queue_exit(&r);
+	return ok;
+}
+
+static int uring_setup_buffers(struct worker *w)
+{
+	size_t ring_bytes = NET_URING_BUFS * sizeof(struct io_uring_buf);
+	void *mem = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
+			 -1, 0);
+	if (mem == MAP_FAILED)
+		return -errno;
+	w->br = mem;
+	io_uring_buf_ring_init(w->br);
+	struct io_uring_buf_reg reg = {.ring_addr = (uint64_t)(uintptr_t)mem,
+				       .ring_entries = NET_URING_BUFS,
+				       .bgid = NET_URING_BGID};
+	int rc = io_uring_register_buf_ring(&w->ring, &reg, 0);
+	if (rc < 0)
+		return rc;
+	w->bufs = malloc((size_t)NET_URING_BUFS * NET_URING_BUF_BYTES);
+	w->held_next = malloc(NET_URING_BUFS * sizeof *w->held_next);
+	w->held_len = malloc(NET_URING_BUFS * sizeof *w->held_len);
+	w->held_off = malloc(NET_URING_BUFS * sizeof *w->held_off);
+	if (!w->bufs || !w->held_next || !w->held_len || !w->held_off)
+		return -ENOMEM;
+	for (int i = 0; i < NET_URING_BUFS; i++)
+		io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * NET_URING_BUF_BYTES,
+				      NET_URING_BUF_BYTES, (unsigned short)i,
+				      io_uring_buf_ring_mask(NET_URING_BUFS), i);
+	io_uring_buf_ring_advance(w->br, NET_URING_BUFS);
+	return 0;
+}
+
+static void uring_free_buffers(struct worker *w)
+{
+	if (w->br)
+		munmap(w->br, NET_URING_BUFS * sizeof(struct io_uring_buf));
+	free(w->bufs);
+	free(w->held_next);
+	free(w->held_len);
+	free(w->held_off);
+}
+
+int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker_auth *auth,
+		 struct broker **out)
+{
+	struct broker *b = calloc(1, sizeof *b);
+	if (!b)
+		return -ENOMEM;
+	b->cfg = cfg;
+	b->wal = wal;
+	b->auth = auth;
+	b->nworkers = cfg->threads;
+	b->nshards = wal_shard_count(wal);
+	b->io = cfg->io;
+	memcpy(b->default_tenant.name, "default", 8);
+	b->default_tenant.len = 7;
+	int rc;
+
+	if (b->io == BROKER_IO_URING) {
+		char why[128];
+		if (!uring_usable(why, sizeof why)) {
+			broker_log(LOG_WARN, "io_uring unavailable (%s); falling back to epoll", why);
+			b->io = BROKER_IO_EPOLL;
+		}
+	}
+	rc = ring_mesh_create(b->nworkers, 1u << 16, &b->mesh);
+	if (rc < 0)
+		goto out_free;
+	b->workers = calloc(b->nworkers, sizeof *b->workers);
+	if (!b->workers) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+	for (uint16_t i = 0; i < b->nworkers; i++) {
+		struct worker *w = &b->workers[i];
+		w->id = i;
+		w->b = b;
+		w->listen_fd = -1;
+		w->epfd = -1;
+	}
+	/* Shards first: dedup state is rebuilt before anything is accepted. */
+	for (uint16_t s = 0; s < b->nshards; s++) {
+		struct worker *w = &b->workers[s % b->nworkers];
+		rc = shard_open(cfg, wal, s, worker_wake_cb, w, worker_resolve, w, &b->shards[s]);
+		if (rc < 0)
+			goto out_free;
+		w->shards[s] = b->shards[s];
+	}
+	uint16_t port = cfg->port;
+	for (uint16_t i = 0; i < b->nworkers; i++) {
+		struct worker *w = &b->workers[i];
+		rc = listen_socket(cfg, port, &w->listen_fd);
+		if (rc < 0) {
+			broker_log(LOG_ERROR, "cannot listen on %s:%u: %s", cfg->listen_host, port,
+				   strerror(-rc));
+			goto out_free;
+		}
+		if (port == 0) {
+			struct sockaddr_in sa;
+			socklen_t sl = sizeof sa;
+			getsockname(w->listen_fd, (struct sockaddr *)&sa, &sl);
+			port = ntohs(sa.sin_port);
+		}
+		uint32_t nb = cfg->batch_events_max;
+		w->local = malloc(nb * sizeof *w->local);
+		w->local_shard = malloc(nb * sizeof *w->local_shard);
+		w->sorted = malloc(nb * sizeof *w->sorted);
+		w->counts = calloc((size_t)b->nshards + 1, sizeof *w->counts);
+		if (!w->local || !w->local_shard || !w->sorted || !w->counts) {
+			rc = -ENOMEM;
+			goto out_free;
+		}
+		for (uint16_t to = 0; to < b->nworkers; to++) {
+			if (to == i)
+				continue;
+			for (int k = 0; k < NET_CHUNKS_PER_PAIR; k++) {
+				struct chunk *ch = chunk_new(cfg, i, to);
+				if (!ch) {
+					rc = -ENOMEM;
+					goto out_free;
+				}
+				ch->next_free = w->free_chunks[to];
+				w->free_chunks[to] = ch;
+			}
+		}
+		if (b->io == BROKER_IO_URING) {
+			rc = io_uring_queue_init(NET_URING_ENTRIES, &w->ring, 0);
+			if (rc < 0)
+				goto out_free;
+			w->uring = true;
+			w->uring_ready = true;
+			rc = uring_setup_buffers(w);
+			if (rc < 0)
+				goto out_free;
+		} else {
+			w->epfd = epoll_create1(EPOLL_CLOEXEC);
+			if (w->epfd < 0) {
+				rc = -errno;
+				goto out_free;
+			}
+		}
+	}
+	b->port = port;
+	*out = b; /* before any thread runs: the WAL's sealed-segment callback reads it */
+	for (uint16_t i = 0; i < b->nworkers; i++) {
+		rc = -pthread_create(&b->workers[i].th, NULL, worker_main, &b->workers[i]);
+		if (rc < 0) {
+			/* Threads already started are stopped by broker_wait(). */
+			b->nworkers = i;
+			atomic_store(&b->stopping, true);
+			broker_wait(b);
+			*out = NULL;
+			return rc;
+		}
+	}
+	*out = b;
+	return 0;
+out_free:
+	for (uint16_t s = 0; s < b->nshards; s++)
+		if (b->shards[s])
+			shard_close(b->shards[s]);
+	if (b->workers) {
+		for (uint16_t i = 0; i < b->nworkers; i++) {
+			struct worker *w = &b->workers[i];
+			if (w->listen_fd >= 0)
+				close(w->listen_fd);
+			if (w->epfd >= 0)
+				close(w->epfd);
+			if (w->uring_ready)
+				io_uring_queue_exit(&w->ring);
+			uring_free_buffers(w);
+			for (uint16_t to = 0; to < BROKER_THREADS_MAX; to++)
+				for (struct chunk *ch = w->free_chunks[to], *nx; ch; ch = nx) {
+					nx = ch->next_free;
+					chunk_free(ch);
+				}
+			free(w->local);
+			free(w->local_shard);
+			free(w->sorted);
+			free(w->counts);
+		}
+	}
+	free(b->workers);
+	ring_mesh_destroy(b->mesh);
+	free(b);
+	return rc;
+}
+
+uint16_t broker_port(const struct broker *b)
+{
+	return b->port;
+}
+
+int broker_io(const struct broker *b)
+{
+	return b->io;
+}
+
+bool broker_failed(const struct broker *b)
+{
+	return atomic_load(&((struct broker *)b)->fatal) != 0;
+}
+
+void broker_request_stop(struct broker *b)
+{
+	atomic_store(&b->stopping, true);
+	for (uint16_t i = 0; i < b->nworkers; i++)
+		ring_wake(b->mesh, i);
+}
+
+int broker_wait(struct broker *b)
+{
+	for (uint16_t i = 0; i < b->nworkers; i++)
+		pthread_join(b->workers[i].th, NULL);
+	int fatal = atomic_load(&b->fatal);
+	int rc = fatal;
+	for (uint16_t s = 0; s < b->nshards; s++) {
+		if (!b->shards[s])
+			continue;
+		int r = fatal ? 0 : shard_close(b->shards[s]);
+		if (fatal)
+			(void)shard_close(b->shards[s]);
+		if (r < 0 && rc == 0)
+			rc = r;
+	}
+	for (uint16_t i = 0; i < b->nworkers; i++) {
+		struct worker *w = &b->workers[i];
+		/* Connections kept alive by slots that never completed (fatal stop). */
+		while (w->conns) {
+			struct conn *c = w->conns;
+			w->conns = c->next;
+			if (c->fd >= 0)
+				close(c->fd);
+			free(c->rbuf);
+			free(c);
+		}
+		if (w->listen_fd >= 0)
+			close(w->listen_fd);
+		if (w->epfd >= 0)
+			close(w->epfd);
+		if (w->uring_ready)
+			io_uring_queue_exit(&w->ring);
+		uring_free_buffers(w);
+		for (uint16_t to = 0; to < b->nworkers; to++) {
+			for (struct chunk *ch = w->free_chunks[to], *nx; ch; ch = nx) {
+				nx = ch->next_free;
+				chunk_free(ch);
+			}
+			if (w->out[to])
+				chunk_free(w->out[to]);
+			free(w->overflow[to].v);
+		}
+		free(w->local);
+		free(w->local_shard);
+		free(w->sorted);
+		free(w->counts);
+	}
+	free(b->workers);
+	ring_mesh_destroy(b->mesh);
+	free(b);
+	return rc;
+}
+
+void broker_on_segment_sealed(void *ctx, uint16_t shard, uint64_t base, uint64_t next)
+{
+	struct broker *b = *(struct broker **)ctx;
+	if (b && shard < b->nshards && b->shards[shard])
+		shard_segment_sealed(b->shards[shard], base, next);
+}

@@ -1,0 +1,542 @@
+/*
+ * shard.c — a broker shard: dedup + WAL append on the owner thread, fdatasync on a syncer
+ * thread, and the FIFO that turns "durable up to offset N" into receipts.
+ *
+ * Invariants:
+ *  - Every event appended to the WAL (verdict NEW) has a FIFO entry {target = offset + 1} until
+ *    the acknowledgement watermark reaches it. A duplicate of a still-pending key gets an entry
+ *    {target = everything appended so far}, so it is answered only once its original is durable.
+ *    Targets are non-decreasing along the FIFO, so resolving is popping the head.
+ *  - The acknowledgement watermark is the WAL's durable watermark (--fsync always) or its
+ *    written watermark (--fsync interval, the documented weaker policy).
+ *  - When a block write fails (ENOSPC, EIO), the WAL discards offsets [first, ...). Exactly the
+ *    FIFO entries with target > first depended on them: they form the FIFO's tail, their
+ *    batches fail with a retryable error, and the NEW keys among them are aborted in dedup so a
+ *    retry is ACCEPTED. Nothing is ever answered DUPLICATE for an event not in the WAL.
+ *  - A failed fdatasync is fatal: shard_poll() returns it and nothing more is acknowledged.
+ *  - Group commit: the owner flushes the open block only while the syncer is idle; while a sync
+ *    runs, records accumulate into the next block, which the next sync covers.
+ *
+ * Threads: everything but syncer_main() runs on the owner thread. The syncer only calls
+ * wal_sync() and the wake callback; `busy` (atomic) says whether a sync is running or asked for.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shard.h"
+#include "tally/dedup.h"
+
+struct wait_ent {
+	uint64_t target;
+	struct broker_slot *slot;
+	uint32_t idx;
+	uint8_t status;
+	uint64_t offset;
+	struct tally_fp fp;
+};
+
+struct shard {
+	uint16_t id;
+	const struct broker_config *cfg;
+	struct wal_shard *ws;
+	struct dedup_shard *dd;
+
+	struct wait_ent *q; /* ring buffer, power-of-two capacity */
+	size_t qcap, qhead, qlen;
+
+	uint64_t acked_next;
+	int64_t last_append_us;
+	int64_t seg_max_event_time_us;
+	bool dirty;
+	int fatal;
+
+	struct dedup_query *qry;
+	struct dedup_answer *ans;
+	uint64_t *app_off; /* per item of the current chunk: offset appended, or NONE */
+	size_t scratch_cap;
+
+	shard_resolve_fn resolve;
+	void *resolve_ctx;
+	void (*wake)(void *ctx);
+	void *wake_ctx;
+
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool kick, stop, started;
+	_Atomic bool busy;
+	_Atomic int sync_error;
+};
+
+#define SHARD_QCAP_INIT 4096
+
+static int q_push(struct shard *s, const struct wait_ent *e)
+{
+	if (s->qlen == s->qcap) {
+		/* Grows by doubling: bounded by the events in flight, which the broker caps. */
+		size_t ncap = s->qcap * 2;
+		struct wait_ent *nq = malloc(ncap * sizeof *nq);
+		if (!nq)
+			return -ENOMEM;
+		for (size_t i = 0; i < s->qlen; i++)
+			nq[i] = s->q[(s->qhead + i) & (s->qcap - 1)];
+		free(s->q);
+		s->q = nq;
+		s->qcap = ncap;
+		s->qhead = 0;
+	}
+	s->q[(s->qhead + s->qlen) & (s->qcap - 1)] = *e;
+	s->qlen++;
+	return 0;
+}
+
+static void fail_slot(struct shard *s, struct broker_slot *slot, uint16_t code)
+{
+	uint16_t zero = 0;
+	atomic_compare_exchange_strong(&slot->error, &zero, code);
+	s->resolve(s->resolve_ctx, slot, 1);
+}
+
+static uint16_t write_error_code(int rc)
+{
+	return rc == -ENOSPC || rc == -EDQUOT ? PROTO_E_DISK_FULL : PROTO_E_UNAVAILABLE;
+}
+
+/* A block write failed and the WAL discarded offsets from `first` on: fail what needed them. */
+static void on_write_error(struct shard *s, int rc)
+{
+	uint64_t first = 0, count = 0;
+	int failed = wal_shard_failed(s->ws);
+	if (failed) {
+		s->fatal = failed;
+		broker_log(LOG_ERROR, "shard %u: storage failed: %s; no further acknowledgements",
+			   s->id, strerror(-failed));
+	} else {
+		broker_log(LOG_WARN, "shard %u: WAL write failed: %s (retryable; batches fail)",
+			   s->id, strerror(-rc));
+	}
+	wal_shard_last_discard(s->ws, &first, &count);
+	if (count == 0 && !failed)
+		return;
+	uint16_t code = write_error_code(rc);
+	while (s->qlen > 0) {
+		struct wait_ent *e = &s->q[(s->qhead + s->qlen - 1) & (s->qcap - 1)];
+		if (!failed && e->target <= first)
+			break;
+		if (e->status == PROTO_ACCEPTED && e->offset >= first)
+			dedup_abort(s->dd, e->fp);
+		s->qlen--;
+		fail_slot(s, e->slot, code);
+	}
+}
+
+static void syncer_kick(struct shard *s)
+{
+	atomic_store_explicit(&s->busy, true, memory_order_relaxed);
+	pthread_mutex_lock(&s->mu);
+	s->kick = true;
+	pthread_cond_signal(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
+static void *syncer_main(void *arg)
+{
+	struct shard *s = arg;
+	for (;;) {
+		pthread_mutex_lock(&s->mu);
+		while (!s->kick && !s->stop) {
+			if (s->cfg->fsync_mode == WAL_FSYNC_INTERVAL) {
+				struct timespec ts;
+				clock_gettime(CLOCK_REALTIME, &ts);
+				uint64_t ns = (uint64_t)ts.tv_nsec +
+					      (uint64_t)s->cfg->fsync_interval_ms * 1000000u;
+				ts.tv_sec += (time_t)(ns / 1000000000u);
+				ts.tv_nsec = (long)(ns % 1000000000u);
+				if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) == ETIMEDOUT)
+					break;
+			} else {
+				pthread_cond_wait(&s->cv, &s->mu);
+			}
+		}
+		bool stop = s->stop;
+		s->kick = false;
+		pthread_mutex_unlock(&s->mu);
+
+		if (wal_written_next(s->ws) > wal_durable_next(s->ws)) {
+			int rc = wal_sync(s->ws, NULL);
+			if (rc < 0)
+				atomic_store(&s->sync_error, rc);
+		}
+		/* Release: the owner that sees busy == false also sees the new watermark. */
+		atomic_store_explicit(&s->busy, false, memory_order_release);
+		s->wake(s->wake_ctx);
+		if (stop)
+			return NULL;
+	}
+}
+
+/* Reads every record of one segment, feeding keys to fn. Returns 0 or -errno. */
+static int scan_segment(const struct wal_segment_info *seg, uint64_t limit,
+			int (*fn)(void *ctx, const struct wal_record *rec), void *ctx)
+{
+	struct wal_segment_iter *it;
+	int rc = wal_segment_iter_open(seg->path, seg->base_offset, limit, true, &it);
+	if (rc < 0)
+		return rc;
+	struct wal_record rec;
+	while ((rc = wal_segment_iter_next(it, &rec)) > 0) {
+		if (rec.kind != WAL_RECORD_EVENT)
+			continue;
+		rc = fn(ctx, &rec);
+		if (rc < 0)
+			break;
+	}
+	wal_segment_iter_close(it);
+	return rc < 0 ? rc : 0;
+}
+
+struct rebuild_ctx {
+	struct dedup_key *keys;
+	size_t n, cap;
+	int64_t max_time;
+};
+
+static int collect_key(void *arg, const struct wal_record *rec)
+{
+	struct rebuild_ctx *c = arg;
+	if (c->n == c->cap) {
+		size_t ncap = c->cap ? c->cap * 2 : 65536;
+		struct dedup_key *nk = realloc(c->keys, ncap * sizeof *nk);
+		if (!nk)
+			return -ENOMEM;
+		c->keys = nk;
+		c->cap = ncap;
+	}
+	c->keys[c->n].fp = event_fingerprint(rec->tenant, rec->ev.key);
+	c->keys[c->n].digest = event_content_digest(&rec->ev);
+	c->keys[c->n].offset = rec->offset;
+	c->n++;
+	if (rec->ev.event_time_us > c->max_time)
+		c->max_time = rec->ev.event_time_us;
+	return 0;
+}
+
+static int restore_key(void *arg, const struct wal_record *rec)
+{
+	struct shard *s = arg;
+	if (rec->ev.event_time_us > s->seg_max_event_time_us)
+		s->seg_max_event_time_us = rec->ev.event_time_us;
+	return dedup_restore_key(s->dd, event_fingerprint(rec->tenant, rec->ev.key),
+				 event_content_digest(&rec->ev), rec->offset);
+}
+
+/* Rebuilds dedup state from the WAL: missing or bad runs of sealed segments, then the tail. */
+static int restore(struct shard *s)
+{
+	size_t count = 0;
+	int rc = wal_segments_list(s->cfg->data_dir, s->id, NULL, 0, &count);
+	if (rc < 0)
+		return rc;
+	if (count == 0)
+		return 0;
+	struct wal_segment_info *segs = calloc(count, sizeof *segs);
+	if (!segs)
+		return -ENOMEM;
+	rc = wal_segments_list(s->cfg->data_dir, s->id, segs, count, &count);
+	if (rc < 0)
+		goto out;
+	uint64_t durable = wal_durable_next(s->ws);
+	dedup_set_durable(s->dd, durable);
+	for (size_t i = 0; i < count; i++) {
+		if (!segs[i].sealed) {
+			rc = scan_segment(&segs[i], UINT64_MAX, restore_key, s);
+			if (rc < 0)
+				goto out;
+			continue;
+		}
+		if (dedup_has_generation(s->dd, segs[i].base_offset))
+			continue;
+		uint64_t next = i + 1 < count ? segs[i + 1].base_offset : durable;
+		struct rebuild_ctx c = {.max_time = 0};
+		rc = scan_segment(&segs[i], next, collect_key, &c);
+		if (rc == 0)
+			rc = dedup_rebuild_generation(s->dd, segs[i].base_offset, next, c.max_time,
+						      c.keys, c.n);
+		free(c.keys);
+		if (rc < 0)
+			goto out;
+		broker_log(LOG_INFO, "shard %u: rebuilt dedup run of segment %020llu (%zu keys)",
+			   s->id, (unsigned long long)segs[i].base_offset, c.n);
+	}
+out:
+	free(segs);
+	return rc;
+}
+
+int shard_open(const struct broker_config *cfg, struct wal *wal, uint16_t id,
+	       void (*wake)(void *ctx), void *wake_ctx, shard_resolve_fn resolve,
+	       void *resolve_ctx, struct shard **out)
+{
+	struct shard *s = calloc(1, sizeof *s);
+	if (!s)
+		return -ENOMEM;
+	s->id = id;
+	s->cfg = cfg;
+	s->ws = wal_shard(wal, id);
+	s->wake = wake;
+	s->wake_ctx = wake_ctx;
+	s->resolve = resolve;
+	s->resolve_ctx = resolve_ctx;
+	s->qcap = SHARD_QCAP_INIT;
+	s->q = malloc(s->qcap * sizeof *s->q);
+	s->scratch_cap = cfg->batch_events_max;
+	s->qry = malloc(s->scratch_cap * sizeof *s->qry);
+	s->ans = malloc(s->scratch_cap * sizeof *s->ans);
+	s->app_off = malloc(s->scratch_cap * sizeof *s->app_off);
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	int rc = -ENOMEM;
+	if (!s->q || !s->qry || !s->ans || !s->app_off)
+		goto out_free;
+
+	char dir[WAL_PATH_BYTES_MAX];
+	snprintf(dir, sizeof dir, "%s/dedup", cfg->data_dir);
+	struct dedup_options dopt = {
+		.expected_keys = cfg->expected_keys,
+		.window_us = cfg->dedup_window_us,
+		.dir = dir,
+	};
+	rc = dedup_shard_open(&dopt, id, &s->dd);
+	if (rc < 0) {
+		broker_log(LOG_ERROR, "shard %u: dedup open failed: %s", id, strerror(-rc));
+		goto out_free;
+	}
+	rc = restore(s);
+	if (rc < 0) {
+		broker_log(LOG_ERROR, "shard %u: rebuilding dedup state from the WAL failed: %s",
+			   id, strerror(-rc));
+		goto out_free;
+	}
+	s->acked_next = wal_durable_next(s->ws);
+	s->last_append_us = broker_now_us();
+	rc = -pthread_create(&s->th, NULL, syncer_main, s);
+	if (rc < 0)
+		goto out_free;
+	s->started = true;
+	*out = s;
+	return 0;
+out_free:
+	if (s->dd)
+		dedup_shard_close(s->dd);
+	free(s->q);
+	free(s->qry);
+	free(s->ans);
+	free(s->app_off);
+	free(s);
+	return rc;
+}
+
+/* The offset of the original of item i, claimed earlier in the same chunk (verdict NEW). */
+static uint64_t chunk_original(struct shard *s, const struct shard_item *items, size_t i)
+{
+	for (size_t j = i; j-- > 0;)
+		if (items[j].fp.lo == items[i].fp.lo && items[j].fp.hi == items[i].fp.hi &&
+		    s->ans[j].verdict == DEDUP_NEW)
+			return s->app_off[j];
+	return DEDUP_OFFSET_NONE;
+}
+
+static void submit_one(struct shard *s, const struct shard_item *it, size_t i, int64_t now_us,
+		       struct shard_item *items)
+{
+	struct dedup_answer *a = &s->ans[i];
+	struct wait_ent e = {.slot = it->slot, .idx = it->idx, .fp = it->fp};
+	uint64_t off;
+	int rc;
+
+	s->app_off[i] = DEDUP_OFFSET_NONE;
+	switch (a->verdict) {
+	case DEDUP_NEW: {
+		struct tally_view tenant = {(const uint8_t *)it->tenant->name, it->tenant->len};
+		struct tally_view body = {it->body, it->body_len};
+		rc = wal_append(s->ws, tenant, &body, now_us, &off);
+		if (rc < 0) {
+			dedup_abort(s->dd, it->fp);
+			on_write_error(s, rc);
+			fail_slot(s, it->slot, write_error_code(rc));
+			return;
+		}
+		dedup_set_offset(s->dd, it->fp, off);
+		s->app_off[i] = off;
+		s->dirty = true;
+		s->last_append_us = now_us;
+		if (it->event_time_us > s->seg_max_event_time_us)
+			s->seg_max_event_time_us = it->event_time_us;
+		e.target = off + 1;
+		e.status = PROTO_ACCEPTED;
+		e.offset = off;
+		break;
+	}
+	case DEDUP_DUPLICATE:
+	case DEDUP_CONFLICT:
+		broker_slot_receipt(it->slot, it->idx,
+				    a->verdict == DEDUP_DUPLICATE ? PROTO_DUPLICATE : PROTO_CONFLICT,
+				    0, s->id, a->offset);
+		s->resolve(s->resolve_ctx, it->slot, 1);
+		return;
+	case DEDUP_PENDING_DUPLICATE:
+	case DEDUP_PENDING_CONFLICT:
+		off = a->offset;
+		if (off == DEDUP_OFFSET_NONE) {
+			off = chunk_original(s, items, i);
+			if (off == DEDUP_OFFSET_NONE) {
+				/* Its original in this chunk failed to append and was aborted:
+				   this event is now the first of its key. Check it again. */
+				dedup_check_claim(s->dd, &s->qry[i], 1, a);
+				submit_one(s, it, i, now_us, items);
+				return;
+			}
+		}
+		e.target = wal_next_offset(s->ws);
+		e.status = a->verdict == DEDUP_PENDING_DUPLICATE ? PROTO_DUPLICATE : PROTO_CONFLICT;
+		e.offset = off;
+		break;
+	case DEDUP_TOO_OLD:
+		broker_slot_receipt(it->slot, it->idx, PROTO_REJECTED, TALLY_REJECT_TIME_TOO_OLD,
+				    0, PROTO_OFFSET_UNKNOWN);
+		s->resolve(s->resolve_ctx, it->slot, 1);
+		return;
+	default: /* DEDUP_FULL */
+		fail_slot(s, it->slot, PROTO_E_UNAVAILABLE);
+		return;
+	}
+	if (q_push(s, &e) < 0) {
+		/* Out of memory for the wait queue: the event is in the WAL but cannot be
+		   tracked; fail the batch (a retry is answered DUPLICATE once durable). */
+		fail_slot(s, it->slot, PROTO_E_UNAVAILABLE);
+	}
+}
+
+void shard_submit(struct shard *s, struct shard_item *items, size_t n, int64_t now_us)
+{
+	while (n > 0) {
+		size_t k = n < s->scratch_cap ? n : s->scratch_cap;
+		for (size_t i = 0; i < k; i++) {
+			s->qry[i].fp = items[i].fp;
+			s->qry[i].digest = items[i].digest;
+			s->qry[i].event_time_us = items[i].event_time_us;
+		}
+		dedup_check_claim(s->dd, s->qry, k, s->ans);
+		for (size_t i = 0; i < k; i++)
+			submit_one(s, &items[i], i, now_us, items);
+		items += k;
+		n -= k;
+	}
+}
+
+int shard_poll(struct shard *s, int64_t now_us)
+{
+	int err = atomic_load(&s->sync_error);
+	if (err && !s->fatal) {
+		s->fatal = err;
+		broker_log(LOG_ERROR, "shard %u: fdatasync failed: %s; no further acknowledgements",
+			   s->id, strerror(-err));
+	}
+	if (s->fatal)
+		return s->fatal;
+
+	bool busy = atomic_load_explicit(&s->busy, memory_order_acquire);
+	uint64_t ack = s->cfg->fsync_mode == WAL_FSYNC_ALWAYS ? wal_durable_next(s->ws)
+							      : wal_written_next(s->ws);
+	if (ack > s->acked_next) {
+		s->acked_next = ack;
+		dedup_set_durable(s->dd, ack);
+	}
+	while (s->qlen > 0) {
+		struct wait_ent *e = &s->q[s->qhead];
+		if (e->target > s->acked_next)
+			break;
+		broker_slot_receipt(e->slot, e->idx, e->status, 0, s->id, e->offset);
+		s->resolve(s->resolve_ctx, e->slot, 1);
+		s->qhead = (s->qhead + 1) & (s->qcap - 1);
+		s->qlen--;
+	}
+
+	if (s->cfg->tick_idle_ms && now_us - s->last_append_us >= (int64_t)s->cfg->tick_idle_ms * 1000) {
+		int rc = wal_append_tick(s->ws, now_us, NULL);
+		if (rc < 0)
+			on_write_error(s, rc);
+		else
+			s->dirty = true;
+		s->last_append_us = now_us;
+	}
+
+	bool interval = s->cfg->fsync_mode == WAL_FSYNC_INTERVAL;
+	if (s->dirty && (interval || !busy)) {
+		int rc = wal_flush(s->ws);
+		s->dirty = false;
+		if (rc < 0)
+			on_write_error(s, rc);
+		if (!interval && wal_written_next(s->ws) > wal_durable_next(s->ws))
+			syncer_kick(s);
+	}
+	return s->fatal;
+}
+
+bool shard_busy(const struct shard *s)
+{
+	return s->qlen > 0 || s->dirty;
+}
+
+uint16_t shard_id(const struct shard *s)
+{
+	return s->id;
+}
+
+int shard_close(struct shard *s)
+{
+	int rc = 0;
+	if (!s)
+		return 0;
+	if (!s->fatal && s->dirty) {
+		rc = wal_flush(s->ws);
+		s->dirty = false;
+	}
+	if (s->started) {
+		pthread_mutex_lock(&s->mu);
+		s->stop = true;
+		pthread_cond_signal(&s->cv);
+		pthread_mutex_unlock(&s->mu);
+		pthread_join(s->th, NULL);
+	}
+	if (rc == 0)
+		rc = atomic_load(&s->sync_error);
+	dedup_shard_close(s->dd);
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->cv);
+	free(s->q);
+	free(s->qry);
+	free(s->ans);
+	free(s->app_off);
+	free(s);
+	return rc;
+}
+
+void shard_segment_sealed(struct shard *s, uint64_t base, uint64_t next)
+{
+	dedup_set_durable(s->dd, wal_durable_next(s->ws));
+	int rc = dedup_seal_generation(s->dd, base, next, s->seg_max_event_time_us);
+	if (rc < 0)
+		broker_log(LOG_WARN,
+			   "shard %u: sealing dedup generation %llu..%llu failed: %s (keys stay hot)",
+			   s->id, (unsigned long long)base, (unsigned long long)next,
+			   strerror(-rc));
+	s->seg_max_event_time_us = 0;
+	int64_t now = broker_now_us();
+	rc = dedup_expire(s->dd, now);
+	if (rc > 0)
+		broker_log(LOG_INFO, "shard %u: expired %d dedup generation(s)", s->id, rc);
+}

@@ -1,0 +1,65 @@
+/*
+ * shard.h — one broker shard: a WAL shard, its dedup shard, its syncer thread and the FIFO of
+ * events waiting to be durable. Owned by exactly one broker thread (the "owner"); only the
+ * syncer thread runs beside it, and the two meet only through the WAL's watermarks and a
+ * mutex/condvar used to sleep. See src/shard.c for the invariants.
+ */
+#ifndef TALLY_SHARD_H
+#define TALLY_SHARD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "broker.h"
+#include "tally/wal.h"
+
+/* One event on its way into a shard. `body` stays valid for the duration of shard_submit(). */
+struct shard_item {
+	struct broker_slot *slot;
+	uint32_t idx;
+	uint32_t digest;
+	struct tally_fp fp;
+	int64_t event_time_us;
+	const uint8_t *body;
+	uint16_t body_len;
+	const struct broker_tenant *tenant;
+};
+
+/* Called on the owner thread when `count` events of `slot` were resolved (receipt written or
+   slot->error set). */
+typedef void (*shard_resolve_fn)(void *ctx, struct broker_slot *slot, uint32_t count);
+
+struct shard;
+
+/*
+ * Opens shard `id` of the open WAL `wal`: opens the dedup shard (cold runs under
+ * DATA/dedup), rebuilds missing runs and the hot tier from the WAL, and starts the syncer.
+ * `wake` is called from the syncer thread after each sync (it must wake the owner).
+ */
+int shard_open(const struct broker_config *cfg, struct wal *wal, uint16_t id,
+	       void (*wake)(void *ctx), void *wake_ctx, shard_resolve_fn resolve,
+	       void *resolve_ctx, struct shard **out) __attribute__((warn_unused_result));
+
+/* Owner thread: runs items[0..n) through dedup and into the WAL. */
+void shard_submit(struct shard *s, struct shard_item *items, size_t n, int64_t now_us);
+
+/*
+ * Owner thread: resolves the events the WAL made durable since the last call, flushes the open
+ * block when the syncer is idle (group commit), writes an idle tick. Returns a fatal -errno if
+ * the shard's storage failed (the broker must stop acknowledging and exit), else 0.
+ */
+int shard_poll(struct shard *s, int64_t now_us) __attribute__((warn_unused_result));
+
+/* Events waiting for durability, and whether the open block holds unflushed records. */
+bool shard_busy(const struct shard *s);
+
+/* Stops the syncer after a final flush + sync; frees everything. Returns the first error. */
+int shard_close(struct shard *s);
+
+uint16_t shard_id(const struct shard *s);
+
+/* Owner thread, from the WAL's on_segment_sealed: moves the segment's keys to the cold tier
+   and expires generations that left the dedup window. */
+void shard_segment_sealed(struct shard *s, uint64_t base, uint64_t next);
+
+#endif

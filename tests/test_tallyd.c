@@ -1,0 +1,679 @@
+/*
+ * test_tallyd — integration tests: the client library against a real tallyd on an ephemeral
+ * port, run once per I/O backend (argv[1] = uring | epoll).
+ *
+ * Covers: receipts (accepted / duplicate / conflict / rejected), duplicates within a batch,
+ * across batches, across connections and across kill -9 + restart; pipelined batches matched
+ * by request id; malformed frames; data before HELLO, a wrong API key and a wrong tenant
+ * (nothing written); many concurrent connections; a client that never reads its ACKs does not
+ * stall others; SIGTERM loses nothing in flight (every ACCEPTED key is in the WAL exactly once,
+ * checked with the WAL reader).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include "tally/client.h"
+#include "tally/protocol.h"
+#include "tally/wal.h"
+
+static int failures;
+static const char *io_mode = "epoll";
+static char bin_dir[1024];
+
+#define CHECK(cond)                                                                              \
+	do {                                                                                     \
+		if (!(cond)) {                                                                   \
+			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+			failures++;                                                              \
+		}                                                                                \
+	} while (0)
+#define CHECK_EQ(a, b)                                                                           \
+	do {                                                                                     \
+		long long _a = (long long)(a), _b = (long long)(b);                              \
+		if (_a != _b) {                                                                  \
+			fprintf(stderr, "%s:%d: CHECK_EQ failed: %s = %lld, %s = %lld\n",         \
+				__FILE__, __LINE__, #a, _a, #b, _b);                             \
+			failures++;                                                              \
+		}                                                                                \
+	} while (0)
+
+struct server {
+	pid_t pid;
+	uint16_t port;
+	char dir[256];
+};
+
+static int64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void server_start(struct server *s, const char *extra1, const char *extra2)
+{
+	char portfile[300], exe[1100], logf[300];
+	snprintf(portfile, sizeof portfile, "%s.port", s->dir);
+	snprintf(logf, sizeof logf, "%s.log", s->dir);
+	snprintf(exe, sizeof exe, "%s/tallyd", bin_dir);
+	unlink(portfile);
+	s->pid = fork();
+	if (s->pid == 0) {
+		int fd = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0) {
+			dup2(fd, 2);
+			close(fd);
+		}
+		const char *argv[20] = {exe, "--listen", "127.0.0.1:0", "--data", s->dir,
+					"--port-file", portfile, "--io", io_mode, "--threads", "2",
+					"--idle-timeout", "60", "--expected-keys", "65536"};
+		int n = 15;
+		if (extra1)
+			argv[n++] = extra1;
+		if (extra2)
+			argv[n++] = extra2;
+		argv[n] = NULL;
+		execv(exe, (char **)argv);
+		_exit(127);
+	}
+	for (int i = 0; i < 500; i++) {
+		FILE *f = fopen(portfile, "r");
+		if (f) {
+			unsigned p = 0;
+			if (fscanf(f, "%u", &p) == 1 && p) {
+				s->port = (uint16_t)p;
+				fclose(f);
+				return;
+			}
+			fclose(f);
+		}
+		int st;
+		if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+			fprintf(stderr, "tallyd exited early (status %d); log %s\n", st, logf);
+			exit(1);
+		}
+		usleep(20000);
+	}
+	fprintf(stderr, "tallyd did not start in 10 s\n");
+	kill(s->pid, SIGKILL);
+	exit(1);
+}
+
+/* Sends sig and waits; returns the exit status (or 128+signal). */
+static int server_stop(struct server *s, int sig)
+{
+	int st = 0;
+	kill(s->pid, sig);
+	waitpid(s->pid, &st, 0);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static struct tally_client *connect_as(const struct server *s, const char *key)
+{
+	struct tally_client_options o = {.port = s->port, .api_key = key,
+					 .io_timeout_ms = 20000};
+	struct tally_client *c = NULL;
+	int rc = tally_client_connect(&o, &c);
+	if (rc < 0) {
+		fprintf(stderr, "connect: %s\n", tally_client_last_error(c));
+		tally_client_close(c);
+		return NULL;
+	}
+	return c;
+}
+
+/* Event storage for building batches. */
+struct evbuf {
+	char key[64], cust[32], name[32], model[16];
+	struct tally_prop props[2];
+	struct tally_event_in in;
+};
+
+static void make_event(struct evbuf *e, const char *key, const char *cust, int64_t tokens,
+		       int64_t t_us)
+{
+	snprintf(e->key, sizeof e->key, "%s", key);
+	snprintf(e->cust, sizeof e->cust, "%s", cust);
+	snprintf(e->name, sizeof e->name, "ai.tokens");
+	snprintf(e->model, sizeof e->model, "gpt-4o");
+	e->props[0] = (struct tally_prop){.key = {(const uint8_t *)"tokens", 6},
+					  .kind = TALLY_VALUE_INT, .i64 = tokens};
+	e->props[1] = (struct tally_prop){.key = {(const uint8_t *)"model", 5},
+					  .kind = TALLY_VALUE_STRING,
+					  .str = {(const uint8_t *)e->model, 6}};
+	e->in = (struct tally_event_in){
+		.key = {(const uint8_t *)e->key, (uint32_t)strlen(e->key)},
+		.customer = {(const uint8_t *)e->cust, (uint32_t)strlen(e->cust)},
+		.name = {(const uint8_t *)e->name, (uint32_t)strlen(e->name)},
+		.event_time_us = t_us,
+		.prop_count = 2,
+		.props = e->props,
+	};
+}
+
+/* Counts WAL records whose key equals `key` (all shards). */
+static long wal_count_key(const char *dir, const char *key, long *total_out)
+{
+	struct wal_reader *r;
+	if (wal_reader_open(dir, -1, &r) < 0)
+		return -1;
+	struct wal_record rec;
+	long n = 0, total = 0;
+	while (wal_reader_next(r, &rec) == 1) {
+		if (rec.kind != WAL_RECORD_EVENT)
+			continue;
+		total++;
+		if (key && rec.ev.key.len == strlen(key) && !memcmp(rec.ev.key.ptr, key, rec.ev.key.len))
+			n++;
+	}
+	wal_reader_close(r);
+	if (total_out)
+		*total_out = total;
+	return n;
+}
+
+static void test_receipts(struct server *s)
+{
+	struct tally_client *c = connect_as(s, "k");
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	int64_t t = now_us();
+	struct evbuf e[6];
+	make_event(&e[0], "r-1", "cus_1", 10, t);
+	make_event(&e[1], "r-2", "cus_1", 20, t);
+	make_event(&e[2], "r-1", "cus_1", 10, t);      /* duplicate within the batch */
+	make_event(&e[3], "r-2", "cus_1", 21, t);      /* conflict within the batch */
+	make_event(&e[4], "r-old", "cus_1", 1, t - 40LL * 86400 * 1000000); /* too old */
+	make_event(&e[5], "r-new", "cus_1", 1, t + 3600LL * 1000000);      /* too new */
+	struct tally_event_in in[6];
+	for (int i = 0; i < 6; i++)
+		in[i] = e[i].in;
+	struct proto_receipt r[6];
+	CHECK_EQ(tally_client_send_wait(c, in, 6, r), 0);
+	CHECK_EQ(r[0].status, PROTO_ACCEPTED);
+	CHECK_EQ(r[1].status, PROTO_ACCEPTED);
+	CHECK_EQ(r[2].status, PROTO_DUPLICATE);
+	CHECK_EQ(r[2].offset, r[0].offset);
+	CHECK_EQ(r[2].shard, r[0].shard);
+	CHECK_EQ(r[3].status, PROTO_CONFLICT);
+	CHECK_EQ(r[3].offset, r[1].offset);
+	CHECK_EQ(r[4].status, PROTO_REJECTED);
+	CHECK_EQ(r[4].reason, TALLY_REJECT_TIME_TOO_OLD);
+	CHECK_EQ(r[5].status, PROTO_REJECTED);
+	CHECK_EQ(r[5].reason, TALLY_REJECT_TIME_TOO_NEW);
+
+	/* Across batches: the same two again. */
+	CHECK_EQ(tally_client_send_wait(c, in, 2, r), 0);
+	CHECK_EQ(r[0].status, PROTO_DUPLICATE);
+	CHECK_EQ(r[1].status, PROTO_DUPLICATE);
+
+	/* A malformed event in the middle: the rest proceeds. */
+	CHECK_EQ(tally_client_batch_begin(c), 0);
+	make_event(&e[0], "m-1", "cus_1", 1, t);
+	make_event(&e[1], "m-2", "cus_1", 1, t);
+	CHECK_EQ(tally_client_batch_add(c, &e[0].in), 0);
+	uint8_t bad[64];
+	memset(bad, 0, sizeof bad);
+	bad[8] = 0; /* key_len 0 */
+	bad[9] = 1;
+	bad[10] = 1;
+	CHECK_EQ(tally_client_batch_add_raw(c, bad, 14), 0);
+	CHECK_EQ(tally_client_batch_add(c, &e[1].in), 0);
+	uint64_t rid = 0;
+	CHECK_EQ(tally_client_batch_send(c, &rid), 0);
+	struct tally_client_reply rep;
+	CHECK_EQ(tally_client_recv(c, 10000, &rep), 0);
+	CHECK_EQ(rep.kind, TALLY_CLIENT_REPLY_ACK);
+	CHECK_EQ(rep.request_id, rid);
+	CHECK_EQ(rep.receipt_count, 3);
+	if (rep.receipt_count == 3) {
+		CHECK_EQ(rep.receipts[0].status, PROTO_ACCEPTED);
+		CHECK_EQ(rep.receipts[1].status, PROTO_REJECTED);
+		CHECK_EQ(rep.receipts[1].reason, TALLY_REJECT_KEY_LEN);
+		CHECK_EQ(rep.receipts[2].status, PROTO_ACCEPTED);
+	}
+	tally_client_close(c);
+
+	/* Across connections. */
+	c = connect_as(s, "k");
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	make_event(&e[0], "r-1", "cus_1", 10, t);
+	CHECK_EQ(tally_client_send_wait(c, &e[0].in, 1, r), 0);
+	CHECK_EQ(r[0].status, PROTO_DUPLICATE);
+	tally_client_close(c);
+}
+
+/* Many batches in flight on one connection; ACKs matched by request id (any order). */
+static void test_pipelining(struct server *s)
+{
+	struct tally_client *c = connect_as(s, "k");
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	enum { NB = 40, PER = 100 };
+	static struct evbuf e[PER];
+	struct tally_event_in in[PER];
+	int64_t t = now_us();
+	uint64_t ids[NB];
+	int seen[NB] = {0};
+	for (int b = 0; b < NB; b++) {
+		for (int i = 0; i < PER; i++) {
+			char key[64];
+			snprintf(key, sizeof key, "pipe-%d-%d", b, i);
+			make_event(&e[i], key, "cus_2", i, t);
+			in[i] = e[i].in;
+		}
+		CHECK_EQ(tally_client_send_batch(c, in, PER, &ids[b]), 0);
+	}
+	int got = 0, accepted = 0;
+	while (got < NB) {
+		struct tally_client_reply rep;
+		int rc = tally_client_recv(c, 10000, &rep);
+		CHECK_EQ(rc, 0);
+		if (rc)
+			break;
+		CHECK_EQ(rep.kind, TALLY_CLIENT_REPLY_ACK);
+		for (int b = 0; b < NB; b++)
+			if (ids[b] == rep.request_id) {
+				CHECK_EQ(seen[b], 0);
+				seen[b]++;
+			}
+		for (uint32_t i = 0; i < rep.receipt_count; i++)
+			accepted += rep.receipts[i].status == PROTO_ACCEPTED;
+		got++;
+	}
+	CHECK_EQ(accepted, NB * PER);
+	tally_client_close(c);
+}
+
+static int raw_connect(uint16_t port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+	inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		close(fd);
+		return -1;
+	}
+	struct timeval tv = {.tv_sec = 10};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	return fd;
+}
+
+/* Reads one frame; returns its type and fills *err_code for ERROR, or -1. */
+static int raw_read_frame(int fd, uint16_t *err_code)
+{
+	uint8_t buf[4096];
+	size_t len = 0;
+	for (;;) {
+		struct proto_frame f;
+		size_t need;
+		long n = proto_frame_parse(buf, len, sizeof buf, 16, &f, &need);
+		if (n > 0) {
+			if (f.type == PROTO_ERROR && err_code)
+				*err_code = f.u.error.code;
+			return f.type;
+		}
+		if (n < 0 || len == sizeof buf)
+			return -1;
+		ssize_t k = recv(fd, buf + len, sizeof buf - len, 0);
+		if (k <= 0)
+			return -1;
+		len += (size_t)k;
+	}
+}
+
+static bool raw_closed(int fd)
+{
+	char b;
+	for (;;) {
+		ssize_t k = recv(fd, &b, 1, 0);
+		if (k == 0)
+			return true;
+		if (k < 0)
+			return errno != EAGAIN && errno != EWOULDBLOCK;
+	}
+}
+
+static void test_malformed(struct server *s)
+{
+	/* Garbage instead of a frame: ERROR BAD_MAGIC, then closed. */
+	int fd = raw_connect(s->port);
+	CHECK(fd >= 0);
+	const char junk[] = "GET / HTTP/1.1\r\n\r\n";
+	CHECK(send(fd, junk, sizeof junk - 1, 0) > 0);
+	uint16_t code = 0;
+	CHECK_EQ(raw_read_frame(fd, &code), PROTO_ERROR);
+	CHECK_EQ(code, PROTO_E_BAD_MAGIC);
+	CHECK(raw_closed(fd));
+	close(fd);
+
+	/* A BATCH before HELLO: ERROR UNEXPECTED, nothing written. */
+	fd = raw_connect(s->port);
+	uint8_t frame[512];
+	struct proto_batch_builder b;
+	struct evbuf e;
+	make_event(&e, "before-hello", "cus_3", 1, now_us());
+	proto_batch_start(&b, frame, sizeof frame, 1);
+	CHECK_EQ(proto_batch_add(&b, &e.in), 0);
+	long n = proto_batch_finish(&b);
+	CHECK(send(fd, frame, (size_t)n, 0) == n);
+	code = 0;
+	CHECK_EQ(raw_read_frame(fd, &code), PROTO_ERROR);
+	CHECK_EQ(code, PROTO_E_UNEXPECTED);
+	CHECK(raw_closed(fd));
+	close(fd);
+
+	/* After HELLO: a frame with a bad checksum closes the connection with BAD_CHECKSUM. */
+	struct tally_client *c = connect_as(s, "k");
+	CHECK(c != NULL);
+	if (c) {
+		proto_batch_start(&b, frame, sizeof frame, 77);
+		make_event(&e, "bad-sum", "cus_3", 1, now_us());
+		CHECK_EQ(proto_batch_add(&b, &e.in), 0);
+		n = proto_batch_finish(&b);
+		frame[n - 1] ^= 0x40;
+		CHECK_EQ(tally_client_send_raw(c, frame, (size_t)n), 0);
+		struct tally_client_reply rep;
+		CHECK_EQ(tally_client_recv(c, 10000, &rep), 0);
+		CHECK_EQ(rep.kind, TALLY_CLIENT_REPLY_ERROR);
+		CHECK_EQ(rep.error_code, PROTO_E_BAD_CHECKSUM);
+		CHECK(rep.fatal);
+		tally_client_close(c);
+	}
+	/* A frame header declaring 4 GiB: refused at once, not waited for. */
+	fd = raw_connect(s->port);
+	uint8_t hdr[16] = {0x54, 0x41, 0x4c, 0x59, 0, 0, 0, 0, 1, PROTO_HELLO, 0, 0,
+			   0xff, 0xff, 0xff, 0xff};
+	CHECK(send(fd, hdr, 16, 0) == 16);
+	code = 0;
+	CHECK_EQ(raw_read_frame(fd, &code), PROTO_ERROR);
+	CHECK_EQ(code, PROTO_E_FRAME_TOO_LARGE);
+	close(fd);
+
+	CHECK_EQ(wal_count_key(s->dir, "before-hello", NULL), 0);
+	CHECK_EQ(wal_count_key(s->dir, "bad-sum", NULL), 0);
+}
+
+/* A client that never reads its ACKs does not stall the others. */
+static void test_slow_reader(struct server *s)
+{
+	struct tally_client *slow = connect_as(s, "k");
+	struct tally_client *fast = connect_as(s, "k");
+	CHECK(slow && fast);
+	if (!slow || !fast)
+		goto out;
+	static struct evbuf e[200];
+	struct tally_event_in in[200];
+	int64_t t = now_us();
+	/* The slow one fills its in-flight window and never reads. */
+	uint32_t lim = tally_client_limits(slow)->inflight_max;
+	for (uint32_t b = 0; b < lim; b++) {
+		for (int i = 0; i < 200; i++) {
+			char key[64];
+			snprintf(key, sizeof key, "slow-%u-%d", b, i);
+			make_event(&e[i], key, "cus_4", 1, t);
+			in[i] = e[i].in;
+		}
+		if (tally_client_send_batch(slow, in, 200, NULL) < 0)
+			break;
+	}
+	for (int round = 0; round < 20; round++) {
+		for (int i = 0; i < 200; i++) {
+			char key[64];
+			snprintf(key, sizeof key, "fast-%d-%d", round, i);
+			make_event(&e[i], key, "cus_4", 1, t);
+			in[i] = e[i].in;
+		}
+		struct proto_receipt r[200];
+		int rc = tally_client_send_wait(fast, in, 200, r);
+		CHECK_EQ(rc, 0);
+		if (rc)
+			break;
+		CHECK_EQ(r[199].status, PROTO_ACCEPTED);
+	}
+out:
+	tally_client_close(slow);
+	tally_client_close(fast);
+}
+
+static void test_many_connections(struct server *s, int n)
+{
+	int *fds = calloc((size_t)n, sizeof *fds);
+	int ok = 0;
+	for (int i = 0; i < n; i++) {
+		fds[i] = raw_connect(s->port);
+		if (fds[i] < 0)
+			continue;
+		uint8_t buf[128];
+		struct proto_hello h = {.version = 1, .client_name = {(const uint8_t *)"t", 1}};
+		long m = proto_encode_hello(buf, sizeof buf, &h);
+		if (send(fds[i], buf, (size_t)m, 0) == m)
+			ok++;
+	}
+	int hello_ok = 0;
+	for (int i = 0; i < n; i++)
+		if (fds[i] >= 0 && raw_read_frame(fds[i], NULL) == PROTO_HELLO_OK)
+			hello_ok++;
+	CHECK_EQ(ok, n);
+	CHECK_EQ(hello_ok, n);
+	/* All of them still work: a few send a batch and get their ACK. */
+	struct tally_client *c = connect_as(s, "k");
+	CHECK(c != NULL);
+	if (c) {
+		struct evbuf e;
+		struct proto_receipt r;
+		make_event(&e, "after-many", "cus_5", 1, now_us());
+		CHECK_EQ(tally_client_send_wait(c, &e.in, 1, &r), 0);
+		CHECK_EQ(r.status, PROTO_ACCEPTED);
+		tally_client_close(c);
+	}
+	for (int i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	free(fds);
+}
+
+/* kill -9 then restart: keys acknowledged before are still duplicates. */
+static void test_kill9(struct server *s)
+{
+	struct tally_client *c = connect_as(s, "k");
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	struct evbuf e;
+	struct proto_receipt r;
+	make_event(&e, "k9-key", "cus_6", 5, now_us());
+	CHECK_EQ(tally_client_send_wait(c, &e.in, 1, &r), 0);
+	CHECK_EQ(r.status, PROTO_ACCEPTED);
+	tally_client_close(c);
+	CHECK_EQ(server_stop(s, SIGKILL), 128 + SIGKILL);
+	server_start(s, NULL, NULL);
+	c = connect_as(s, "k");
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	struct proto_receipt r2;
+	CHECK_EQ(tally_client_send_wait(c, &e.in, 1, &r2), 0);
+	CHECK_EQ(r2.status, PROTO_DUPLICATE);
+	CHECK_EQ(r2.offset, r.offset);
+	CHECK_EQ(r2.shard, r.shard);
+	make_event(&e, "k9-key", "cus_6", 6, e.in.event_time_us);
+	CHECK_EQ(tally_client_send_wait(c, &e.in, 1, &r2), 0);
+	CHECK_EQ(r2.status, PROTO_CONFLICT);
+	tally_client_close(c);
+}
+
+/* SIGTERM with batches in flight: every ACCEPTED receipt's key is in the WAL exactly once. */
+static void test_sigterm(struct server *s)
+{
+	struct tally_client *c = connect_as(s, "k");
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	enum { NB = 30, PER = 200 };
+	static struct evbuf e[PER];
+	struct tally_event_in in[PER];
+	int64_t t = now_us();
+	for (int b = 0; b < NB; b++) {
+		for (int i = 0; i < PER; i++) {
+			char key[64];
+			snprintf(key, sizeof key, "term-%d-%d", b, i);
+			make_event(&e[i], key, "cus_7", 1, t);
+			in[i] = e[i].in;
+		}
+		if (tally_client_send_batch(c, in, PER, NULL) < 0)
+			break;
+	}
+	kill(s->pid, SIGTERM);
+	long accepted = 0;
+	for (;;) {
+		struct tally_client_reply rep;
+		if (tally_client_recv(c, 10000, &rep) < 0)
+			break;
+		if (rep.kind != TALLY_CLIENT_REPLY_ACK)
+			continue;
+		for (uint32_t i = 0; i < rep.receipt_count; i++)
+			accepted += rep.receipts[i].status == PROTO_ACCEPTED;
+	}
+	tally_client_close(c);
+	int st = 0;
+	waitpid(s->pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	/* Batches still unread in the socket at SIGTERM get no ACK (the client retries them);
+	   every one the broker took is finished and acknowledged. */
+	CHECK(accepted > 0);
+	CHECK_EQ(accepted % PER, 0);
+	struct wal_reader *r;
+	CHECK_EQ(wal_reader_open(s->dir, -1, &r), 0);
+	long inwal = 0;
+	struct wal_record rec;
+	while (wal_reader_next(r, &rec) == 1)
+		if (rec.kind == WAL_RECORD_EVENT && rec.ev.key.len > 5 &&
+		    !memcmp(rec.ev.key.ptr, "term-", 5))
+			inwal++;
+	wal_reader_close(r);
+	CHECK_EQ(inwal, accepted);
+}
+
+static void test_auth(const char *base)
+{
+	struct server s;
+	snprintf(s.dir, sizeof s.dir, "%s/auth", base);
+	char authf[300];
+	snprintf(authf, sizeof authf, "%s/keys", base);
+	FILE *f = fopen(authf, "w");
+	fprintf(f, "# tenant key\nacme key-acme-0123456789abcdef\nglobex key-globex-0123456789abcd\n");
+	fclose(f);
+	chmod(authf, 0644);
+	/* World-readable key file: refused. */
+	char exe[1100];
+	snprintf(exe, sizeof exe, "%s/tallyd --data %s --auth-file %s --listen 127.0.0.1:0 2>/dev/null",
+		 bin_dir, s.dir, authf);
+	CHECK(system(exe) != 0);
+	chmod(authf, 0600);
+	server_start(&s, "--auth-file", authf);
+
+	struct tally_client_options o = {.port = s.port, .api_key = "wrong-key-0123456789",
+					 .io_timeout_ms = 10000};
+	struct tally_client *c = NULL;
+	int rc = tally_client_connect(&o, &c);
+	CHECK_EQ(rc, TALLY_CLIENT_E_SERVER);
+	CHECK_EQ(tally_client_last_server_error(c), PROTO_E_AUTH);
+	tally_client_close(c);
+
+	struct tally_client *a = connect_as(&s, "key-acme-0123456789abcdef");
+	struct tally_client *g = connect_as(&s, "key-globex-0123456789abcd");
+	CHECK(a && g);
+	if (a && g) {
+		CHECK(!strcmp(tally_client_limits(a)->tenant, "acme"));
+		CHECK(!strcmp(tally_client_limits(g)->tenant, "globex"));
+		/* The same key and customer under two tenants are two events. */
+		struct evbuf e;
+		struct proto_receipt r;
+		make_event(&e, "shared-key", "cus_globex_1", 1, now_us());
+		CHECK_EQ(tally_client_send_wait(a, &e.in, 1, &r), 0);
+		CHECK_EQ(r.status, PROTO_ACCEPTED);
+		CHECK_EQ(tally_client_send_wait(g, &e.in, 1, &r), 0);
+		CHECK_EQ(r.status, PROTO_ACCEPTED);
+		CHECK_EQ(tally_client_send_wait(a, &e.in, 1, &r), 0);
+		CHECK_EQ(r.status, PROTO_DUPLICATE);
+	}
+	tally_client_close(a);
+	tally_client_close(g);
+	CHECK_EQ(server_stop(&s, SIGTERM), 0);
+	/* Stored under the tenant of the key that sent them, never the other. */
+	struct wal_reader *r;
+	CHECK_EQ(wal_reader_open(s.dir, -1, &r), 0);
+	int acme = 0, globex = 0, other = 0;
+	struct wal_record rec;
+	while (wal_reader_next(r, &rec) == 1) {
+		if (rec.kind != WAL_RECORD_EVENT)
+			continue;
+		if (rec.tenant.len == 4 && !memcmp(rec.tenant.ptr, "acme", 4))
+			acme++;
+		else if (rec.tenant.len == 6 && !memcmp(rec.tenant.ptr, "globex", 6))
+			globex++;
+		else
+			other++;
+	}
+	wal_reader_close(r);
+	CHECK_EQ(acme, 1);
+	CHECK_EQ(globex, 1);
+	CHECK_EQ(other, 0);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1)
+		io_mode = argv[1];
+	const char *b = getenv("TALLY_BIN");
+	snprintf(bin_dir, sizeof bin_dir, "%s", b ? b : "./bin");
+	char base[] = "/tmp/test_tallyd.XXXXXX";
+	if (!mkdtemp(base)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	struct server s;
+	snprintf(s.dir, sizeof s.dir, "%s/data", base);
+	server_start(&s, NULL, NULL);
+	fprintf(stderr, "tallyd (%s) on port %u, data %s\n", io_mode, s.port, s.dir);
+
+	test_receipts(&s);
+	test_pipelining(&s);
+	test_malformed(&s);
+	test_slow_reader(&s);
+	test_many_connections(&s, 2000);
+	test_kill9(&s);
+	test_sigterm(&s);
+	test_auth(base);
+
+	long total = 0;
+	CHECK_EQ(wal_count_key(s.dir, "r-1", &total), 1);
+	CHECK_EQ(wal_count_key(s.dir, "k9-key", NULL), 1);
+	if (failures == 0) {
+		char cmd[400];
+		snprintf(cmd, sizeof cmd, "rm -rf %s", base);
+		if (system(cmd) != 0)
+			fprintf(stderr, "could not remove %s\n", base);
+	} else {
+		fprintf(stderr, "data kept in %s (logs: %s/*.log)\n", base, base);
+	}
+	printf("test_tallyd(%s): %s, %d failure(s), %ld events in the WAL\n", io_mode,
+	       failures ? "FAILED" : "passed", failures, total);
+	return failures ? 1 : 0;
+}
