@@ -109,6 +109,7 @@ static struct opts o = {
 
 struct stats {
 	struct bench_hist hist;      /* measured batches: ack latency in µs */
+	struct bench_hist lag;       /* measured batches: send time - intended time, µs */
 	uint64_t batches_acked;      /* all batches acked (warm-up included) */
 	uint64_t events_sent;        /* all phases' events written (warm-up included) */
 	uint64_t events_acked;       /* events with a receipt */
@@ -844,7 +845,8 @@ static void conn_flush(struct conn *c)
 }
 
 /* Builds one BATCH of up to `n` events into the send buffer. */
-static void conn_send_batch(struct conn *c, uint32_t n, int64_t intended_ns, bool measured)
+static void conn_send_batch(struct conn *c, uint32_t n, int64_t intended_ns, bool measured,
+			    int64_t now)
 {
 	uint32_t si = 0;
 
@@ -878,6 +880,8 @@ static void conn_send_batch(struct conn *c, uint32_t n, int64_t intended_ns, boo
 	s->count = n;
 	s->body_bytes = bytes;
 	s->measured = measured;
+	if (measured)
+		bench_hist_record(&c->st->lag, now > intended_ns ? (uint64_t)(now - intended_ns) / 1000 : 0);
 	c->inflight_now++;
 	c->phase_sent += n;
 	c->st->events_sent += n;
@@ -927,7 +931,7 @@ static void conn_pump(struct conn *c, const struct phase *ph, int64_t now, int64
 		}
 		uint64_t left = c->quota - c->phase_sent;
 		uint32_t n = left < c->batch_eff ? (uint32_t)left : c->batch_eff;
-		conn_send_batch(c, n, due, due >= ph->t0_ns + ph->warmup_ns);
+		conn_send_batch(c, n, due, due >= ph->t0_ns + ph->warmup_ns, now);
 		c->sched_k++;
 		sent = true;
 	}
@@ -1164,7 +1168,7 @@ static uint64_t per_sec(uint64_t n, int64_t ns)
 
 static void stats_merge(struct stats *dst, const struct stats *src)
 {
-	if (bench_hist_merge(&dst->hist, &src->hist))
+	if (bench_hist_merge(&dst->hist, &src->hist) || bench_hist_merge(&dst->lag, &src->lag))
 		abort(); /* same layout by construction */
 	dst->batches_acked += src->batches_acked;
 	dst->events_sent += src->events_sent;
@@ -1196,7 +1200,7 @@ static const char *const pct_names[] = {"p50", "p90", "p99", "p99.9"};
 
 static void print_text(const struct stats *s, const struct phase *ph, int64_t wall_ns)
 {
-	char a[32], b[32];
+	char a[32], b[32], c[32];
 	int64_t span = s->last_ack_ns - s->measure_start_ns;
 	uint64_t eps = per_sec(s->measured_events, span);
 	uint64_t mbps_milli = per_sec(s->measured_bytes, span) / 1000; /* MB/s in thousandths */
@@ -1218,6 +1222,11 @@ static void print_text(const struct stats *s, const struct phase *ph, int64_t wa
 		printf(" %s %s", pct_names[i],
 		       fmt_us(a, sizeof(a), bench_hist_percentile(&s->hist, pcts[i])));
 	printf(" max %s\n", fmt_us(a, sizeof(a), s->hist.total ? s->hist.max : 0));
+	if (ph->rate)
+		printf("  send lag         p50 %s p99 %s max %s (intended -> written; included above)\n",
+		       fmt_us(a, sizeof(a), bench_hist_percentile(&s->lag, 500000)),
+		       fmt_us(b, sizeof(b), bench_hist_percentile(&s->lag, 990000)),
+		       fmt_us(c, sizeof(c), s->lag.total ? s->lag.max : 0));
 	printf("  receipts         ACCEPTED %" PRIu64 "  DUPLICATE %" PRIu64 "  CONFLICT %" PRIu64
 	       "  REJECTED %" PRIu64 "\n",
 	       s->receipts[PROTO_ACCEPTED], s->receipts[PROTO_DUPLICATE],
@@ -1260,6 +1269,9 @@ static void print_json_stats(FILE *f, const struct stats *s, const struct phase 
 		fprintf(f, ",\"%s\":%" PRIu64, jn[i], bench_hist_percentile(&s->hist, pcts[i]));
 	fprintf(f, ",\"max\":%" PRIu64 ",\"mean\":%" PRIu64 "}", s->hist.total ? s->hist.max : 0,
 		bench_hist_mean(&s->hist));
+	fprintf(f, ",\"send_lag_us\":{\"p50\":%" PRIu64 ",\"p99\":%" PRIu64 ",\"max\":%" PRIu64 "}",
+		bench_hist_percentile(&s->lag, 500000), bench_hist_percentile(&s->lag, 990000),
+		s->lag.total ? s->lag.max : 0);
 	fprintf(f, ",\"receipts\":{\"ACCEPTED\":%" PRIu64 ",\"DUPLICATE\":%" PRIu64
 		   ",\"CONFLICT\":%" PRIu64 ",\"REJECTED\":%" PRIu64 "}",
 		s->receipts[PROTO_ACCEPTED], s->receipts[PROTO_DUPLICATE],
@@ -1300,14 +1312,15 @@ static void print_step_row(const struct stats *s, const struct phase *ph, bool h
 	uint64_t nerr = s->conn_lost + s->errored_events + s->unacked_events;
 
 	if (header)
-		printf("%12s %12s %10s %10s %10s %10s %10s %8s\n", "target ev/s", "achieved", "p50",
-		       "p90", "p99", "p99.9", "max", "errors");
+		printf("%12s %12s %10s %10s %10s %10s %10s %12s %8s\n", "target ev/s", "achieved",
+		       "p50", "p90", "p99", "p99.9", "max", "send-lag p99", "errors");
 	for (int i = 0; i < 4; i++)
 		fmt_us(cells[i], sizeof(cells[i]), bench_hist_percentile(&s->hist, pcts[i]));
 	fmt_us(cells[4], sizeof(cells[4]), s->hist.total ? s->hist.max : 0);
-	printf("%12" PRIu64 " %12" PRIu64 " %10s %10s %10s %10s %10s %8" PRIu64 "\n", ph->rate,
+	fmt_us(cells[5], sizeof(cells[5]), bench_hist_percentile(&s->lag, 990000));
+	printf("%12" PRIu64 " %12" PRIu64 " %10s %10s %10s %10s %10s %12s %8" PRIu64 "\n", ph->rate,
 	       per_sec(s->measured_events, span), cells[0], cells[1], cells[2], cells[3], cells[4],
-	       nerr);
+	       cells[5], nerr);
 	fflush(stdout);
 }
 
@@ -1488,8 +1501,10 @@ static void cleanup(void)
 {
 	for (uint32_t t = 0; t < o.threads; t++) {
 		struct worker *w = &workers[t];
-		for (uint32_t pi = 0; pi < phase_count && w->phase_stats; pi++)
+		for (uint32_t pi = 0; pi < phase_count && w->phase_stats; pi++) {
 			bench_hist_free(&w->phase_stats[pi].hist);
+			bench_hist_free(&w->phase_stats[pi].lag);
+		}
 		free(w->phase_stats);
 		free(w->conns);
 		if (w->epfd > 0)
@@ -1576,7 +1591,8 @@ int main(int argc, char **argv)
 		if (w->epfd < 0 || !w->conns || !w->phase_stats)
 			return 1;
 		for (uint32_t pi = 0; pi < phase_count; pi++)
-			if (bench_hist_init(&w->phase_stats[pi].hist, BENCH_HIST_HIGHEST_US_DEF))
+			if (bench_hist_init(&w->phase_stats[pi].hist, BENCH_HIST_HIGHEST_US_DEF) ||
+			    bench_hist_init(&w->phase_stats[pi].lag, BENCH_HIST_HIGHEST_US_DEF))
 				return 1;
 		for (uint32_t i = t; i < o.connections; i += o.threads) {
 			struct conn *c = &conns[i];
@@ -1594,7 +1610,8 @@ int main(int argc, char **argv)
 	bool show = !o.quiet && (tty || o.progress);
 	struct stats total_all;
 	memset(&total_all, 0, sizeof(total_all));
-	if (bench_hist_init(&total_all.hist, BENCH_HIST_HIGHEST_US_DEF))
+	if (bench_hist_init(&total_all.hist, BENCH_HIST_HIGHEST_US_DEF) ||
+	    bench_hist_init(&total_all.lag, BENCH_HIST_HIGHEST_US_DEF))
 		return 1;
 	int64_t run_start = now_ns();
 	if (o.json)
@@ -1620,7 +1637,8 @@ int main(int argc, char **argv)
 			fprintf(stderr, "\r\033[K");
 		struct stats ps;
 		memset(&ps, 0, sizeof(ps));
-		if (bench_hist_init(&ps.hist, BENCH_HIST_HIGHEST_US_DEF))
+		if (bench_hist_init(&ps.hist, BENCH_HIST_HIGHEST_US_DEF) ||
+		    bench_hist_init(&ps.lag, BENCH_HIST_HIGHEST_US_DEF))
 			return 1;
 		for (uint32_t t = 0; t < o.threads; t++)
 			stats_merge(&ps, &workers[t].phase_stats[pi]);
@@ -1636,6 +1654,7 @@ int main(int argc, char **argv)
 		}
 		stats_merge(&total_all, &ps);
 		bench_hist_free(&ps.hist);
+		bench_hist_free(&ps.lag);
 	}
 	for (uint32_t t = 0; t < o.threads; t++)
 		pthread_join(workers[t].thread, NULL);
@@ -1664,6 +1683,7 @@ int main(int argc, char **argv)
 			exit_code = 1;
 	}
 	bench_hist_free(&total_all.hist);
+	bench_hist_free(&total_all.lag);
 	cleanup();
 	return exit_code;
 }
