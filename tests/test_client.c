@@ -498,7 +498,7 @@ static void test_batch_limits(void)
 	CHECK_EQ(rep.receipt_count, 8);
 
 	/* Events with 32 long strings do not fit 4 KiB frames. */
-	static char big[TALLY_PROPS_MAX][8];
+	static char big[TALLY_PROPS_MAX][16];
 	static char val[TALLY_PROP_STRING_BYTES_MAX];
 	memset(val, 'v', sizeof(val));
 	struct tally_prop props[TALLY_PROPS_MAX];

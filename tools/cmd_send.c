@@ -733,11 +733,16 @@ static void slot_unacked(struct send_state *st, struct send_slot *s, const char 
 	s->request_id = 0;
 }
 
-/* Waits for one reply and accounts for it. Returns 0, or -1 when the connection failed. */
-static int take_reply(struct send_state *st)
+/*
+ * Waits up to timeout_ms for one reply and accounts for it. Returns 0, 1 if nothing came in
+ * time (only when timeout_ms is not the I/O timeout), or -1 when the connection failed.
+ */
+static int take_reply(struct send_state *st, int timeout_ms)
 {
 	struct tally_client_reply r;
-	int rc = tally_client_recv(st->c, st->io_timeout_ms, &r);
+	int rc = tally_client_recv(st->c, timeout_ms, &r);
+	if (rc == -ETIMEDOUT && timeout_ms != st->io_timeout_ms)
+		return 1;
 	if (rc < 0) {
 		set_fatal(st, "waiting for receipts");
 		return -1;
@@ -810,6 +815,14 @@ static int flush_batch(struct send_state *st)
 	memcpy(s->lines, st->lines, st->count * sizeof(*st->lines));
 	st->sent += st->count;
 	st->count = 0;
+	/* Take the replies that are already there, so that they do not pile up unread. */
+	while (tally_client_inflight(st->c) > 0) {
+		int r = take_reply(st, 0);
+		if (r < 0)
+			return -1;
+		if (r > 0)
+			break;
+	}
 	return 0;
 }
 
@@ -825,7 +838,7 @@ static int begin_batch(struct send_state *st)
 			set_fatal(st, "starting a batch");
 			return -1;
 		}
-		if (take_reply(st) < 0)
+		if (take_reply(st, st->io_timeout_ms) < 0)
 			return -1;
 	}
 }
@@ -1086,7 +1099,7 @@ int tally_cmd_send(int argc, char **argv)
 	if (!st.fatal[0])
 		(void)flush_batch(&st);
 	while (!st.fatal[0] && tally_client_inflight(st.c) > 0)
-		if (take_reply(&st) < 0)
+		if (take_reply(&st, st.io_timeout_ms) < 0)
 			break;
 	/* Whatever is still in flight has no receipt: its fate is unknown. */
 	for (uint32_t i = 0; i < st.slot_count; i++)
@@ -1097,7 +1110,8 @@ int tally_cmd_send(int argc, char **argv)
 	if (st.fatal[0]) {
 		fprintf(stderr, "tally send: %s\n", st.fatal);
 		if (!feof(in))
-			fprintf(stderr, "tally send: stopped after line %llu; later lines were not read\n",
+			fprintf(stderr, "tally send: stopped after line %llu (later lines, if any, were "
+					"not sent)\n",
 				(unsigned long long)st.nlines);
 		if (st.unacked)
 			fprintf(stderr,
