@@ -913,6 +913,39 @@ static void test_batch_partial_reject(void)
 	}
 }
 
+/*
+ * docs/protocol.md 5.4/7: an ACK can be larger than its BATCH (16 bytes per receipt, events as
+ * small as their 2-byte prefix), so a client parses server frames with
+ * max(frame_bytes_max, 28 + 16 x batch_events_max).
+ */
+static void test_ack_larger_than_batch(void)
+{
+	struct proto_batch_builder b;
+	static uint8_t bf[4096];
+	proto_batch_start(&b, bf, sizeof(bf), 3);
+	uint32_t n = 0;
+	while (proto_batch_add_raw(&b, NULL, 0) == 0)
+		n++;
+	CHECK_EQ(n, (4096 - 28) / 2);
+	long bn = proto_batch_finish(&b);
+	CHECK_EQ(bn, 4096);
+	struct proto_frame f;
+	CHECK_EQ(proto_frame_parse(bf, (size_t)bn, 4096, DEF_EVENTS, &f, NULL), bn);
+	struct proto_ack_builder a;
+	proto_ack_start(&a, FB, sizeof(FB), 3);
+	struct proto_receipt r = {PROTO_REJECTED, TALLY_REJECT_TRUNCATED, 0, PROTO_OFFSET_UNKNOWN};
+	for (uint32_t i = 0; i < n; i++)
+		CHECK_EQ(proto_ack_add(&a, &r), 0);
+	long an = proto_ack_finish(&a);
+	CHECK_EQ(an, (long)proto_ack_size(n));
+	CHECK(an > bn);
+	CHECK_EQ(proto_frame_parse(FB, (size_t)an, 4096, DEF_EVENTS, &f, NULL),
+		 -PROTO_E_FRAME_TOO_LARGE);
+	uint32_t client_limit = (uint32_t)proto_ack_size(DEF_EVENTS);
+	CHECK_EQ(proto_frame_parse(FB, (size_t)an, client_limit, DEF_EVENTS, &f, NULL), an);
+	CHECK_EQ(f.u.ack.receipt_count, n);
+}
+
 static void test_tables(void)
 {
 	for (int c = 1; c < PROTO_E_MAX_; c++) {
@@ -958,6 +991,7 @@ int main(void)
 	test_malformed_framing();
 	test_malformed_bodies();
 	test_batch_partial_reject();
+	test_ack_larger_than_batch();
 	test_tables();
 	printf("test_proto: %d malformed-frame cases\n", n_malformed);
 	fflush(stdout);
