@@ -197,6 +197,18 @@ static void test_max_event(void)
 		CHECK(buf[cap] == 0xAA);
 	}
 	CHECK_EQ(event_encode(&s, buf, need), (long)need);
+
+	/* one byte more than the largest event: EVENT_TOO_LARGE, decided before anything else */
+	static uint8_t big[TALLY_EVENT_BYTES_MAX + 1];
+	long n = event_encode(&in, big, sizeof(big));
+	CHECK_EQ(n, TALLY_EVENT_BYTES_MAX);
+	big[TALLY_EVENT_BYTES_MAX] = 0;
+	struct tally_event ev;
+	CHECK_EQ(event_decode(big, TALLY_EVENT_BYTES_MAX + 1, &ev), TALLY_REJECT_EVENT_TOO_LARGE);
+	CHECK_EQ(event_decode(big, TALLY_EVENT_BYTES_MAX, &ev), TALLY_REJECT_NONE);
+	static uint8_t huge[65535];
+	memset(huge, 0xFF, sizeof(huge));
+	CHECK_EQ(event_decode(huge, sizeof(huge), &ev), TALLY_REJECT_EVENT_TOO_LARGE);
 }
 
 /* ---- reject cases, built byte by byte ---- */
