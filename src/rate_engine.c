@@ -31,106 +31,6 @@
 #include "tally/event.h"
 #include "tally/rate.h"
 
-#define AGG_HAS      1u /* at least one value */
-#define AGG_OVERFLOW 2u /* a sum overflowed: the line reports an error */
-#define AGG_CAPPED   4u /* unique set reached RATE_UNIQUE_MAX */
-
-#define RATE_ORD_NONE (INT64_MIN / 4)
-
-struct rate_uset {
-	uint32_t cap; /* power of two */
-	uint32_t count;
-	uint64_t *slots; /* 0 = empty */
-};
-
-struct rate_range {
-	uint64_t first, last; /* first == UINT64_MAX: nothing from this shard */
-};
-
-struct rate_agg {
-	rate_i128 value; /* RATE_QTY_SCALE; unique_count: the set's count */
-	int64_t last_time_us;
-	uint64_t last_offset;
-	uint32_t last_shard;
-	uint32_t flags;
-	uint64_t count;  /* contributing events */
-	uint64_t digest; /* sum of rate_fp_hash() of their fingerprints */
-	struct rate_uset *uset;
-};
-
-/* Late events of one source period, waiting in their target period. */
-struct rate_adj {
-	int64_t src_ord;
-	struct rate_agg *aggs;     /* nmeters */
-	struct rate_range *ranges; /* nmeters * nshards */
-};
-
-struct rate_cperiod {
-	int64_t ord;
-	bool closed;
-	bool ontime; /* an on-time metered event landed here */
-	struct rate_agg *aggs;
-	struct rate_range *ranges;
-	uint32_t nadj, adj_cap;
-	struct rate_adj *adj; /* sorted by src_ord */
-};
-
-struct rate_cust {
-	char *id;
-	uint32_t id_len;
-	uint32_t index; /* in engine custs[] (append-only) */
-	uint64_t hash;
-	const struct rate_customer_cfg *cfg; /* NULL for customers seen only in events */
-	int32_t plan;                        /* -1: unbilled */
-	unsigned anchor;
-	int64_t cache_start, cache_end, cache_ord; /* last period computed */
-	bool has_records;
-	int64_t lo; /* ordinal of ords[0] */
-	uint32_t nords, ords_cap;
-	struct rate_cperiod **ords;
-	int64_t closed_through;
-	bool started;
-	rate_i128 *credit_left; /* per configured credit, minor units */
-	uint64_t unbilled_count, unbilled_digest;
-	int64_t unbilled_first_us, unbilled_last_us;
-};
-
-struct rate_late {
-	uint32_t cust;
-	uint32_t shard;
-	uint64_t offset;
-	int64_t event_time_us, ingest_time_us;
-	int64_t src_ord, target_ord; /* target_ord RATE_ORD_NONE under report_only */
-	uint64_t meters;             /* bit per meter index */
-	struct tally_fp fp;
-};
-
-struct rate_name {
-	const char *name;
-	uint32_t len;
-	uint32_t nm;
-	uint8_t m[RATE_METERS_MAX];
-};
-
-struct rate_engine {
-	const struct rate_config *cfg;
-	struct rate_engine_opts opts;
-	char *out_dir;
-	uint32_t nshards;
-	int64_t *shard_latest;
-	int64_t watermark;
-	int64_t next_close_us;
-	struct rate_cust **custs;
-	uint32_t ncusts, custs_cap;
-	uint32_t *ctab; /* customer index + 1; 0 = empty */
-	uint32_t ctab_mask;
-	struct rate_name names[RATE_METERS_MAX];
-	uint32_t nnames;
-	struct rate_late *late;
-	size_t nlate, late_cap;
-	struct rate_stats stats;
-};
-
 uint64_t rate_fp_hash(struct tally_fp fp)
 {
 	uint8_t b[16];
@@ -167,7 +67,7 @@ static void uset_put(struct rate_uset *s, uint64_t h)
 }
 
 /* Adds h (never 0); 1 if added, 0 if present, -ENOSPC at the cap, -ENOMEM. */
-static int uset_add(struct rate_uset **ps, uint64_t h)
+int rate_uset_add(struct rate_uset **ps, uint64_t h)
 {
 	struct rate_uset *s = *ps;
 	if (!s) {
@@ -252,7 +152,7 @@ static void agg_apply(struct rate_engine *e, enum rate_agg_kind kind, struct rat
 		}
 		break;
 	case RATE_AGG_UNIQUE: {
-		int rc = uset_add(&a->uset, v->uhash);
+		int rc = rate_uset_add(&a->uset, v->uhash);
 		if (rc < 0 && !(a->flags & AGG_CAPPED)) {
 			a->flags |= AGG_CAPPED;
 			e->stats.overflow++;
@@ -334,7 +234,7 @@ static int agg_merge(struct rate_engine *e, enum rate_agg_kind kind, struct rate
 	}
 	if (kind == RATE_AGG_UNIQUE && late->uset)
 		for (uint32_t i = 0; i < late->uset->cap; i++)
-			if (late->uset->slots[i] && uset_add(&old->uset, late->uset->slots[i]) < 0)
+			if (late->uset->slots[i] && rate_uset_add(&old->uset, late->uset->slots[i]) < 0)
 				old->flags |= AGG_CAPPED;
 	old->flags |= AGG_HAS | (late->flags & (AGG_OVERFLOW | AGG_CAPPED));
 	old->count += late->count;
@@ -434,7 +334,7 @@ static int ctab_insert(struct rate_engine *e, uint32_t idx)
 	return 0;
 }
 
-static int cust_add(struct rate_engine *e, const uint8_t *id, uint32_t len,
+int rate_cust_add(struct rate_engine *e, const uint8_t *id, uint32_t len,
 		    const struct rate_customer_cfg *cfg, struct rate_cust **out)
 {
 	if (e->ncusts >= RATE_CUSTOMERS_MAX)
@@ -506,7 +406,7 @@ static struct rate_cperiod *cperiod_lookup(const struct rate_cust *c, int64_t or
 }
 
 /* The record of period `ord`, created if missing. -E2BIG past RATE_PERIODS_SPAN_MAX. */
-static int cperiod_get(struct rate_engine *e, struct rate_cust *c, int64_t ord,
+int rate_cperiod_get(struct rate_engine *e, struct rate_cust *c, int64_t ord,
 		       struct rate_cperiod **out)
 {
 	if (!c->has_records) {
@@ -564,7 +464,7 @@ static int cperiod_get(struct rate_engine *e, struct rate_cust *c, int64_t ord,
 	return 0;
 }
 
-static int adj_get(struct rate_engine *e, struct rate_cperiod *cp, int64_t src_ord,
+int rate_adj_get(struct rate_engine *e, struct rate_cperiod *cp, int64_t src_ord,
 		   struct rate_adj **out)
 {
 	uint32_t i = 0;
@@ -680,7 +580,7 @@ static int process_event(struct rate_engine *e, const struct rate_record *rec)
 	uint64_t h = XXH3_64bits(ev->customer.ptr, ev->customer.len);
 	struct rate_cust *c = cust_find(e, ev->customer.ptr, ev->customer.len, h);
 	int rc;
-	if (!c && (rc = cust_add(e, ev->customer.ptr, ev->customer.len, NULL, &c)) != 0)
+	if (!c && (rc = rate_cust_add(e, ev->customer.ptr, ev->customer.len, NULL, &c)) != 0)
 		return rc;
 	struct tally_fp fp = rec->has_fp ? rec->fp : event_fingerprint(rec->tenant, ev->key);
 	uint64_t fph = rate_fp_hash(fp);
@@ -729,7 +629,7 @@ static int process_event(struct rate_engine *e, const struct rate_record *rec)
 	struct rate_agg *aggs;
 	struct rate_range *ranges;
 	if (!late) {
-		if ((rc = cperiod_get(e, c, ord, &cp)) != 0)
+		if ((rc = rate_cperiod_get(e, c, ord, &cp)) != 0)
 			goto out_range;
 		cp->ontime = true;
 		aggs = cp->aggs;
@@ -757,10 +657,10 @@ static int process_event(struct rate_engine *e, const struct rate_record *rec)
 		if (c->has_records && q <= c->closed_through)
 			q = c->closed_through + 1; /* only if a shard's ingest times went back */
 		l.target_ord = q;
-		if ((rc = cperiod_get(e, c, q, &cp)) != 0)
+		if ((rc = rate_cperiod_get(e, c, q, &cp)) != 0)
 			goto out_range;
 		struct rate_adj *adj;
-		if ((rc = adj_get(e, cp, ord, &adj)) != 0)
+		if ((rc = rate_adj_get(e, cp, ord, &adj)) != 0)
 			return rc;
 		if ((rc = late_push(e, &l)) != 0)
 			return rc;
@@ -935,7 +835,7 @@ static int build_invoice(struct rate_engine *e, struct rate_cust *c, struct rate
 	for (uint32_t i = 0; i < cp->nadj; i++) {
 		struct rate_adj *adj = &cp->adj[i];
 		struct rate_cperiod *sp = cperiod_lookup(c, adj->src_ord);
-		if (commit && !sp && (rc = cperiod_get(e, c, adj->src_ord, &sp)) != 0)
+		if (commit && !sp && (rc = rate_cperiod_get(e, c, adj->src_ord, &sp)) != 0)
 			goto out;
 		int64_t sstart = cust_start(e, c, adj->src_ord);
 		for (uint32_t m = 0; m < cfg->nmeters; m++) {
@@ -1084,7 +984,7 @@ static int close_one(struct rate_engine *e, struct rate_cust *c, int64_t ord)
 			cp->closed = true;
 		return 0;
 	}
-	if (!cp && (rc = cperiod_get(e, c, ord, &cp)) != 0)
+	if (!cp && (rc = rate_cperiod_get(e, c, ord, &cp)) != 0)
 		return rc;
 	json_t *inv;
 	if ((rc = build_invoice(e, c, cp, true, &inv)) != 0)
@@ -1158,6 +1058,19 @@ static int close_due(struct rate_engine *e)
 	return 0;
 }
 
+void rate_engine_recompute_next_close(struct rate_engine *e)
+{
+	int64_t next = INT64_MAX;
+	for (uint32_t k = 0; k < e->ncusts; k++) {
+		if (!e->custs[k]->has_records)
+			continue;
+		int64_t nc = cust_next_close(e, e->custs[k]);
+		if (nc < next)
+			next = nc;
+	}
+	e->next_close_us = next;
+}
+
 /* ---- public ---- */
 
 int rate_engine_create(const struct rate_config *cfg, const struct rate_engine_opts *opts,
@@ -1199,7 +1112,7 @@ int rate_engine_create(const struct rate_config *cfg, const struct rate_engine_o
 	for (uint32_t i = 0; i < cfg->ncustomers; i++) {
 		struct rate_cust *c;
 		const struct rate_customer_cfg *cc = &cfg->customers[i];
-		if ((rc = cust_add(e, (const uint8_t *)cc->id, cc->id_len, cc, &c)) != 0)
+		if ((rc = rate_cust_add(e, (const uint8_t *)cc->id, cc->id_len, cc, &c)) != 0)
 			goto out_free;
 	}
 	*out = e;

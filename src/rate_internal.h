@@ -4,6 +4,7 @@
 #ifndef TALLY_RATE_INTERNAL_H
 #define TALLY_RATE_INTERNAL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "tally/rate.h"
@@ -26,5 +27,116 @@ int64_t rate_period_start(const struct rate_config *cfg, unsigned anchor_day, in
 const struct rate_price *rate_price_resolve(const struct rate_config *cfg,
 					    const struct rate_customer_cfg *cust, int32_t plan,
 					    uint32_t meter, int64_t start_us, const char **source);
+
+/* ---- engine state (rate_engine.c; serialized by rate_ckpt.c) ---- */
+
+#define AGG_HAS      1u /* at least one value */
+#define AGG_OVERFLOW 2u /* a sum overflowed: the line reports an error */
+#define AGG_CAPPED   4u /* unique set reached RATE_UNIQUE_MAX */
+
+#define RATE_ORD_NONE (INT64_MIN / 4)
+
+struct rate_uset {
+	uint32_t cap; /* power of two */
+	uint32_t count;
+	uint64_t *slots; /* 0 = empty */
+};
+
+struct rate_range {
+	uint64_t first, last; /* first == UINT64_MAX: nothing from this shard */
+};
+
+struct rate_agg {
+	rate_i128 value; /* RATE_QTY_SCALE; unique_count: the set's count */
+	int64_t last_time_us;
+	uint64_t last_offset;
+	uint32_t last_shard;
+	uint32_t flags;
+	uint64_t count;  /* contributing events */
+	uint64_t digest; /* sum of rate_fp_hash() of their fingerprints */
+	struct rate_uset *uset;
+};
+
+/* Late events of one source period, waiting in their target period. */
+struct rate_adj {
+	int64_t src_ord;
+	struct rate_agg *aggs;     /* nmeters */
+	struct rate_range *ranges; /* nmeters * nshards */
+};
+
+struct rate_cperiod {
+	int64_t ord;
+	bool closed;
+	bool ontime; /* an on-time metered event landed here */
+	struct rate_agg *aggs;
+	struct rate_range *ranges;
+	uint32_t nadj, adj_cap;
+	struct rate_adj *adj; /* sorted by src_ord */
+};
+
+struct rate_cust {
+	char *id;
+	uint32_t id_len;
+	uint32_t index; /* in engine custs[] (append-only) */
+	uint64_t hash;
+	const struct rate_customer_cfg *cfg; /* NULL for customers seen only in events */
+	int32_t plan;                        /* -1: unbilled */
+	unsigned anchor;
+	int64_t cache_start, cache_end, cache_ord; /* last period computed */
+	bool has_records;
+	int64_t lo; /* ordinal of ords[0] */
+	uint32_t nords, ords_cap;
+	struct rate_cperiod **ords;
+	int64_t closed_through;
+	bool started;
+	rate_i128 *credit_left; /* per configured credit, minor units */
+	uint64_t unbilled_count, unbilled_digest;
+	int64_t unbilled_first_us, unbilled_last_us;
+};
+
+struct rate_late {
+	uint32_t cust;
+	uint32_t shard;
+	uint64_t offset;
+	int64_t event_time_us, ingest_time_us;
+	int64_t src_ord, target_ord; /* target_ord RATE_ORD_NONE under report_only */
+	uint64_t meters;             /* bit per meter index */
+	struct tally_fp fp;
+};
+
+struct rate_name {
+	const char *name;
+	uint32_t len;
+	uint32_t nm;
+	uint8_t m[RATE_METERS_MAX];
+};
+
+struct rate_engine {
+	const struct rate_config *cfg;
+	struct rate_engine_opts opts;
+	char *out_dir;
+	uint32_t nshards;
+	int64_t *shard_latest;
+	int64_t watermark;
+	int64_t next_close_us;
+	struct rate_cust **custs;
+	uint32_t ncusts, custs_cap;
+	uint32_t *ctab; /* customer index + 1; 0 = empty */
+	uint32_t ctab_mask;
+	struct rate_name names[RATE_METERS_MAX];
+	uint32_t nnames;
+	struct rate_late *late;
+	size_t nlate, late_cap;
+	struct rate_stats stats;
+};
+
+int rate_cust_add(struct rate_engine *e, const uint8_t *id, uint32_t len,
+		  const struct rate_customer_cfg *cfg, struct rate_cust **out);
+int rate_cperiod_get(struct rate_engine *e, struct rate_cust *c, int64_t ord,
+		     struct rate_cperiod **out);
+int rate_adj_get(struct rate_engine *e, struct rate_cperiod *cp, int64_t src_ord,
+		 struct rate_adj **out);
+int rate_uset_add(struct rate_uset **ps, uint64_t h);
+void rate_engine_recompute_next_close(struct rate_engine *e);
 
 #endif

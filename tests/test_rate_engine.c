@@ -615,6 +615,26 @@ static uint64_t rng(void)
 #define GEN_SHARDS 3
 #define GEN_N      6000
 
+static char g_ckpt_dir[64];
+
+/* Saves the state, destroys the engine, and resumes in a new one (as after kill -9 right
+ * after a checkpoint). The positions must come back unchanged. */
+static struct rate_engine *restart(struct rate_engine *e, const struct rate_config *cfg,
+				   struct cap *cap, size_t *pos)
+{
+	char path[128];
+	uint64_t saved[GEN_SHARDS], loaded[GEN_SHARDS];
+	snprintf(path, sizeof path, "%s/state.ckpt", g_ckpt_dir);
+	for (uint32_t s = 0; s < GEN_SHARDS; s++)
+		saved[s] = pos[s];
+	CHECK_EQ(rate_engine_save(e, saved, GEN_SHARDS, path), 0);
+	rate_engine_destroy(e);
+	e = engine(cfg, GEN_SHARDS, cap, NULL);
+	CHECK_EQ(rate_engine_load(e, loaded, GEN_SHARDS, path), 0);
+	CHECK(memcmp(saved, loaded, sizeof saved) == 0);
+	return e;
+}
+
 static void run_order(struct gen_ev *evs, size_t n, int mode, struct cap *cap)
 {
 	struct rate_config *cfg = base_cfg("adjust_next", "\"pro\"");
@@ -641,6 +661,8 @@ static void run_order(struct gen_ev *evs, size_t n, int mode, struct cap *cap)
 					.ingest_time_us = g->ingest, .shard = g->shard, .offset = g->offset};
 		CHECK_EQ(rate_engine_feed(e, &r), 0);
 		done++;
+		if (mode == 2 && rng() % 500 == 0)
+			e = restart(e, cfg, cap, pos);
 	}
 	tick_all(e, GEN_SHARDS, T("2027-01-01"));
 	rate_engine_destroy(e);
@@ -678,9 +700,14 @@ static void test_arrival_order(void)
 		g->n = (int64_t)(rng() % 50) + 1;
 		snprintf(g->key, sizeof g->key, "e%zu", i);
 	}
-	struct cap a = {0}, b = {0};
+	struct cap a = {0}, b = {0}, c = {0};
 	run_order(evs, GEN_N, 0, &a);
 	run_order(evs, GEN_N, 1, &b);
+	snprintf(g_ckpt_dir, sizeof g_ckpt_dir, "/tmp/test_rate_ckptXXXXXX");
+	CHECK(mkdtemp(g_ckpt_dir) != NULL);
+	run_order(evs, GEN_N, 2, &c); /* random interleaving with ~12 restarts from checkpoints */
+	CHECK_EQ(c.n, a.n);
+	qsort(c.v, c.n, sizeof c.v[0], inv_cmp);
 	CHECK(a.n > 10);
 	CHECK_EQ(a.n, b.n);
 	qsort(a.v, a.n, sizeof a.v[0], inv_cmp);
@@ -694,8 +721,39 @@ static void test_arrival_order(void)
 	       adjusted, same);
 	CHECK_EQ(same, a.n);
 	CHECK(adjusted > 0); /* the mix did include late events */
+	same = 0;
+	for (size_t i = 0; i < a.n && i < c.n; i++)
+		same += a.v[i].len == c.v[i].len && memcmp(a.v[i].json, c.v[i].json, a.v[i].len) == 0;
+	printf("with restarts from checkpoints: %zu of %zu byte-identical\n", same, a.n);
+	CHECK_EQ(same, a.n);
+	/* A damaged checkpoint is refused, never half-loaded. */
+	char path[128];
+	snprintf(path, sizeof path, "%s/state.ckpt", g_ckpt_dir);
+	FILE *f = fopen(path, "r+b");
+	CHECK(f != NULL);
+	if (f) {
+		fseek(f, 40, SEEK_SET);
+		int ch = fgetc(f);
+		fseek(f, 40, SEEK_SET);
+		fputc(ch ^ 1, f);
+		fclose(f);
+		struct rate_config *cfg = base_cfg("adjust_next", "\"pro\"");
+		struct cap d = {0};
+		struct rate_engine *e = engine(cfg, GEN_SHARDS, &d, NULL);
+		uint64_t pos[GEN_SHARDS];
+		CHECK_EQ(rate_engine_load(e, pos, GEN_SHARDS, path), -EBADMSG);
+		rate_engine_destroy(e);
+		e = engine(cfg, GEN_SHARDS, &d, NULL);
+		snprintf(path, sizeof path, "%s/none.ckpt", g_ckpt_dir);
+		CHECK_EQ(rate_engine_load(e, pos, GEN_SHARDS, path), -ENOENT);
+		rate_engine_destroy(e);
+		rate_config_free(cfg);
+	}
+	snprintf(path, sizeof path, "rm -rf %s", g_ckpt_dir);
+	CHECK_EQ(system(path), 0);
 	cap_free(&a);
 	cap_free(&b);
+	cap_free(&c);
 }
 
 int main(void)

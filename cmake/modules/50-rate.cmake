@@ -1,6 +1,7 @@
 # Rating engine: exact money, config, metering by event time, periods, invoices (docs/rating.md).
 tally_library(tally_rate
-  SOURCES src/rate_money.c src/rate_price.c src/rate_config.c src/rate_engine.c src/rate_invoice.c
+  SOURCES src/rate_money.c src/rate_price.c src/rate_config.c src/rate_engine.c src/rate_ckpt.c
+          src/rate_invoice.c
   DEPS tally_core PkgConfig::JANSSON PkgConfig::XXHASH)
 
 tally_test(test_rate_money SOURCES tests/test_rate_money.c DEPS tally_rate TIMEOUT 60)

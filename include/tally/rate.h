@@ -332,6 +332,23 @@ int rate_engine_write_reports(struct rate_engine *eng, const char *dir)
 int rate_engine_usage_json(struct rate_engine *eng, char **json /* OUT */, size_t *len /* OUT */)
 	__attribute__((warn_unused_result));
 
+/*
+ * Saves the engine's whole state and the caller's WAL positions (positions[0..n), n = shards:
+ * the next offset to read per shard) to `path` atomically (docs/rating.md "State
+ * checkpoint"). Returns 0 or -errno.
+ */
+int rate_engine_save(struct rate_engine *eng, const uint64_t *positions, uint32_t n,
+		     const char *path) __attribute__((warn_unused_result));
+
+/*
+ * Restores a state saved by rate_engine_save into a freshly created engine (same meters and
+ * shard count; customers, plans and prices may have changed) and returns the positions.
+ * Returns 0, -ENOENT (no checkpoint), -EBADMSG (damaged: checksum or a bound), -EINVAL
+ * (different shard count or meter list, or the engine was already fed).
+ */
+int rate_engine_load(struct rate_engine *eng, uint64_t *positions, uint32_t n, const char *path)
+	__attribute__((warn_unused_result));
+
 /* ------------------------------------------------------------------------------------------ */
 /* Files and renderings                                                                        */
 
