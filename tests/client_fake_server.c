@@ -164,8 +164,25 @@ int fake_server_event_line(const struct tally_event *ev, char *buf, size_t cap)
 
 /* ---------------------------------------------------------------------------------------- */
 
-/* Writes everything or gives up (client gone, or the stop pipe fired). */
+static int send_all_now(struct fake_server *s, int fd, const uint8_t *p, size_t len);
+
+/* Writes everything or gives up (client gone, or the stop pipe fired). FAKE_TRICKLE writes
+ * in three pieces with pauses between them. */
 static int send_all(struct fake_server *s, int fd, const uint8_t *p, size_t len)
+{
+	if (s->cfg.mode != FAKE_TRICKLE || len <= 17)
+		return send_all_now(s, fd, p, len);
+	int rc = send_all_now(s, fd, p, 7);
+	usleep(2000);
+	if (rc == 0)
+		rc = send_all_now(s, fd, p + 7, 10);
+	usleep(2000);
+	if (rc == 0)
+		rc = send_all_now(s, fd, p + 17, len - 17);
+	return rc;
+}
+
+static int send_all_now(struct fake_server *s, int fd, const uint8_t *p, size_t len)
 {
 	while (len) {
 		struct pollfd pf[2] = {{.fd = fd, .events = POLLOUT}, {.fd = s->stop_pipe[0], .events = POLLIN}};
@@ -288,7 +305,8 @@ static int on_batch(struct fake_server *s, int fd, const struct proto_batch *b)
 	}
 
 	struct proto_ack_builder ab;
-	proto_ack_start(&ab, s->sbuf, s->sbuf_cap, b->request_id);
+	proto_ack_start(&ab, s->sbuf, s->sbuf_cap,
+			b->request_id + (s->cfg.mode == FAKE_WRONG_ACK_ID ? 1000 : 0));
 	struct proto_batch_iter it;
 	struct tally_view body;
 	uint64_t acc = 0, dup = 0, con = 0, rej = 0;
@@ -300,6 +318,8 @@ static int on_batch(struct fake_server *s, int fd, const struct proto_batch *b)
 		dup += r.status == PROTO_DUPLICATE;
 		con += r.status == PROTO_CONFLICT;
 		rej += r.status == PROTO_REJECTED;
+		if (s->cfg.mode == FAKE_SHORT_ACK && it.index == b->event_count)
+			continue; /* leave out the last receipt */
 		if (proto_ack_add(&ab, &r) < 0)
 			return -ENOSPC;
 	}

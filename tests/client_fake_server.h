@@ -34,6 +34,10 @@ enum fake_mode {
 	FAKE_SILENT_HELLO,     /* HELLO is never answered */
 	FAKE_CLOSE_MID_FRAME,  /* the first BATCH gets half of its ACK, then the server closes */
 	FAKE_HELLO_ERROR,      /* HELLO is answered with ERROR(error_*) */
+	FAKE_TRICKLE,          /* every reply is written in pieces (7 bytes, 10 bytes, the rest)
+				  with 2 ms pauses, so the client must reassemble partial frames */
+	FAKE_WRONG_ACK_ID,     /* ACKs carry request_id + 1000 */
+	FAKE_SHORT_ACK,        /* ACKs carry one receipt fewer than the batch had events */
 };
 
 struct fake_server_config {

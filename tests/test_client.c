@@ -585,6 +585,59 @@ out:
 	fake_server_stop(s);
 }
 
+/* Replies written in pieces: the client reassembles partial headers and bodies. */
+static void test_trickle(void)
+{
+	struct fake_server *s = start((struct fake_server_config){.mode = FAKE_TRICKLE, .tenant = "t"});
+	struct tally_client_options o = opts(s, "k");
+	struct tally_client *c;
+	CHECK_EQ(tally_client_connect(&o, &c), 0); /* HELLO_OK itself came in pieces */
+	CHECK(c && !strcmp(tally_client_limits(c)->tenant, "t"));
+	struct ev_store e[3];
+	struct tally_event_in in[3];
+	struct proto_receipt r[3];
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < 3; i++) {
+			char k[16];
+			snprintf(k, sizeof(k), "tr%d-%d", round, i);
+			make_event(&e[i], k, i);
+			in[i] = e[i].in;
+		}
+		CHECK_EQ(tally_client_send_wait(c, in, 3, r), 0);
+		for (int i = 0; i < 3; i++)
+			CHECK_EQ(r[i].status, PROTO_ACCEPTED);
+	}
+	CHECK_EQ(tally_client_ping(c), 0);
+	tally_client_close(c);
+	fake_server_stop(s);
+}
+
+/* ACKs that do not match what is in flight are protocol errors. */
+static void test_bad_acks(void)
+{
+	int modes[2] = {FAKE_WRONG_ACK_ID, FAKE_SHORT_ACK};
+	const char *msgs[2] = {"protocol error: ACK for request id 1001, which is not in flight",
+			       "protocol error: ACK for request id 1 has 1 receipts for 2 events"};
+	for (int m = 0; m < 2; m++) {
+		struct fake_server *s = start((struct fake_server_config){.mode = modes[m]});
+		struct tally_client_options o = opts(s, "k");
+		struct tally_client *c;
+		CHECK_EQ(tally_client_connect(&o, &c), 0);
+		struct ev_store e[2];
+		struct tally_event_in in[2];
+		struct proto_receipt r[2];
+		make_event(&e[0], "ba0", 0);
+		make_event(&e[1], "ba1", 1);
+		in[0] = e[0].in;
+		in[1] = e[1].in;
+		CHECK_EQ(tally_client_send_wait(c, in, 2, r), TALLY_CLIENT_E_PROTOCOL);
+		CHECK(!strcmp(tally_client_last_error(c), msgs[m]));
+		CHECK_EQ(tally_client_ping(c), TALLY_CLIENT_E_BROKEN);
+		tally_client_close(c);
+		fake_server_stop(s);
+	}
+}
+
 int main(void)
 {
 	test_hello_ok();
@@ -599,6 +652,8 @@ int main(void)
 	test_send_raw_malformed();
 	test_batch_limits();
 	test_many_pipelined();
+	test_trickle();
+	test_bad_acks();
 	if (failures) {
 		fprintf(stderr, "test_client: %d checks failed\n", failures);
 		return 1;

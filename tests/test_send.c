@@ -217,8 +217,8 @@ static void test_main_file(void)
 	free(out);
 	free(err);
 
-	/* Exactly what the server received, in order. */
-	fclose(dump);
+	/* Exactly what the server received, in order (it flushes the dump before each ACK; the
+	 * FILE itself stays the server thread's until the server is stopped). */
 	char *d = read_file(dump_path);
 	const char *want_dump[] = {
 		"key=evt-1 customer=cus_42 name=llm.tokens time_us=1772362800250000 "
@@ -270,6 +270,7 @@ static void test_main_file(void)
 	CHECK_EQ(st.rejected, 0); /* the bad name never left the client */
 	CHECK(!strcmp(st.last_client_name, "tally-send"));
 	fake_server_stop(s);
+	fclose(dump);
 }
 
 /* ACKs out of order: receipts must still be reported against the right lines. */
@@ -390,7 +391,6 @@ static void test_exact(void)
 	check_lines("exact stdout", out, want);
 	free(out);
 	free(err);
-	fclose(dump);
 	char *d = read_file(dump_path);
 	const char *want_dump[] = {
 		"key=x1 customer=c name=n time_us=951782400000001 props=min:dec:-9223372036854775.808,"
@@ -402,6 +402,7 @@ static void test_exact(void)
 	check_lines("exact dump", d, want_dump);
 	free(d);
 	fake_server_stop(s);
+	fclose(dump);
 }
 
 static void test_usage_and_refused(void)
