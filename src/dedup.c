@@ -27,8 +27,6 @@
 #include "dedup_internal.h"
 
 #define PREFETCH_GENS_MAX 16 /* bloom blocks prefetched per missing key */
-#define MIGRATE_PER_INSERT 4 /* > 1.25 needed to finish a move before the next grow */
-#define MIGRATE_PER_CALL 8
 
 struct dedup_shard {
 	struct dedup_hot hot;
@@ -320,7 +318,7 @@ static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size
 		a->verdict = DEDUP_NEW;
 	}
 	/* Bounded rehash work, and a grow if the table passed its load limit. */
-	dedup_hot_maintain(&d->hot, MIGRATE_PER_INSERT * inserted + MIGRATE_PER_CALL);
+	dedup_hot_maintain(&d->hot, inserted);
 }
 
 void dedup_check_claim(struct dedup_shard *d, const struct dedup_query *q, size_t n,
@@ -485,7 +483,7 @@ int dedup_restore_key(struct dedup_shard *d, struct tally_fp fp, uint32_t digest
 		return -ENOSPC;
 	struct dedup_rec r = {.lo = fp.lo, .hi = fp.hi, .offset = offset, .digest = digest};
 	dedup_hot_insert(&d->hot, &r);
-	dedup_hot_maintain(&d->hot, MIGRATE_PER_INSERT);
+	dedup_hot_maintain(&d->hot, 1);
 	return 0;
 }
 

@@ -11,8 +11,10 @@
  *    (deletion is by backward shift, which keeps this true), so a probe stops at the first
  *    empty slot.
  *  - load never exceeds 15/16 (dedup_hot_has_room), so every probe meets an empty slot.
- *  - growth (at 4/5 load) maps a table twice as large and moves the old one over
- *    incrementally: a bounded number of old slots per call (dedup_hot_maintain), walking a
+ *  - growth: from 3/4 load a table twice as large is mapped and its pages are faulted in a
+ *    bounded number of bytes per call (a page fault on a fresh huge page zeroes 2 MiB, and
+ *    thousands of them in one call would stall it for a second); at 4/5 load it becomes cur
+ *    and the old one is moved over incrementally: a bounded number of old slots per call (dedup_hot_maintain), walking a
  *    cursor from slot 0 up. Moving the key at the cursor deletes it from old by backward
  *    shift, which can only pull keys from above the cursor into it, so every old slot below
  *    the cursor stays empty and its pages are released as the cursor passes them. A key is in
@@ -36,12 +38,20 @@ static uint64_t grow_limit(uint64_t cap)
 	return cap / 5 * 4; /* 4/5 */
 }
 
+/* Load at which the next table starts being faulted in: 3/5 (cap/5 inserts to spread the
+ * 2 * cap * 34 bytes over), or later up to 3/4 if the table was preallocated for more keys. */
+static uint64_t prepare_limit(uint64_t cap, uint64_t expected_keys)
+{
+	uint64_t lo = cap / 5 * 3, hi = cap / 4 * 3;
+	return expected_keys < lo ? lo : expected_keys > hi ? hi : expected_keys;
+}
+
 static uint64_t hard_limit(uint64_t cap)
 {
 	return cap - cap / 16; /* 15/16 */
 }
 
-static void *map_zeroed(size_t bytes)
+static void *map_zeroed(size_t bytes, bool populate)
 {
 	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
 		       -1, 0);
@@ -50,6 +60,11 @@ static void *map_zeroed(size_t bytes)
 	/* Random access over gigabytes: huge pages cut the TLB misses. Only a hint. */
 	if (bytes >= (4u << 20))
 		(void)madvise(p, bytes, MADV_HUGEPAGE);
+	/* Fault everything in now (start-up), not on the hot path. After the hint, so that the
+	 * faults take huge pages. */
+	if (populate && madvise(p, bytes, MADV_POPULATE_WRITE) != 0) /* Linux < 5.14: by hand */
+		for (size_t o = 0; o < bytes; o += 4096)
+			((volatile uint8_t *)p)[o] = 0;
 	return p;
 }
 
@@ -62,11 +77,11 @@ static void table_unmap(struct dedup_table *t)
 	memset(t, 0, sizeof(*t));
 }
 
-static int table_map(struct dedup_table *t, uint64_t cap)
+static int table_map(struct dedup_table *t, uint64_t cap, bool populate)
 {
 	memset(t, 0, sizeof(*t));
-	t->tags = map_zeroed(cap * sizeof(uint16_t));
-	t->slots = map_zeroed(cap * sizeof(struct dedup_rec));
+	t->tags = map_zeroed(cap * sizeof(uint16_t), populate);
+	t->slots = map_zeroed(cap * sizeof(struct dedup_rec), populate);
 	t->mask = cap - 1;
 	if (!t->tags || !t->slots) {
 		table_unmap(t);
@@ -79,15 +94,17 @@ int dedup_hot_init(struct dedup_hot *h, uint64_t expected_keys)
 {
 	memset(h, 0, sizeof(*h));
 	uint64_t cap = HOT_SLOTS_MIN;
-	while (cap < DEDUP_HOT_SLOTS_MAX && grow_limit(cap) < expected_keys)
+	while (cap < DEDUP_HOT_SLOTS_MAX && cap / 4 * 3 < expected_keys)
 		cap <<= 1;
-	return table_map(&h->cur, cap);
+	h->expected_keys = expected_keys;
+	return table_map(&h->cur, cap, true);
 }
 
 void dedup_hot_free(struct dedup_hot *h)
 {
 	table_unmap(&h->cur);
 	table_unmap(&h->old);
+	table_unmap(&h->next);
 	memset(h, 0, sizeof(*h));
 }
 
@@ -215,22 +232,68 @@ static void migrate(struct dedup_hot *h, uint64_t budget)
 	}
 }
 
-void dedup_hot_maintain(struct dedup_hot *h, uint64_t budget)
+static uint64_t table_bytes(const struct dedup_table *t)
+{
+	return (t->mask + 1) * (sizeof(uint16_t) + sizeof(struct dedup_rec));
+}
+
+/* Faults in up to `bytes` more of h->next (writing one zero byte per 4 KiB page). */
+static void prepare(struct dedup_hot *h, uint64_t bytes)
+{
+	uint64_t tag_bytes = (h->next.mask + 1) * sizeof(uint16_t);
+	uint64_t end = table_bytes(&h->next);
+	uint64_t stop = end - h->next_touched > bytes ? h->next_touched + bytes : end;
+	for (uint64_t o = h->next_touched; o < stop; o += 4096) {
+		volatile uint8_t *p = o < tag_bytes ? (uint8_t *)h->next.tags + o
+						    : (uint8_t *)h->next.slots + (o - tag_bytes);
+		*p = 0;
+	}
+	h->next_touched = stop;
+}
+
+#define MIGRATE_SLOTS_PER_KEY 4  /* > 1.25 needed to finish a move before the next grow */
+#define MIGRATE_SLOTS_PER_CALL 8 /* so that lookups alone finish it too */
+
+/* Pace: fault in twice the bytes per insert that would just finish at the grow load. */
+static uint64_t prepare_bytes(const struct dedup_hot *h, uint64_t inserted)
+{
+	uint64_t left = table_bytes(&h->next) - h->next_touched;
+	uint64_t count = dedup_hot_count(h), grow_at = grow_limit(h->cur.mask + 1);
+	if (inserted == UINT64_MAX || count >= grow_at)
+		return left;
+	uint64_t per_key = left / (grow_at - count) * 2 + 64;
+	return inserted > left / per_key ? left : inserted * per_key + 4096;
+}
+
+void dedup_hot_maintain(struct dedup_hot *h, uint64_t inserted)
 {
 	if (h->migrating)
-		migrate(h, budget);
-	uint64_t cap = h->cur.mask + 1;
-	if (dedup_hot_count(h) <= grow_limit(cap) || h->grow_failed || cap >= DEDUP_HOT_SLOTS_MAX)
+		migrate(h, inserted > UINT64_MAX / 8 ? UINT64_MAX
+						      : inserted * MIGRATE_SLOTS_PER_KEY +
+							MIGRATE_SLOTS_PER_CALL);
+	uint64_t cap = h->cur.mask + 1, count = dedup_hot_count(h);
+	if (h->grow_failed || cap >= DEDUP_HOT_SLOTS_MAX)
 		return;
-	if (h->migrating) /* not reached with the per-call budget; bounded by old's capacity */
-		migrate(h, UINT64_MAX);
-	struct dedup_table bigger;
-	if (table_map(&bigger, cap * 2) != 0) {
-		h->grow_failed = true;
-		return;
+	if (!h->preparing && !h->migrating && count > prepare_limit(cap, h->expected_keys)) {
+		if (table_map(&h->next, cap * 2, false) != 0) {
+			h->grow_failed = true;
+			return;
+		}
+		h->preparing = true;
+		h->next_touched = 0;
 	}
+	if (h->preparing)
+		prepare(h, prepare_bytes(h, inserted));
+	if (count <= grow_limit(cap) || !h->preparing)
+		return;
+	/* Neither is reached with the paced budgets; both are bounded. */
+	if (h->migrating)
+		migrate(h, UINT64_MAX);
+	prepare(h, UINT64_MAX);
 	h->old = h->cur;
-	h->cur = bigger;
+	h->cur = h->next;
+	memset(&h->next, 0, sizeof(h->next));
+	h->preparing = false;
 	h->migrating = true;
 	h->cursor = 0;
 	h->released_slots = 0;
@@ -251,9 +314,11 @@ void dedup_hot_prefetch(const struct dedup_hot *h, uint64_t lo)
 uint64_t dedup_hot_bytes(const struct dedup_hot *h)
 {
 	uint64_t per = sizeof(uint16_t) + sizeof(struct dedup_rec);
-	uint64_t b = (h->cur.mask + 1) * per;
+	uint64_t b = table_bytes(&h->cur);
 	if (h->migrating)
 		b += (h->old.mask + 1 - h->released_slots) * per;
+	if (h->preparing)
+		b += h->next_touched;
 	return b;
 }
 

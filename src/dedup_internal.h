@@ -43,10 +43,14 @@ struct dedup_table {
 struct dedup_hot {
 	struct dedup_table cur;
 	struct dedup_table old;
+	struct dedup_table next;  /* while `preparing`: the bigger table, being pre-faulted */
+	uint64_t next_touched;    /* bytes of next (tags, then slots) faulted in so far */
+	bool preparing;
 	bool migrating;
 	uint64_t cursor;
 	uint64_t released_slots; /* old slots [0, released_slots) were madvise(DONTNEED)ed */
 	uint64_t grows;
+	uint64_t expected_keys; /* preallocated for: no growth work starts below this */
 	bool grow_failed; /* last mmap for a grow failed: run on to the hard limit */
 };
 
@@ -67,8 +71,9 @@ bool dedup_hot_has_room(const struct dedup_hot *h);
 struct dedup_rec *dedup_hot_insert(struct dedup_hot *h, const struct dedup_rec *r);
 /* Removes fp if present; true if it was. */
 bool dedup_hot_delete(struct dedup_hot *h, uint64_t lo, uint64_t hi);
-/* Moves up to `budget` old slots into cur; starts a grow when cur is past its grow load. */
-void dedup_hot_maintain(struct dedup_hot *h, uint64_t budget);
+/* Background work proportional to the keys `inserted` since the last call (UINT64_MAX: do
+ * everything now): pre-faults the next table, switches to it at 4/5 load, moves old slots. */
+void dedup_hot_maintain(struct dedup_hot *h, uint64_t inserted);
 /* Prefetches the home lines of a key (tags and slots) in the table(s) it may be in. */
 void dedup_hot_prefetch(const struct dedup_hot *h, uint64_t lo);
 uint64_t dedup_hot_count(const struct dedup_hot *h);

@@ -1,0 +1,279 @@
+/*
+ * bench_dedup — speed and memory of one dedup shard on one core (see docs/dedup.md "Sizing").
+ *
+ * Phases, at --keys N (default 10M):
+ *   1. hot claim: N fresh keys through dedup_check_claim + dedup_set_offset (the broker's flow)
+ *      into a table preallocated for N; then N duplicate lookups at full load; then N/20 fresh
+ *      keys at full load (misses + claims).
+ *   2. grow (N <= 20M only): the same N claims into a table sized for N/16 (4 incremental
+ *      doublings); prints the slowest dedup_check_claim call.
+ *   3. seal: a second shard is filled and sealed one generation (N/G keys) at a time, as the
+ *      broker does (.keys runs under --dir); ms per million keys.
+ *   4. cold: N/10 fresh keys (G bloom probes each, then claimed), N/10 cold duplicates.
+ *   5. restart: close, reopen (map + verify + rebuild blooms/indexes of every run).
+ * Prints rates per second on this one core, RAM bytes per key (hot: mapped table; cold: bloom +
+ * sparse index) and the restart time. Page cache is warm for the restart (runs just written).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tally/dedup.h"
+#include "test_dedup_util.h"
+
+#define BATCH 1024
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static struct dedup_query g_q[BATCH];
+static struct dedup_answer g_a[BATCH];
+
+/* Runs keys [from, to) of universe `seed`; counts verdicts; returns the slowest call (s). */
+static double g_worst_cpu;
+
+static double cpu_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Keys [from, to) of universe `seed`, NEW ones get offset off0 + i. Returns the slowest call
+ * in wall time; g_worst_cpu gets the slowest in thread CPU time (without preemption). */
+static double run(struct dedup_shard *d, uint64_t seed, uint64_t from, uint64_t to,
+		  uint64_t off0, bool set_offset, uint64_t counts[8])
+{
+	double worst = 0;
+	g_worst_cpu = 0;
+	for (uint64_t i = from; i < to;) {
+		size_t m = 0;
+		for (; m < BATCH && i + m < to; m++)
+			g_q[m] = (struct dedup_query){.fp = dtest_fp(seed, i + m),
+						      .digest = dtest_digest(i + m),
+						      .event_time_us = 1000};
+		double t0 = now_s(), c0 = cpu_s();
+		dedup_check_claim(d, g_q, m, g_a);
+		if (set_offset)
+			for (size_t k = 0; k < m; k++)
+				if (g_a[k].verdict == DEDUP_NEW)
+					dedup_set_offset(d, g_q[k].fp, off0 + i + k);
+		double dt = now_s() - t0, dc = cpu_s() - c0;
+		if (dt > worst)
+			worst = dt;
+		if (dc > g_worst_cpu)
+			g_worst_cpu = dc;
+		for (size_t k = 0; k < m; k++)
+			counts[g_a[k].verdict & 7]++;
+		i += m;
+	}
+	return worst;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: bench_dedup [--keys N] [--gens G] [--dir DIR] [--fp-ppm P] [--no-cold]\n"
+		   "  --keys N    keys in the shard (default 10000000)\n"
+		   "  --gens G    cold generations the keys are sealed into (default 10)\n"
+		   "  --dir DIR   where .keys runs go (default /tmp/bench-dedup-<pid>, removed after)\n"
+		   "  --fp-ppm P  bloom false-positive target, parts per million (default 10000)\n"
+		   "  --no-cold   hot tier only\n");
+}
+
+int main(int argc, char **argv)
+{
+	uint64_t n = 10000000, gens = 10;
+	uint32_t fp_ppm = 10000;
+	bool cold = true;
+	char dir[512] = "";
+	static const struct option lo[] = {
+		{"keys", required_argument, 0, 'k'}, {"gens", required_argument, 0, 'g'},
+		{"dir", required_argument, 0, 'd'},  {"fp-ppm", required_argument, 0, 'p'},
+		{"no-cold", no_argument, 0, 'n'},    {"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0}};
+	int c;
+	while ((c = getopt_long(argc, argv, "k:g:d:p:nh", lo, NULL)) != -1) {
+		switch (c) {
+		case 'k': n = strtoull(optarg, NULL, 10); break;
+		case 'g': gens = strtoull(optarg, NULL, 10); break;
+		case 'd': snprintf(dir, sizeof(dir), "%s", optarg); break;
+		case 'p': fp_ppm = (uint32_t)strtoul(optarg, NULL, 10); break;
+		case 'n': cold = false; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (n < 1000 || gens < 1 || gens > 10000) {
+		usage(stderr);
+		return 2;
+	}
+	bool own_dir = dir[0] == 0;
+	if (own_dir)
+		snprintf(dir, sizeof(dir), "/tmp/bench-dedup-%d", (int)getpid());
+	printf("bench_dedup: keys %" PRIu64 ", generations %" PRIu64 ", bloom target %u ppm\n", n,
+	       gens, fp_ppm);
+
+	uint64_t fresh = n / 200;
+	struct dedup_options o = {.expected_keys = n + fresh, .bloom_fp_per_million = fp_ppm,
+				  .dir = cold ? dir : NULL};
+	struct dedup_shard *d;
+	double t_open = now_s();
+	int rc = dedup_shard_open(&o, 0, &d);
+	t_open = now_s() - t_open;
+	if (rc != 0) {
+		fprintf(stderr, "dedup_shard_open: %s\n", strerror(-rc));
+		return 1;
+	}
+	uint64_t cnt[8] = {0};
+	double t0 = now_s();
+	run(d, 1, 0, n, 0, true, cnt);
+	double t_claim = now_s() - t0;
+	CHECK_EQ_U(cnt[DEDUP_NEW], n);
+	dedup_set_durable(d, n);
+	struct dedup_stats st;
+	dedup_stats(d, &st);
+	printf("hot  preallocate (open, pages faulted in):   %8.2f s\n", t_open);
+	printf("hot  claim+set_offset (fresh, filling to N): %8.2f M/s  (%.2f s)\n",
+	       (double)n / t_claim / 1e6, t_claim);
+	printf("hot  RAM: %" PRIu64 " bytes for %" PRIu64 " keys = %.1f bytes/key (load %.2f)\n",
+	       st.hot_bytes, st.hot_keys, (double)st.hot_bytes / (double)st.hot_keys,
+	       (double)st.hot_keys * 34 / (double)st.hot_bytes);
+	memset(cnt, 0, sizeof(cnt));
+	t0 = now_s();
+	run(d, 1, 0, n, 0, false, cnt);
+	double t_dup = now_s() - t0;
+	CHECK_EQ_U(cnt[DEDUP_DUPLICATE], n);
+	printf("hot  lookup duplicates at full load:         %8.2f M/s\n", (double)n / t_dup / 1e6);
+	memset(cnt, 0, sizeof(cnt));
+	t0 = now_s();
+	run(d, 2, 0, fresh, n, true, cnt); /* offsets >= n: not durable */
+	double t_miss = now_s() - t0;
+	CHECK_EQ_U(cnt[DEDUP_NEW], fresh);
+	printf("hot  claim fresh at full load:               %8.2f M/s\n",
+	       (double)fresh / t_miss / 1e6);
+	for (uint64_t i = 0; i < fresh; i++) /* pretend those writes failed: back to N keys */
+		dedup_abort(d, dtest_fp(2, i));
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.hot_keys, n);
+
+	if (n <= 20000000) {
+		struct dedup_options og = {.expected_keys = n / 16};
+		struct dedup_shard *dg;
+		CHECK(dedup_shard_open(&og, 0, &dg) == 0);
+		memset(cnt, 0, sizeof(cnt));
+		t0 = now_s();
+		double worst = run(dg, 1, 0, n, 0, true, cnt);
+		double t_grow = now_s() - t0;
+		struct dedup_stats sg;
+		dedup_stats(dg, &sg);
+		printf("grow claim from N/16 prealloc (%" PRIu64 " doublings): %8.2f M/s, slowest "
+		       "call of %d: %.3f ms wall, %.3f ms thread CPU\n",
+		       sg.grows, (double)n / t_grow / 1e6, BATCH, worst * 1e3, g_worst_cpu * 1e3);
+		dedup_shard_close(dg);
+	}
+	if (!cold)
+		goto out;
+
+	/* Cold tier: a fresh shard, filled and sealed one generation at a time as the broker does
+	 * (the hot table only ever holds the unsealed segment). */
+	dedup_shard_close(d);
+	uint64_t per = n / gens;
+	struct dedup_options oc = {.expected_keys = per + per / 4 + n / 10,
+				   .bloom_fp_per_million = fp_ppm, .dir = dir};
+	rc = dedup_shard_open(&oc, 0, &d);
+	if (rc != 0) {
+		fprintf(stderr, "dedup_shard_open: %s\n", strerror(-rc));
+		return 1;
+	}
+	double worst_seal = 0, t_seal = 0;
+	for (uint64_t g = 0; g < gens; g++) {
+		uint64_t to = g + 1 == gens ? n : (g + 1) * per;
+		run(d, 1, g * per, to, 0, true, cnt);
+		dedup_set_durable(d, to);
+		double s0 = now_s();
+		rc = dedup_seal_generation(d, g * per, to, 1000);
+		double ds = now_s() - s0;
+		t_seal += ds;
+		worst_seal = ds > worst_seal ? ds : worst_seal;
+		if (rc != 0) {
+			fprintf(stderr, "seal: %s\n", strerror(-rc));
+			return 1;
+		}
+	}
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.cold_keys, n);
+	CHECK_EQ_U(st.hot_keys, 0);
+	printf("seal %" PRIu64 " generations of %" PRIu64 " keys: %.0f ms per million keys (slowest "
+	       "seal %.0f ms; scan + sort + write + fdatasync + reload)\n",
+	       gens, per, t_seal * 1e3 / ((double)n / 1e6), worst_seal * 1e3);
+	printf("cold RAM: %" PRIu64 " bytes for %" PRIu64 " keys = %.2f bytes/key; disk %.0f "
+	       "bytes/key\n",
+	       st.cold_ram_bytes, st.cold_keys, (double)st.cold_ram_bytes / (double)st.cold_keys,
+	       32.0 + 64.0 * (double)gens / (double)n);
+	uint64_t probe = n / 10;
+	uint64_t s0 = st.run_searches;
+	memset(cnt, 0, sizeof(cnt));
+	t0 = now_s();
+	run(d, 3, 0, probe, 2 * n, false, cnt);
+	double t_cmiss = now_s() - t0;
+	dedup_stats(d, &st);
+	CHECK_EQ_U(cnt[DEDUP_NEW], probe);
+	printf("cold lookup fresh (%" PRIu64 " blooms each, then claim): %8.2f M/s, run searches "
+	       "%.2f%% per key\n",
+	       gens, (double)probe / t_cmiss / 1e6,
+	       100.0 * (double)(st.run_searches - s0) / (double)probe);
+	memset(cnt, 0, sizeof(cnt));
+	t0 = now_s();
+	run(d, 1, n - probe, n, 0, false, cnt); /* the newest generation(s) */
+	double t_chit = now_s() - t0;
+	CHECK_EQ_U(cnt[DEDUP_DUPLICATE], probe);
+	memset(cnt, 0, sizeof(cnt));
+	double t1 = now_s();
+	for (uint64_t i = 0; i < probe; i++) { /* uniformly over all generations */
+		uint64_t k = dtest_mix(i) % n;
+		struct dedup_query q = {.fp = dtest_fp(1, k), .digest = dtest_digest(k),
+					.event_time_us = 1000};
+		struct dedup_answer a;
+		dedup_check_claim(d, &q, 1, &a);
+		cnt[a.verdict & 7]++;
+	}
+	double t_chit2 = now_s() - t1;
+	CHECK_EQ_U(cnt[DEDUP_DUPLICATE], probe);
+	printf("cold lookup duplicates (newest gens, batched): %8.2f M/s; uniform over all "
+	       "gens, one at a time: %.2f M/s\n",
+	       (double)probe / t_chit / 1e6, (double)probe / t_chit2 / 1e6);
+	dedup_shard_close(d);
+
+	struct dedup_options orst = {.expected_keys = 1 << 20, .bloom_fp_per_million = fp_ppm,
+				     .dir = dir};
+	t0 = now_s();
+	rc = dedup_shard_open(&orst, 0, &d);
+	double t_restart = now_s() - t0;
+	if (rc != 0) {
+		fprintf(stderr, "reopen: %s\n", strerror(-rc));
+		return 1;
+	}
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.cold_keys, n);
+	printf("restart: loaded %" PRIu64 " runs, %" PRIu64 " keys in %.2f s (%.1f M keys/s, warm "
+	       "page cache)\n",
+	       st.generations, st.cold_keys, t_restart, (double)n / t_restart / 1e6);
+out:
+	dedup_shard_close(d);
+	if (own_dir && cold) {
+		char cmd[600];
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "could not remove %s\n", dir);
+	}
+	return 0;
+}
