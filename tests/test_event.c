@@ -450,6 +450,13 @@ static void test_rejects(void)
 	wb_prop_str(&W, "model", "x", 1);
 	wb_prop_dec(&W, "tokens", 2, 1);
 	expect_reject("dup key other kind", TALLY_REJECT_PROP_DUP_KEY);
+	/* a key that is a prefix of an earlier one, or extends it, is not a duplicate */
+	W.n = 0;
+	STD_HEAD(3);
+	wb_prop_int(&W, "ab", 1);
+	wb_prop_int(&W, "a", 2);
+	wb_prop_int(&W, "abc", 3);
+	expect_reject("prefix keys are distinct", TALLY_REJECT_NONE);
 
 	/* trailing bytes: after the last property, and after the name with no properties */
 	W.n = 0;
