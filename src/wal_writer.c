@@ -294,7 +294,8 @@ static int seal(struct wal_shard *s)
 
 	uint8_t *payload = s->out + WAL_BLOCK_HEADER_BYTES;
 	int n = LZ4_compress_fast_extState(s->lz4_state, (const char *)s->raw, (char *)payload,
-					   (int)s->raw_len, LZ4_COMPRESSBOUND((int)s->raw_len), 1);
+					   (int)s->raw_len, LZ4_COMPRESSBOUND((int)s->raw_len),
+					   (int)o->lz4_acceleration);
 	struct wal_block_hdr h = {
 		.magic = WAL_BLOCK_MAGIC,
 		.version = WAL_FORMAT_VERSION,
@@ -811,6 +812,10 @@ static int options_fill(const struct wal_options *in, struct wal_options *o)
 		o->segment_bytes_max = WAL_SEGMENT_BYTES_DEFAULT;
 	if (!o->segment_age_us)
 		o->segment_age_us = WAL_SEGMENT_AGE_US_DEFAULT;
+	if (!o->lz4_acceleration)
+		o->lz4_acceleration = 1;
+	if (o->lz4_acceleration > 65537)
+		o->lz4_acceleration = 65537;
 	if (o->block_bytes_max < WAL_BLOCK_BYTES_MIN || o->block_bytes_max > WAL_BLOCK_RAW_BYTES_MAX) {
 		wal_set_error("block_bytes_max %u outside %u..%u", o->block_bytes_max,
 			      WAL_BLOCK_BYTES_MIN, WAL_BLOCK_RAW_BYTES_MAX);

@@ -80,7 +80,7 @@ static inline size_t wt_event(uint64_t seed, uint64_t i, uint8_t *buf)
 	}
 	key[24] = 0;
 	snprintf(cust, sizeof cust, "cus_%06u", (unsigned)(wt_mix(r) % 5000));
-	struct tally_prop p[6];
+	struct tally_prop p[8];
 	memset(p, 0, sizeof p);
 	const char *name;
 	uint32_t np = 0;
@@ -136,6 +136,8 @@ static inline size_t wt_event(uint64_t seed, uint64_t i, uint8_t *buf)
 		WT_PROP_INT("segments", (int64_t)((r >> 12) % 3 + 1));
 		WT_PROP_STR("country", "US");
 	}
+	static const char *sdks[] = {"python/1.4.2", "node/2.0.11", "go/0.9.7", "ruby/3.1.0"};
+	WT_PROP_STR("sdk", sdks[(r >> 36) % 4]);
 #undef WT_PROP_STR
 #undef WT_PROP_INT
 	struct tally_event_in in = {

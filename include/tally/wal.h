@@ -111,6 +111,7 @@ struct wal_options {
 	uint32_t fsync_interval_ms;
 	bool verify_sealed;         /* open: checksum every block of every sealed segment too */
 	bool repair;                /* open: quarantine a corrupt tail instead of refusing (logged) */
+	uint32_t lz4_acceleration;  /* LZ4_compress_fast acceleration; 0 = 1 (best ratio) */
 	const struct wal_io *io;    /* NULL = libc */
 	/* Called on the appender thread after a segment was sealed (synced) and the next one exists. */
 	void (*on_segment_sealed)(void *ctx, uint16_t shard, uint64_t base_offset,
