@@ -34,7 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Frames before HELLO_OK are small: HELLO_OK or ERROR (16 + 13 + 512 bytes at most). */
+/* Frames before HELLO_OK are small: HELLO_OK (<= 121 bytes) or ERROR (<= 542 bytes); they
+ * are parsed with PROTO_HELLO_BYTES_MAX as the limit (docs/protocol.md, section 7). */
 #define CLIENT_HELLO_RBUF_BYTES 4096u
 /* Extra room in the receive buffer so that reads are not one frame at a time. */
 #define CLIENT_RBUF_SLACK_BYTES (64u * 1024u)
@@ -562,7 +563,7 @@ int tally_client_connect(const struct tally_client_options *o, struct tally_clie
 	c->sbuf = malloc(c->sbuf_cap);
 	c->rbuf_cap = CLIENT_HELLO_RBUF_BYTES;
 	c->rbuf = malloc(c->rbuf_cap);
-	c->rframe_bytes_max = CLIENT_HELLO_RBUF_BYTES;
+	c->rframe_bytes_max = PROTO_HELLO_BYTES_MAX;
 	if (!c->sbuf || !c->rbuf) {
 		set_err(c, "out of memory");
 		return fail_broken(c, -ENOMEM);

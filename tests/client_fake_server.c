@@ -52,6 +52,7 @@ struct fake_server {
 	size_t rbuf_cap;
 	uint8_t *sbuf;
 	size_t sbuf_cap;
+	uint32_t conn_frame_bytes_max; /* negotiated for the current connection */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -378,12 +379,18 @@ static int on_hello(struct fake_server *s, int fd, const struct proto_hello *h)
 		int rc = send_error(s, fd, PROTO_E_AUTH, true, 0, "unknown API key");
 		return rc < 0 ? rc : 1;
 	}
+	/* docs/protocol.md section 7: min(server_max, max(wish, 4096)). */
+	s->conn_frame_bytes_max = s->cfg.frame_bytes_max;
+	if (h->frame_bytes_max && h->frame_bytes_max < s->conn_frame_bytes_max)
+		s->conn_frame_bytes_max = h->frame_bytes_max < PROTO_FRAME_BYTES_MIN
+						  ? PROTO_FRAME_BYTES_MIN
+						  : h->frame_bytes_max;
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	struct proto_hello_ok ok = {
 		.version = PROTO_VERSION,
 		.shard_count = s->cfg.shard_count,
-		.frame_bytes_max = s->cfg.frame_bytes_max,
+		.frame_bytes_max = s->conn_frame_bytes_max,
 		.batch_events_max = s->cfg.batch_events_max,
 		.inflight_max = s->cfg.inflight_max,
 		.server_time_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000,
@@ -407,12 +414,13 @@ static void serve(struct fake_server *s, int fd)
 {
 	size_t head = 0, tail = 0;
 	bool hello = false;
+	s->conn_frame_bytes_max = s->cfg.frame_bytes_max;
 	s->held_n = 0;
 	for (;;) {
 		struct proto_frame f;
 		size_t need = 0;
 		long n = tail > head ? proto_frame_parse(s->rbuf + head, tail - head,
-							  hello ? s->cfg.frame_bytes_max
+							  hello ? s->conn_frame_bytes_max
 								: PROTO_HELLO_BYTES_MAX,
 							  s->cfg.batch_events_max, &f, &need)
 				     : 0;

@@ -127,13 +127,21 @@ static void test_hello_ok(void)
 	}
 	tally_client_close(c);
 
-	/* A local in-flight cap below the server's wins. */
+	/* A local in-flight cap below the server's wins; a frame wish lowers the frame limit. */
 	o.inflight_max = 3;
+	o.frame_bytes_max = 8192;
 	rc = tally_client_connect(&o, &c);
 	CHECK_EQ(rc, 0);
-	if (rc == 0)
+	if (rc == 0) {
 		CHECK_EQ(tally_client_limits(c)->inflight_max, 3);
+		CHECK_EQ(tally_client_limits(c)->frame_bytes_max, 8192);
+	}
 	tally_client_close(c);
+	o.frame_bytes_max = 100; /* below PROTO_FRAME_BYTES_MIN: refused locally */
+	CHECK_EQ(tally_client_connect(&o, &c), -EINVAL);
+	CHECK_STR(tally_client_last_error(c), "frame_bytes_max 100 out of range");
+	tally_client_close(c);
+	o.frame_bytes_max = 0;
 
 	struct fake_server_stats st;
 	fake_server_stats(s, &st);

@@ -940,12 +940,6 @@ static void process_line(struct send_state *st, uint64_t lineno, char *line, siz
 		ws++;
 	if (ws == n)
 		return; /* blank lines are skipped */
-	if (n > SEND_LINE_BYTES_MAX) {
-		add_problem(st, lineno, SEND_INVALID, 0, "line longer than %u bytes",
-			    SEND_LINE_BYTES_MAX);
-		st->invalid++;
-		return;
-	}
 	size_t mn = mark_reals(line, n, marked);
 	json_error_t je;
 	json_t *root = json_loadb(marked, mn, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
@@ -1085,6 +1079,12 @@ int tally_cmd_send(int argc, char **argv)
 		size_t len = (size_t)n;
 		while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
 			len--;
+		if (len > SEND_LINE_BYTES_MAX) {
+			add_problem(&st, st.nlines, SEND_INVALID, 0, "line longer than %u bytes",
+				    SEND_LINE_BYTES_MAX);
+			st.invalid++;
+			continue;
+		}
 		if (marked_cap < 4 * len + 16) {
 			char *m = realloc(marked, 4 * len + 16);
 			if (!m)
