@@ -33,7 +33,10 @@ static void sleep_us(long us)
 
 static void writer_child(const char *dir, uint64_t total, bool crash_tail)
 {
-	struct wal_options o = {.shard_count = 1, .block_bytes_max = 16 << 10,
+	/* 1 MiB blocks: a batch (<= 300 events) never fills one, so blocks are sealed only by
+	   wal_flush, and a segment roll (which syncs and publishes) only ever publishes the
+	   previous sync target: sync_target stays a strict upper bound of durable. */
+	struct wal_options o = {.shard_count = 1, .block_bytes_max = 1 << 20,
 				.segment_bytes_max = 256 << 10};
 	struct wal *w;
 	if (wal_open(dir, &o, &w) != 0)
