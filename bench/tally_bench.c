@@ -1166,6 +1166,20 @@ static uint64_t per_sec(uint64_t n, int64_t ns)
 	return ns > 0 ? (uint64_t)((unsigned __int128)n * NS_PER_S / (uint64_t)ns) : 0;
 }
 
+/*
+ * The time the measured events are divided by: first measured send to last ACK. In an open
+ * loop with a duration, at least the scheduled window: N batches are sent over N - 1 intervals,
+ * so a short step would otherwise look faster than its schedule.
+ */
+static int64_t measure_span(const struct stats *s, const struct phase *ph)
+{
+	int64_t span = s->last_ack_ns - s->measure_start_ns;
+
+	if (ph->rate && ph->duration_ns && span < ph->duration_ns)
+		span = ph->duration_ns;
+	return span;
+}
+
 static void stats_merge(struct stats *dst, const struct stats *src)
 {
 	if (bench_hist_merge(&dst->hist, &src->hist) || bench_hist_merge(&dst->lag, &src->lag))
@@ -1201,7 +1215,7 @@ static const char *const pct_names[] = {"p50", "p90", "p99", "p99.9"};
 static void print_text(const struct stats *s, const struct phase *ph, int64_t wall_ns)
 {
 	char a[32], b[32], c[32];
-	int64_t span = s->last_ack_ns - s->measure_start_ns;
+	int64_t span = measure_span(s, ph);
 	uint64_t eps = per_sec(s->measured_events, span);
 	uint64_t mbps_milli = per_sec(s->measured_bytes, span) / 1000; /* MB/s in thousandths */
 
@@ -1255,7 +1269,7 @@ static void print_text(const struct stats *s, const struct phase *ph, int64_t wa
 
 static void print_json_stats(FILE *f, const struct stats *s, const struct phase *ph, int64_t wall_ns)
 {
-	int64_t span = s->last_ack_ns - s->measure_start_ns;
+	int64_t span = measure_span(s, ph);
 
 	fprintf(f, "{\"mode\":\"%s\",\"target_rate\":%" PRIu64 ",\"events_sent\":%" PRIu64
 		   ",\"events_acked\":%" PRIu64 ",\"measured_events\":%" PRIu64
@@ -1308,7 +1322,7 @@ static void print_json_stats(FILE *f, const struct stats *s, const struct phase 
 static void print_step_row(const struct stats *s, const struct phase *ph, bool header)
 {
 	char cells[6][32];
-	int64_t span = s->last_ack_ns - s->measure_start_ns;
+	int64_t span = measure_span(s, ph);
 	uint64_t nerr = s->conn_lost + s->errored_events + s->unacked_events;
 
 	if (header)
@@ -1338,7 +1352,9 @@ static void progress_line(int64_t t0, bool tty)
 		errs += atomic_load_explicit(&workers[i].prog_errors, memory_order_relaxed);
 		infl += atomic_load_explicit(&workers[i].prog_inflight, memory_order_relaxed);
 	}
-	uint64_t rate = last_ns && now > last_ns && acked >= last_acked
+	if (!last_ns)
+		last_ns = t0; /* the first line's rate covers the time since the start */
+	uint64_t rate = now > last_ns && acked >= last_acked
 				? per_sec(acked - last_acked, now - last_ns) : 0;
 	last_acked = acked;
 	last_ns = now;
@@ -1617,9 +1633,18 @@ int main(int argc, char **argv)
 	if (o.json)
 		printf("{\"connections\":%u,\"threads\":%u,\"batch\":%u,\"seed\":%" PRIu64
 		       ",\"payload_bytes\":%u,\"dup_ppm\":%u,\"conflict_ppm\":%u,\"late_ppm\":%u"
-		       ",\"tenant\":\"%s\",\"phases\":[",
+		       ",\"tenant\":\"",
 		       o.connections, o.threads, conns[0].batch_eff, o.seed, o.payload_bytes,
-		       o.dup_ppm, o.conflict_ppm, o.late_ppm, server_tenant);
+		       o.dup_ppm, o.conflict_ppm, o.late_ppm);
+	if (o.json) {
+		/* The tenant comes from the server: escape everything that is not plain ASCII. */
+		for (const unsigned char *t = (const unsigned char *)server_tenant; *t; t++)
+			if (*t < 0x20 || *t >= 0x7f || *t == '"' || *t == '\\')
+				printf("\\u%04x", *t);
+			else
+				putchar(*t);
+		printf("\",\"phases\":[");
+	}
 	for (uint32_t pi = 0; pi < phase_count; pi++) {
 		phases[pi].t0_ns = now_ns() + NS_PER_S / 100;
 		pthread_barrier_wait(&start_barrier);

@@ -135,6 +135,34 @@ static void run_case(int mode, uint32_t hold, const char *const *extra, int want
 	CHECK(json_num(js, "batches") > 0);
 }
 
+static void run_steps(const char *const *extra)
+{
+	struct fake_server_config cfg = {.mode = FAKE_NORMAL};
+	struct fake_server *s;
+	char out[] = "/tmp/test_bench_fake.XXXXXX";
+	int fd = mkstemp(out);
+
+	CHECK(fd >= 0);
+	close(fd);
+	CHECK(fake_server_start(&cfg, &s) == 0);
+	int rc = run_bench(fake_server_port(s), extra, out);
+	fake_server_stop(s);
+	const char *js = slurp(out);
+	unlink(out);
+	int phases = 0;
+	for (const char *p = js; (p = strstr(p, "\"mode\":\"open\"")) != NULL; p++)
+		phases++;
+	printf("steps: exit %d, %d phases\n", rc, phases);
+	CHECK(rc == 0);
+	CHECK(phases == 2);
+	CHECK(strstr(js, "\"target_rate\":4000,") != NULL);
+	CHECK(strstr(js, "\"target_rate\":8000,") != NULL);
+	/* 0.3 s at 4000/s and at 8000/s: 1200 + 2400 events sent. */
+	CHECK(strstr(js, "\"events_sent\":1200,") != NULL);
+	CHECK(strstr(js, "\"events_sent\":2400,") != NULL);
+	CHECK(strstr(js, "\"mismatches\":0") != NULL);
+}
+
 int main(void)
 {
 	const char *bin = getenv("TALLY_BIN");
@@ -157,6 +185,11 @@ int main(void)
 						"50", "--dup-rate", "0.1", "--seed", "9",
 						"--expect", "--json", NULL};
 	run_case(FAKE_NORMAL, 0, open_loop, 0, "open loop");
+	/* Two open-loop steps: one JSON phase each, both at their rate. */
+	static const char *const steps[] = {"--steps", "4000,8000", "--duration", "0.3",
+					    "--batch", "40", "--seed", "10", "--expect", "--json",
+					    NULL};
+	run_steps(steps);
 	/* A retryable ERROR on batch 3: its events are unverifiable, so --expect must fail. */
 	static const char *const err[] = {"--events", "2000", "--batch", "100", "--expect",
 					  "--json", NULL};
