@@ -7,3 +7,10 @@ tally_library(tally_rate
 tally_test(test_rate_money SOURCES tests/test_rate_money.c DEPS tally_rate TIMEOUT 60)
 tally_test(test_rate_config SOURCES tests/test_rate_config.c DEPS tally_rate TIMEOUT 60)
 tally_test(test_rate_engine SOURCES tests/test_rate_engine.c DEPS tally_rate TIMEOUT 120)
+
+# tally-rate: the rating process (tails the WAL). Needs the WAL reader.
+if(TARGET tally_wal)
+  tally_tool(tally-rate SOURCES tools/tally_rate.c DEPS tally_rate tally_wal)
+  tally_test(test_rate_tool SOURCES tests/test_rate_tool.c DEPS tally_rate tally_wal TIMEOUT 300)
+  add_dependencies(test_rate_tool tally-rate)
+endif()
