@@ -502,6 +502,21 @@ bool dedup_has_generation(const struct dedup_shard *d, uint64_t base_offset)
 	return false;
 }
 
+int64_t dedup_shard_window_us(const struct dedup_shard *d)
+{
+	return d->window_us;
+}
+
+bool dedup_generation_max_time(const struct dedup_shard *d, uint64_t base, int64_t *max_us)
+{
+	for (size_t i = 0; i < d->gen_count; i++)
+		if (d->gens[i].base == base) {
+			*max_us = d->gens[i].max_event_time_us;
+			return true;
+		}
+	return false;
+}
+
 void dedup_stats(const struct dedup_shard *d, struct dedup_stats *out)
 {
 	memset(out, 0, sizeof(*out));

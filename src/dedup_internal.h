@@ -82,6 +82,10 @@ uint64_t dedup_hot_bytes(const struct dedup_hot *h);
 void dedup_hot_foreach(const struct dedup_hot *h, void (*fn)(const struct dedup_rec *, void *),
 		       void *arg);
 
+/* For dedup_wal.c: the window, and the newest event time of a loaded generation. */
+int64_t dedup_shard_window_us(const struct dedup_shard *d);
+bool dedup_generation_max_time(const struct dedup_shard *d, uint64_t base, int64_t *max_us);
+
 /* ---- bloom filter (dedup_cold.c) ------------------------------------------------------- */
 
 /* Cache-line blocked: a key picks one 64-byte block (8 x u64) by fastrange over fp.lo and sets

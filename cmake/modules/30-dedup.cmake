@@ -8,3 +8,9 @@ tally_library(tally_dedup SOURCES src/dedup.c src/dedup_hot.c src/dedup_cold.c D
 tally_test(test_dedup SOURCES tests/test_dedup.c DEPS tally_dedup TIMEOUT 120)
 tally_test(test_dedup_cold SOURCES tests/test_dedup_cold.c DEPS tally_dedup TIMEOUT 120)
 tally_bench(bench_dedup SOURCES bench/bench_dedup.c DEPS tally_dedup)
+
+# Restart wiring with the WAL (dedup_recover_from_wal), apart so tally_dedup needs no WAL.
+if(TARGET tally_wal)
+  tally_library(tally_dedup_wal SOURCES src/dedup_wal.c DEPS tally_dedup tally_wal tally_core)
+  tally_test(test_dedup_wal SOURCES tests/test_dedup_wal.c DEPS tally_dedup_wal TIMEOUT 120)
+endif()

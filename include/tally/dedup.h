@@ -166,6 +166,29 @@ int dedup_rebuild_generation(struct dedup_shard *d, uint64_t base_offset, uint64
 			     int64_t max_event_time_us, struct dedup_key *keys, size_t n)
 	__attribute__((warn_unused_result));
 
+/*
+ * Restart wiring with the WAL (library tally_dedup_wal, src/dedup_wal.c). For WAL shard `shard`
+ * of data_dir, already recovered by wal_open(), and a dedup shard just opened (cold runs loaded):
+ *  - every sealed segment without a loaded generation (run missing or bad) is read back and its
+ *    run rebuilt, newest first; a segment whose newest event time is outside the window at
+ *    now_us is skipped, and the walk stops at a segment whose newest event time is older than
+ *    now_us - 2 * window - 1 day (older segments can only hold older events, given that the
+ *    broker rejects event times older than the window or more than 1 day ahead of ingest);
+ *  - the keys of the unsealed (newest) segment below durable_next are restored hot;
+ *  - the durable watermark is set to durable_next.
+ * Returns 0 or -errno (-EBADMSG: a sealed segment is corrupt; wal_last_error() says where).
+ */
+struct dedup_recover_stats {
+	uint64_t segments;          /* segments of the shard in the WAL */
+	uint64_t runs_present;      /* sealed segments whose run was loaded */
+	uint64_t runs_rebuilt;      /* sealed segments read back from the WAL */
+	uint64_t segments_expired;  /* read back but outside the window: no run written */
+	uint64_t tail_keys;         /* keys restored hot from the unsealed segment */
+};
+int dedup_recover_from_wal(struct dedup_shard *d, const char *data_dir, uint16_t shard,
+			   uint64_t durable_next, int64_t now_us, struct dedup_recover_stats *st)
+	__attribute__((warn_unused_result));
+
 struct dedup_stats {
 	uint64_t hot_keys, cold_keys;
 	uint64_t hot_bytes;      /* mapped hot table(s): slots + tags */
