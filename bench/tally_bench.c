@@ -1566,7 +1566,7 @@ int main(int argc, char **argv)
 	if (!conns || !workers)
 		return 1;
 	for (uint32_t i = 0; i < o.connections; i++) {
-		struct proto_hello_ok ok;
+		struct proto_hello_ok ok = {0};
 		conns[i].id = i;
 		if (conn_open(&conns[i], &ok, i == 0 ? server_tenant : NULL))
 			return 3;
