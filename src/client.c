@@ -361,13 +361,22 @@ static int write_all(struct tally_client *c, const uint8_t *buf, size_t len, con
 			continue;
 		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
 			int e = errno;
-			/* If the server said why before closing, that is the better message. */
-			struct proto_frame f;
-			size_t need;
+			/* If the server said why before closing, that is the better message: look
+			 * for an ERROR among the complete frames received (without consuming them). */
 			(void)read_some(c);
-			if (parse_next(c, &f, &need) > 0 && f.type == PROTO_ERROR) {
-				take_error(c, &f.u.error);
-				return fail_broken(c, TALLY_CLIENT_E_SERVER);
+			for (size_t at = c->rhead; at < c->rtail;) {
+				struct proto_frame f;
+				long fn = proto_frame_parse(c->rbuf + at, c->rtail - at, c->rframe_bytes_max,
+							    c->hello_done ? c->lim.batch_events_max
+									  : PROTO_BATCH_EVENTS_DEFAULT,
+							    &f, NULL);
+				if (fn <= 0)
+					break;
+				if (f.type == PROTO_ERROR) {
+					take_error(c, &f.u.error);
+					return fail_broken(c, TALLY_CLIENT_E_SERVER);
+				}
+				at += (size_t)fn;
 			}
 			set_err(c, "sending %s to %s failed: %s", what, c->peer,
 				errstr(e, eb, sizeof(eb)));

@@ -646,6 +646,47 @@ static void test_bad_acks(void)
 	}
 }
 
+/* The server sends a fatal ERROR and closes while the client is still writing big batches:
+ * the write fails, and the client reports the server's ERROR rather than "broken pipe". */
+static void test_error_while_writing(void)
+{
+	struct fake_server *s = start((struct fake_server_config){.mode = FAKE_ERROR_ON_BATCH,
+								  .error_on_batch = 1,
+								  .error_code = PROTO_E_UNAVAILABLE,
+								  .error_fatal = true,
+								  .error_message = "bye"});
+	struct tally_client_options o = opts(s, "k");
+	struct tally_client *c;
+	CHECK_EQ(tally_client_connect(&o, &c), 0);
+	static char keys[TALLY_PROPS_MAX][16];
+	static char val[TALLY_PROP_STRING_BYTES_MAX];
+	memset(val, 'w', sizeof(val));
+	struct tally_prop props[TALLY_PROPS_MAX];
+	for (int i = 0; i < TALLY_PROPS_MAX; i++) {
+		snprintf(keys[i], sizeof(keys[i]), "p%d", i);
+		props[i] = (struct tally_prop){.key = {(const uint8_t *)keys[i], (uint32_t)strlen(keys[i])},
+					       .kind = TALLY_VALUE_STRING,
+					       .str = {(const uint8_t *)val, sizeof(val)}};
+	}
+	struct ev_store e;
+	make_event(&e, "w", 1);
+	e.in.props = props;
+	e.in.prop_count = TALLY_PROPS_MAX;
+	int rc = 0;
+	/* Up to 64 batches of ~1 MiB: far more than the socket buffers hold. */
+	for (int b = 0; b < 64 && rc == 0; b++) {
+		rc = tally_client_batch_begin(c);
+		while (rc == 0)
+			rc = tally_client_batch_add(c, &e.in);
+		CHECK_EQ(rc, -ENOSPC);
+		rc = tally_client_batch_send(c, NULL);
+	}
+	CHECK_EQ(rc, TALLY_CLIENT_E_SERVER);
+	CHECK(!strcmp(tally_client_last_error(c), "server error UNAVAILABLE (fatal): bye"));
+	tally_client_close(c);
+	fake_server_stop(s);
+}
+
 int main(void)
 {
 	test_hello_ok();
@@ -662,6 +703,7 @@ int main(void)
 	test_many_pipelined();
 	test_trickle();
 	test_bad_acks();
+	test_error_while_writing();
 	if (failures) {
 		fprintf(stderr, "test_client: %d checks failed\n", failures);
 		return 1;
