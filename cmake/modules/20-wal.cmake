@@ -8,3 +8,9 @@ tally_test(test_wal_crash SOURCES tests/test_wal_crash.c DEPS tally_wal TIMEOUT 
 tally_test(test_wal_fault SOURCES tests/test_wal_fault.c DEPS tally_wal TIMEOUT 120)
 tally_test(test_wal_xproc SOURCES tests/test_wal_xproc.c DEPS tally_wal TIMEOUT 180)
 tally_bench(bench_wal SOURCES bench/bench_wal.c DEPS tally_wal tally_benchlib Threads::Threads)
+
+# `tally wal dump|verify|stats|retain`
+set_property(GLOBAL APPEND PROPERTY TALLY_CLI_SOURCES ${PROJECT_SOURCE_DIR}/tools/cmd_wal.c)
+set_property(GLOBAL APPEND PROPERTY TALLY_CLI_DEPS tally_wal)
+tally_test(test_wal_cli SOURCES tests/test_wal_cli.c DEPS tally_wal TIMEOUT 120)
+add_dependencies(test_wal_cli tally) # runs bin/tally (skips with 77 if it is missing)
