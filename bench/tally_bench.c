@@ -1025,7 +1025,12 @@ static void conn_read(struct conn *c)
 		int64_t now = now_ns();
 		while (c->alive) {
 			struct proto_frame f;
-			long r = proto_frame_parse(c->rbuf + off, c->rlen - off, c->frame_bytes_max,
+			/*
+			 * Parse limit: the receive buffer, which holds the ACK of our largest batch
+			 * (16 bytes per event, whatever the events' sizes: docs/protocol.md §7)
+			 * plus 64 KiB; every other server frame is small.
+			 */
+			long r = proto_frame_parse(c->rbuf + off, c->rlen - off, (uint32_t)c->rcap,
 						   c->batch_eff, &f, NULL);
 			if (r == 0)
 				break;
