@@ -301,36 +301,36 @@ static struct rate_cust *cust_find(struct rate_engine *e, const uint8_t *id, uin
 				   uint64_t h)
 {
 	for (uint32_t i = (uint32_t)h & e->ctab_mask;; i = (i + 1) & e->ctab_mask) {
-		uint32_t v = e->ctab[i];
-		if (v == 0)
+		struct rate_cslot *sl = &e->ctab[i];
+		if (!sl->c)
 			return NULL;
-		struct rate_cust *c = e->custs[v - 1];
-		if (c->hash == h && c->id_len == len && memcmp(c->id, id, len) == 0)
-			return c;
+		if (sl->hash == h && sl->c->id_len == len && memcmp(sl->c->id, id, len) == 0)
+			return sl->c;
 	}
 }
 
-static int ctab_insert(struct rate_engine *e, uint32_t idx)
+static void ctab_put(struct rate_cslot *tab, uint32_t mask, struct rate_cust *c)
 {
-	if ((e->ncusts + 1) * 2 > e->ctab_mask + 1) {
+	uint32_t i = (uint32_t)c->hash & mask;
+	while (tab[i].c)
+		i = (i + 1) & mask;
+	tab[i] = (struct rate_cslot){c->hash, c};
+}
+
+static int ctab_insert(struct rate_engine *e, struct rate_cust *c)
+{
+	if ((e->ncusts + 1) * 2 > e->ctab_mask + 1) { /* keep the load <= 1/2 */
 		uint32_t ncap = (e->ctab_mask + 1) * 2;
-		uint32_t *nt = calloc(ncap, sizeof *nt);
+		struct rate_cslot *nt = calloc(ncap, sizeof *nt);
 		if (!nt)
 			return -ENOMEM;
-		for (uint32_t k = 0; k < e->ncusts; k++) {
-			uint32_t i = (uint32_t)e->custs[k]->hash & (ncap - 1);
-			while (nt[i])
-				i = (i + 1) & (ncap - 1);
-			nt[i] = k + 1;
-		}
+		for (uint32_t k = 0; k < e->ncusts; k++)
+			ctab_put(nt, ncap - 1, e->custs[k]);
 		free(e->ctab);
 		e->ctab = nt;
 		e->ctab_mask = ncap - 1;
 	}
-	uint32_t i = (uint32_t)e->custs[idx]->hash & e->ctab_mask;
-	while (e->ctab[i])
-		i = (i + 1) & e->ctab_mask;
-	e->ctab[i] = idx + 1;
+	ctab_put(e->ctab, e->ctab_mask, c);
 	return 0;
 }
 
@@ -376,7 +376,7 @@ int rate_cust_add(struct rate_engine *e, const uint8_t *id, uint32_t len,
 			c->credit_left[i] = cfg->credits[i].amount;
 	}
 	e->custs[e->ncusts] = c;
-	if (ctab_insert(e, e->ncusts) != 0) {
+	if (ctab_insert(e, c) != 0) {
 		free(c->credit_left);
 		free(c->id);
 		free(c);
@@ -629,8 +629,11 @@ static int process_event(struct rate_engine *e, const struct rate_record *rec)
 	struct rate_agg *aggs;
 	struct rate_range *ranges;
 	if (!late) {
-		if ((rc = rate_cperiod_get(e, c, ord, &cp)) != 0)
+		if (c->cache_cp && c->cache_cp->ord == ord)
+			cp = c->cache_cp;
+		else if ((rc = rate_cperiod_get(e, c, ord, &cp)) != 0)
 			goto out_range;
+		c->cache_cp = cp;
 		cp->ontime = true;
 		aggs = cp->aggs;
 		ranges = cp->ranges;

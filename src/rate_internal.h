@@ -83,6 +83,7 @@ struct rate_cust {
 	int32_t plan;                        /* -1: unbilled */
 	unsigned anchor;
 	int64_t cache_start, cache_end, cache_ord; /* last period computed */
+	struct rate_cperiod *cache_cp;             /* its record, if any (records never move) */
 	bool has_records;
 	int64_t lo; /* ordinal of ords[0] */
 	uint32_t nords, ords_cap;
@@ -111,6 +112,11 @@ struct rate_name {
 	uint8_t m[RATE_METERS_MAX];
 };
 
+struct rate_cslot {
+	uint64_t hash;
+	struct rate_cust *c; /* NULL = empty */
+};
+
 struct rate_engine {
 	const struct rate_config *cfg;
 	struct rate_engine_opts opts;
@@ -121,7 +127,8 @@ struct rate_engine {
 	int64_t next_close_us;
 	struct rate_cust **custs;
 	uint32_t ncusts, custs_cap;
-	uint32_t *ctab; /* customer index + 1; 0 = empty */
+	struct rate_cslot *ctab; /* open addressing; the hash is in the slot so that a probe
+				  * touches the customer only on a hash match */
 	uint32_t ctab_mask;
 	struct rate_name names[RATE_METERS_MAX];
 	uint32_t nnames;

@@ -1,0 +1,211 @@
+/*
+ * bench/bench_rate.c — rating throughput on one core: events/s through rate_engine_feed().
+ *
+ *   synthetic  decoded events (real encoded bodies, decoded once up front) fed in a loop:
+ *              the engine's own cost (customer lookup, period, meters, filters, fingerprint,
+ *              aggregates), no I/O.
+ *   wal        (--wal) a WAL is written first (untimed), then read back with the WAL reader
+ *              (all shards merged by ingest time, LZ4 + checksums) and rated: what tally-rate
+ *              does from an existing WAL.
+ *
+ * Prints one line per run and the median. Use a Release build (build-<x>-rel).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tally/event.h"
+#include "tally/rate.h"
+#include "tally/wal.h"
+
+#define BENCH_POOL 65536
+
+static const char CONFIG[] =
+	"{\"currency\":\"USD\",\"period\":\"month\",\"grace_seconds\":172800,"
+	" \"meters\":[{\"id\":\"calls\",\"event_name\":\"api.call\",\"aggregation\":\"count\"},"
+	"  {\"id\":\"tokens\",\"event_name\":\"ai.tokens\",\"aggregation\":\"sum\",\"property\":\"tokens\","
+	"   \"filter\":[{\"property\":\"model\",\"in\":[\"gpt-4\",\"gpt-4o\"]}]},"
+	"  {\"id\":\"tokens_all\",\"event_name\":\"ai.tokens\",\"aggregation\":\"sum\",\"property\":\"tokens\"},"
+	"  {\"id\":\"images\",\"event_name\":\"img.gen\",\"aggregation\":\"count\"}],"
+	" \"plans\":[{\"id\":\"pro\",\"base_fee\":\"49.00\",\"prices\":["
+	"  {\"meter\":\"calls\",\"model\":\"per_unit\",\"unit_price\":\"0.02\",\"free_units\":1000},"
+	"  {\"meter\":\"tokens\",\"model\":\"graduated\",\"tiers\":[{\"up_to\":1000000,\"unit_price\":\"0.00001\"},"
+	"     {\"up_to\":null,\"unit_price\":\"0.000008\"}]},"
+	"  {\"meter\":\"images\",\"model\":\"per_unit\",\"unit_price\":\"0.05\",\"free_units\":10}]}],"
+	" \"default_plan\":\"pro\"}";
+
+static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
+static uint64_t rng(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+struct pool {
+	uint8_t *bodies; /* BENCH_POOL x TALLY_EVENT_BYTES_MAX */
+	size_t *len;
+	struct tally_event *ev;
+};
+
+static struct tally_view sv(const char *s)
+{
+	return (struct tally_view){(const uint8_t *)s, (uint32_t)strlen(s)};
+}
+
+static void make_pool(struct pool *p, uint32_t customers, int64_t t0)
+{
+	p->bodies = malloc((size_t)BENCH_POOL * 512);
+	p->len = malloc(BENCH_POOL * sizeof *p->len);
+	p->ev = malloc(BENCH_POOL * sizeof *p->ev);
+	static const char *models[] = {"gpt-4", "gpt-4o", "gpt-3.5"};
+	for (uint32_t i = 0; i < BENCH_POOL; i++) {
+		char key[40], cust[32];
+		snprintf(key, sizeof key, "req_%08u_%016llx", i, (unsigned long long)rng());
+		snprintf(cust, sizeof cust, "cus_%06u", (unsigned)(rng() % customers));
+		struct tally_prop props[2] = {
+			{.key = sv("tokens"), .kind = TALLY_VALUE_INT, .i64 = (int64_t)(rng() % 4000)},
+			{.key = sv("model"), .kind = TALLY_VALUE_STRING, .str = sv(models[rng() % 3])}};
+		unsigned k = (unsigned)(rng() % 3);
+		struct tally_event_in in = {.key = sv(key), .customer = sv(cust),
+					    .name = sv(k == 0 ? "api.call" : k == 1 ? "ai.tokens" : "img.gen"),
+					    .event_time_us = t0 + (int64_t)(rng() % (25LL * 86400 * 1000000)),
+					    .prop_count = k == 1 ? 2 : 0, .props = props};
+		long n = event_encode(&in, p->bodies + (size_t)i * 512, 512);
+		if (n <= 0 || event_decode(p->bodies + (size_t)i * 512, (size_t)n, &p->ev[i]) != 0)
+			abort();
+		p->len[i] = (size_t)n;
+	}
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv)
+{
+	long events = 5000000, customers = 10000, runs = 5;
+	const char *wal_dir = NULL;
+	int ch;
+	static const struct option opts[] = {{"events", required_argument, NULL, 'n'},
+					     {"customers", required_argument, NULL, 'c'},
+					     {"runs", required_argument, NULL, 'r'},
+					     {"wal", required_argument, NULL, 'w'},
+					     {"help", no_argument, NULL, 'h'},
+					     {NULL, 0, NULL, 0}};
+	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'n': events = atol(optarg); break;
+		case 'c': customers = atol(optarg); break;
+		case 'r': runs = atol(optarg); break;
+		case 'w': wal_dir = optarg; break;
+		case 'h':
+			printf("usage: bench_rate [--events N] [--customers C] [--runs R] [--wal DIR]\n"
+			       "  synthetic decoded events by default; --wal DIR writes N events to a\n"
+			       "  new WAL in DIR (must not exist) and times reading + rating it.\n");
+			return 0;
+		default: return 2;
+		}
+	}
+	if (events <= 0 || customers <= 0 || runs <= 0 || runs > 99)
+		return 2;
+	struct rate_config *cfg;
+	char err[256];
+	if (rate_config_parse(CONFIG, strlen(CONFIG), &cfg, err, sizeof err) != 0) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	int64_t t0;
+	if (rate_time_parse("2026-01-01", &t0) != 0)
+		return 1;
+	struct pool p;
+	make_pool(&p, (uint32_t)customers, t0);
+	double rate[100];
+
+	if (wal_dir) {
+		struct wal_options o = {.shard_count = 2};
+		struct wal *w;
+		if (wal_open(wal_dir, &o, &w) != 0) {
+			fprintf(stderr, "wal_open %s: %s\n", wal_dir, wal_last_error());
+			return 1;
+		}
+		int64_t ing = t0;
+		for (long i = 0; i < events; i++) {
+			uint32_t k = (uint32_t)(i % BENCH_POOL);
+			struct tally_view body = {p.bodies + (size_t)k * 512, (uint32_t)p.len[k]};
+			if (wal_append(wal_shard(w, (uint16_t)(i & 1)), sv("acme"), &body, ing += 20, NULL) != 0)
+				return 1;
+		}
+		for (uint16_t s = 0; s < 2; s++)
+			if (wal_flush(wal_shard(w, s)) != 0 || wal_sync(wal_shard(w, s), NULL) != 0)
+				return 1;
+		if (wal_close(w) != 0)
+			return 1;
+	}
+	for (long r = 0; r < runs; r++) {
+		struct rate_engine *e;
+		struct rate_engine_opts eo = {.shards = 2, .no_fsync = true};
+		if (rate_engine_create(cfg, &eo, &e) != 0)
+			return 1;
+		double a = now_s();
+		long fed = 0;
+		if (wal_dir) {
+			struct wal_reader *rd;
+			struct wal_record rec;
+			if (wal_reader_open(wal_dir, -1, &rd) != 0 || wal_reader_seek_earliest(rd) != 0)
+				return 1;
+			while (wal_reader_next(rd, &rec) == 1) {
+				struct rate_record rr = {.ev = rec.kind == WAL_RECORD_EVENT ? &rec.ev : NULL,
+							 .tenant = rec.tenant,
+							 .ingest_time_us = rec.ingest_time_us,
+							 .shard = rec.shard, .offset = rec.offset};
+				if (rate_engine_feed(e, &rr) != 0)
+					return 1;
+				fed++;
+			}
+			wal_reader_close(rd);
+		} else {
+			struct rate_record rr = {.tenant = sv("acme"), .ingest_time_us = t0};
+			for (long i = 0; i < events; i++) {
+				rr.ev = &p.ev[i % BENCH_POOL];
+				rr.shard = (uint32_t)(i & 1);
+				rr.offset = (uint64_t)(i >> 1);
+				rr.ingest_time_us += 20;
+				if (rate_engine_feed(e, &rr) != 0)
+					return 1;
+			}
+			fed = events;
+		}
+		double b = now_s();
+		struct rate_stats st;
+		rate_engine_stats(e, &st);
+		rate[r] = (double)fed / (b - a);
+		printf("run %ld: %ld records in %.3f s = %.2f M events/s (metered %llu, unmetered %llu)\n",
+		       r + 1, fed, b - a, rate[r] / 1e6, (unsigned long long)st.metered,
+		       (unsigned long long)st.unmetered);
+		rate_engine_destroy(e);
+	}
+	qsort(rate, (size_t)runs, sizeof rate[0], cmp_d);
+	printf("bench_rate %s: %ld events, %ld customers, median %.2f M events/s over %ld runs\n",
+	       wal_dir ? "wal (read + rate)" : "synthetic (rate only)", events, customers,
+	       rate[runs / 2] / 1e6, runs);
+	rate_config_free(cfg);
+	free(p.bodies);
+	free(p.len);
+	free(p.ev);
+	return 0;
+}
