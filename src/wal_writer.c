@@ -561,11 +561,21 @@ static int meta_write(const struct wal_io *io, const char *wal_dir, uint16_t cou
 	return rc;
 }
 
-static int mkdir_if_missing(const char *path)
+/* mkdir, and if it created the directory, fsync its parent so the entry is durable. */
+static int mkdir_durable(const struct wal_io *io, const char *path)
 {
-	if (mkdir(path, 0755) < 0 && errno != EEXIST)
-		return -errno;
-	return 0;
+	if (mkdir(path, 0755) < 0)
+		return errno == EEXIST ? 0 : -errno;
+	char parent[WAL_PATH_BYTES_MAX];
+	snprintf(parent, sizeof parent, "%s", path);
+	char *slash = strrchr(parent, '/');
+	if (!slash)
+		return wal_fsync_dir(io, ".");
+	if (slash == parent)
+		slash[1] = 0;
+	else
+		*slash = 0;
+	return wal_fsync_dir(io, parent);
 }
 
 /* End offset of a sealed segment; every block after the last index entry is checked (all
@@ -725,7 +735,7 @@ static int shard_open(struct wal *w, uint16_t i, struct wal_shard **out)
 	s->lz4_state = malloc((size_t)LZ4_sizeofState());
 	if (!s->raw || !s->out || !s->lz4_state)
 		return -ENOMEM;
-	if ((rc = mkdir_if_missing(s->dir)) < 0) {
+	if ((rc = mkdir_durable(s->io, s->dir)) < 0) {
 		wal_set_error("%s: cannot create: %s", s->dir, strerror(-rc));
 		return rc;
 	}
@@ -855,7 +865,8 @@ int wal_open(const char *data_dir, const struct wal_options *opt, struct wal **o
 		rc = -ENAMETOOLONG;
 		goto out_free;
 	}
-	if ((rc = mkdir_if_missing(data_dir)) < 0 || (rc = mkdir_if_missing(wal_dir)) < 0) {
+	if ((rc = mkdir_durable(w->opt.io, data_dir)) < 0 ||
+	    (rc = mkdir_durable(w->opt.io, wal_dir)) < 0) {
 		wal_set_error("%s: cannot create: %s", wal_dir, strerror(-rc));
 		goto out_free;
 	}

@@ -14,3 +14,4 @@ set_property(GLOBAL APPEND PROPERTY TALLY_CLI_SOURCES ${PROJECT_SOURCE_DIR}/tool
 set_property(GLOBAL APPEND PROPERTY TALLY_CLI_DEPS tally_wal)
 tally_test(test_wal_cli SOURCES tests/test_wal_cli.c DEPS tally_wal TIMEOUT 120)
 add_dependencies(test_wal_cli tally) # runs bin/tally (skips with 77 if it is missing)
+tally_test(test_wal_threads SOURCES tests/test_wal_threads.c DEPS tally_wal Threads::Threads TIMEOUT 120)
