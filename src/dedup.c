@@ -15,6 +15,7 @@
  *
  * Thread: one owning thread per shard; nothing here locks.
  */
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -28,21 +29,6 @@
 
 #define PREFETCH_GENS_MAX 16 /* bloom blocks prefetched per missing key */
 
-struct dedup_shard {
-	struct dedup_hot hot;
-	uint16_t shard;
-	uint32_t fp_per_million;
-	int64_t window_us;
-	char *dir; /* NULL: no cold tier */
-	uint64_t durable_next;
-	int64_t expire_cutoff_us; /* queries with an older event time are TOO_OLD */
-	struct dedup_gen *gens;   /* sorted by base */
-	size_t gen_count, gen_cap;
-	uint64_t *bad; /* bases of runs that failed verification at open */
-	size_t bad_count, bad_cap;
-	uint64_t cold_keys;
-	uint64_t bloom_checks, run_searches;
-};
 
 const char *dedup_verdict_str(enum dedup_verdict v)
 {
@@ -60,7 +46,7 @@ const char *dedup_verdict_str(enum dedup_verdict v)
 
 /* ---- generations array ------------------------------------------------------------------ */
 
-static bool gens_overlap(const struct dedup_shard *d, uint64_t base, uint64_t next)
+bool dedup_gens_overlap(const struct dedup_shard *d, uint64_t base, uint64_t next)
 {
 	for (size_t i = 0; i < d->gen_count; i++)
 		if (base < d->gens[i].next && d->gens[i].base < next)
@@ -69,7 +55,7 @@ static bool gens_overlap(const struct dedup_shard *d, uint64_t base, uint64_t ne
 }
 
 /* Takes ownership of *g on success. */
-static int gens_add(struct dedup_shard *d, struct dedup_gen *g)
+int dedup_gens_add(struct dedup_shard *d, struct dedup_gen *g)
 {
 	if (d->gen_count >= DEDUP_GENERATIONS_MAX)
 		return -ENOSPC;
@@ -88,6 +74,9 @@ static int gens_add(struct dedup_shard *d, struct dedup_gen *g)
 	d->gens[at] = *g;
 	d->gen_count++;
 	d->cold_keys += g->count;
+	/* Runs are only written for durable (sealed) segments: after a restart their keys are
+	 * stored, not pending, even before the caller sets the watermark. */
+	dedup_set_durable(d, g->next);
 	return 0;
 }
 
@@ -139,6 +128,37 @@ static bool parse_run_name(const char *name, uint64_t *base)
 	return true;
 }
 
+/*
+ * A compaction writes the merged run under its first input's name (replacing it), then unlinks
+ * the other inputs: a crash in between leaves runs contained in the merged one. They are
+ * dropped. A run that overlaps another only partly is reported bad.
+ */
+static int resolve_overlaps(struct dedup_shard *d, const char *sdir)
+{
+	int rc = 0;
+	for (size_t i = 0; i + 1 < d->gen_count;) {
+		struct dedup_gen *a = &d->gens[i], *b = &d->gens[i + 1];
+		if (b->base >= a->next) {
+			i++;
+			continue;
+		}
+		uint64_t base = b->base;
+		bool contained = b->next <= a->next;
+		d->cold_keys -= b->count;
+		dedup_gen_free(b);
+		memmove(b, b + 1, (d->gen_count - i - 2) * sizeof(*b));
+		d->gen_count--;
+		if (contained) {
+			char path[4200];
+			snprintf(path, sizeof(path), "%s/%020" PRIu64 ".keys", sdir, base);
+			unlink(path);
+		} else if (rc == 0) {
+			rc = bad_add(d, base);
+		}
+	}
+	return rc;
+}
+
 static int load_runs(struct dedup_shard *d)
 {
 	char sdir[4096], path[4200];
@@ -167,10 +187,8 @@ static int load_runs(struct dedup_shard *d)
 		snprintf(path, sizeof(path), "%s/%s", sdir, de->d_name);
 		struct dedup_gen g;
 		rc = dedup_gen_load(&g, path, d->shard, base, d->fp_per_million);
-		if (rc == 0 && gens_overlap(d, g.base, g.next))
-			rc = -EBADMSG;
 		if (rc == 0)
-			rc = gens_add(d, &g);
+			rc = dedup_gens_add(d, &g);
 		if (rc != 0 && g.map)
 			dedup_gen_free(&g);
 		if (rc == -ENOMEM)
@@ -181,7 +199,7 @@ static int load_runs(struct dedup_shard *d)
 			break;
 	}
 	closedir(dh);
-	return rc;
+	return rc == 0 ? resolve_overlaps(d, sdir) : rc;
 }
 
 int dedup_shard_open(const struct dedup_options *opt, uint16_t shard, struct dedup_shard **out)
@@ -192,6 +210,7 @@ int dedup_shard_open(const struct dedup_options *opt, uint16_t shard, struct ded
 						  : DEDUP_BLOOM_FP_PER_MILLION_DEFAULT;
 	uint64_t expected = opt->expected_keys ? opt->expected_keys : DEDUP_EXPECTED_KEYS_DEFAULT;
 	if (window < 0 || window > DEDUP_WINDOW_US_MAX || fpm > 500000 ||
+	    opt->compact_fan_in == 1 || opt->compact_fan_in > DEDUP_COMPACT_FAN_IN_MAX ||
 	    expected > DEDUP_HOT_SLOTS_MAX / 5 * 4)
 		return -EINVAL;
 	struct dedup_shard *d = calloc(1, sizeof(*d));
@@ -201,6 +220,9 @@ int dedup_shard_open(const struct dedup_options *opt, uint16_t shard, struct ded
 	d->fp_per_million = fpm;
 	d->window_us = window;
 	d->expire_cutoff_us = INT64_MIN;
+	d->compact_fan_in = opt->compact_fan_in ? opt->compact_fan_in : DEDUP_COMPACT_FAN_IN_DEFAULT;
+	d->compact_level_max = opt->compact_level_max ? opt->compact_level_max
+						      : DEDUP_COMPACT_LEVEL_MAX_DEFAULT;
 	int rc = dedup_hot_init(&d->hot, expected);
 	if (rc != 0)
 		goto out_free;
@@ -222,6 +244,7 @@ void dedup_shard_close(struct dedup_shard *d)
 {
 	if (!d)
 		return;
+	assert(!d->compacting); /* dedup_compact_finish() first: the job reads our runs */
 	for (size_t i = 0; i < d->gen_count; i++)
 		dedup_gen_free(&d->gens[i]);
 	free(d->gens);
@@ -377,7 +400,7 @@ static int install_generation(struct dedup_shard *d, uint64_t base, uint64_t nex
 		rc = dedup_gen_load(&g, path, d->shard, base, d->fp_per_million);
 	if (rc != 0)
 		return rc;
-	rc = gens_add(d, &g);
+	rc = dedup_gens_add(d, &g);
 	if (rc != 0) {
 		dedup_gen_free(&g);
 		return rc;
@@ -397,7 +420,7 @@ int dedup_seal_generation(struct dedup_shard *d, uint64_t base_offset, uint64_t 
 {
 	if (!d->dir || base_offset >= next_offset || next_offset > d->durable_next)
 		return -EINVAL;
-	if (gens_overlap(d, base_offset, next_offset))
+	if (dedup_gens_overlap(d, base_offset, next_offset))
 		return -EEXIST;
 	struct collect c = {.base = base_offset, .next = next_offset};
 	dedup_hot_foreach(&d->hot, count_in_range, &c);
@@ -424,7 +447,7 @@ int dedup_rebuild_generation(struct dedup_shard *d, uint64_t base_offset, uint64
 	for (size_t i = 0; i < n; i++)
 		if (keys[i].offset < base_offset || keys[i].offset >= next_offset)
 			return -EINVAL;
-	if (gens_overlap(d, base_offset, next_offset))
+	if (dedup_gens_overlap(d, base_offset, next_offset))
 		return -EEXIST;
 	struct dedup_rec *buf = malloc((n ? n : 1) * 2 * sizeof(*buf));
 	if (!buf)
@@ -455,7 +478,7 @@ int dedup_expire(struct dedup_shard *d, int64_t now_us)
 	size_t keep = 0;
 	for (size_t i = 0; i < d->gen_count; i++) {
 		struct dedup_gen *g = &d->gens[i];
-		if (g->max_event_time_us >= cutoff) {
+		if (g->busy || g->max_event_time_us >= cutoff) { /* busy: after its compaction */
 			d->gens[keep++] = *g;
 			continue;
 		}
@@ -497,7 +520,7 @@ size_t dedup_bad_runs(const struct dedup_shard *d, uint64_t *bases, size_t cap)
 bool dedup_has_generation(const struct dedup_shard *d, uint64_t base_offset)
 {
 	for (size_t i = 0; i < d->gen_count; i++)
-		if (d->gens[i].base == base_offset)
+		if (d->gens[i].base <= base_offset && base_offset < d->gens[i].next)
 			return true;
 	return false;
 }
@@ -510,7 +533,7 @@ int64_t dedup_shard_window_us(const struct dedup_shard *d)
 bool dedup_generation_max_time(const struct dedup_shard *d, uint64_t base, int64_t *max_us)
 {
 	for (size_t i = 0; i < d->gen_count; i++)
-		if (d->gens[i].base == base) {
+		if (d->gens[i].base <= base && base < d->gens[i].next) {
 			*max_us = d->gens[i].max_event_time_us;
 			return true;
 		}

@@ -223,7 +223,7 @@ static uint64_t get_u64(const uint8_t *p)
 	return v;
 }
 
-static int write_all(int fd, const void *buf, size_t len)
+int dedup_write_all(int fd, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 	while (len > 0) {
@@ -242,7 +242,7 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
-static int fsync_dir(const char *path)
+int dedup_fsync_dir(const char *path)
 {
 	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
@@ -261,6 +261,21 @@ static uint64_t run_checksum(const uint8_t *header, const struct dedup_rec *recs
 	return XXH3_64bits_digest(&st);
 }
 
+void dedup_run_header(uint8_t h[DEDUP_RUN_HEADER_BYTES], uint16_t shard, uint16_t level,
+		      uint64_t base, uint64_t next, int64_t max_event_time_us, uint64_t count)
+{
+	memset(h, 0, DEDUP_RUN_HEADER_BYTES);
+	memcpy(h, DEDUP_RUN_MAGIC, 8);
+	put_u32(h + 8, DEDUP_RUN_VERSION);
+	put_u16(h + 12, shard);
+	put_u16(h + 14, level);
+	put_u64(h + 16, base);
+	put_u64(h + 24, next);
+	put_u64(h + 32, (uint64_t)max_event_time_us);
+	put_u64(h + 40, count);
+	put_u32(h + 48, (uint32_t)sizeof(struct dedup_rec));
+}
+
 int dedup_run_write(const char *dir, uint16_t shard, uint64_t base, uint64_t next,
 		    int64_t max_event_time_us, const struct dedup_rec *recs, size_t n)
 {
@@ -274,23 +289,16 @@ int dedup_run_write(const char *dir, uint16_t shard, uint64_t base, uint64_t nex
 		return -EINVAL;
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 
-	uint8_t h[DEDUP_RUN_HEADER_BYTES] = {0};
-	memcpy(h, DEDUP_RUN_MAGIC, 8);
-	put_u32(h + 8, DEDUP_RUN_VERSION);
-	put_u16(h + 12, shard);
-	put_u64(h + 16, base);
-	put_u64(h + 24, next);
-	put_u64(h + 32, (uint64_t)max_event_time_us);
-	put_u64(h + 40, n);
-	put_u32(h + 48, (uint32_t)sizeof(struct dedup_rec));
+	uint8_t h[DEDUP_RUN_HEADER_BYTES];
+	dedup_run_header(h, shard, 0, base, next, max_event_time_us, n);
 	put_u64(h + 56, run_checksum(h, recs, n));
 
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
-	rc = write_all(fd, h, sizeof(h));
+	rc = dedup_write_all(fd, h, sizeof(h));
 	if (rc == 0)
-		rc = write_all(fd, recs, n * sizeof(*recs));
+		rc = dedup_write_all(fd, recs, n * sizeof(*recs));
 	/* fdatasync failing is fatal for this run: report it, never claim the run is durable. */
 	if (rc == 0 && fdatasync(fd) != 0)
 		rc = -errno;
@@ -302,7 +310,7 @@ int dedup_run_write(const char *dir, uint16_t shard, uint64_t base, uint64_t nex
 		rc = -errno;
 		goto out_unlink_tmp;
 	}
-	return fsync_dir(sdir);
+	return dedup_fsync_dir(sdir);
 
 out_unlink_tmp:
 	unlink(tmp);
@@ -369,6 +377,7 @@ int dedup_gen_load(struct dedup_gen *g, const char *path, uint16_t shard, uint64
 	g->next = get_u64(h + 24);
 	g->max_event_time_us = (int64_t)get_u64(h + 32);
 	g->count = count;
+	g->level = get_u16(h + 14);
 	g->recs = (const struct dedup_rec *)(h + DEDUP_RUN_HEADER_BYTES);
 	if (run_checksum(h, g->recs, count) != get_u64(h + 56)) {
 		rc = -EBADMSG;

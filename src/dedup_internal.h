@@ -82,7 +82,7 @@ uint64_t dedup_hot_bytes(const struct dedup_hot *h);
 void dedup_hot_foreach(const struct dedup_hot *h, void (*fn)(const struct dedup_rec *, void *),
 		       void *arg);
 
-/* For dedup_wal.c: the window, and the newest event time of a loaded generation. */
+/* For dedup_wal.c: the window, and the newest event time of the generation covering base. */
 int64_t dedup_shard_window_us(const struct dedup_shard *d);
 bool dedup_generation_max_time(const struct dedup_shard *d, uint64_t base, int64_t *max_us);
 
@@ -117,6 +117,8 @@ struct dedup_gen {
 	struct dedup_bloom bloom;
 	uint32_t *index;   /* (1 << index_bits) + 1 entries: first record with lo>>(64-bits) >= i */
 	uint32_t index_bits;
+	uint16_t level;    /* 0: one sealed segment; L+1: a merge of fan_in generations of level L */
+	bool busy;         /* input of a compaction in flight: not expired, not moved */
 };
 
 #define DEDUP_RUN_MAGIC       "TLYKEYS1"
@@ -129,6 +131,11 @@ void dedup_sort_recs(struct dedup_rec *recs, struct dedup_rec *tmp, size_t n);
 int dedup_run_write(const char *dir, uint16_t shard, uint64_t base, uint64_t next,
 		    int64_t max_event_time_us, const struct dedup_rec *recs, size_t n)
 	__attribute__((warn_unused_result));
+/* The 64-byte header of a run, with its checksum field zero; and the checksum of a run. */
+void dedup_run_header(uint8_t h[DEDUP_RUN_HEADER_BYTES], uint16_t shard, uint16_t level,
+		      uint64_t base, uint64_t next, int64_t max_event_time_us, uint64_t count);
+int dedup_fsync_dir(const char *path) __attribute__((warn_unused_result));
+int dedup_write_all(int fd, const void *buf, size_t len) __attribute__((warn_unused_result));
 /* Maps and verifies a run file, builds bloom + index. 0, -EBADMSG (bad run) or -errno. */
 int dedup_gen_load(struct dedup_gen *g, const char *path, uint16_t shard, uint64_t base,
 		   uint32_t fp_per_million) __attribute__((warn_unused_result));
@@ -139,5 +146,27 @@ uint64_t dedup_gen_ram_bytes(const struct dedup_gen *g);
 /* "<dir>/shard-NN" and "<dir>/shard-NN/<base>.keys" into buf; -ENAMETOOLONG if cap too small. */
 int dedup_shard_dir(char *buf, size_t cap, const char *dir, uint16_t shard);
 int dedup_run_path(char *buf, size_t cap, const char *dir, uint16_t shard, uint64_t base);
+
+/* The shard (dedup.c); here so that dedup_compact.c can see it. */
+struct dedup_shard {
+	struct dedup_hot hot;
+	uint16_t shard;
+	uint32_t fp_per_million;
+	int64_t window_us;
+	char *dir; /* NULL: no cold tier */
+	uint64_t durable_next;
+	int64_t expire_cutoff_us; /* queries with an older event time are TOO_OLD */
+	struct dedup_gen *gens;   /* sorted by base */
+	size_t gen_count, gen_cap;
+	uint64_t *bad; /* bases of runs that failed verification at open */
+	size_t bad_count, bad_cap;
+	uint64_t cold_keys;
+	uint64_t bloom_checks, run_searches;
+	uint32_t compact_fan_in, compact_level_max;
+	bool compacting; /* a struct dedup_compaction is out */
+};
+
+bool dedup_gens_overlap(const struct dedup_shard *d, uint64_t base, uint64_t next);
+int dedup_gens_add(struct dedup_shard *d, struct dedup_gen *g) __attribute__((warn_unused_result));
 
 #endif /* TALLY_DEDUP_INTERNAL_H */

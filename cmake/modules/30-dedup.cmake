@@ -4,9 +4,11 @@ set(_dedup_deps PkgConfig::XXHASH m)
 if(TARGET tally_core)
   list(PREPEND _dedup_deps tally_core)
 endif()
-tally_library(tally_dedup SOURCES src/dedup.c src/dedup_hot.c src/dedup_cold.c DEPS ${_dedup_deps})
+tally_library(tally_dedup SOURCES src/dedup.c src/dedup_hot.c src/dedup_cold.c src/dedup_compact.c
+  DEPS ${_dedup_deps})
 tally_test(test_dedup SOURCES tests/test_dedup.c DEPS tally_dedup TIMEOUT 120)
-tally_test(test_dedup_cold SOURCES tests/test_dedup_cold.c DEPS tally_dedup TIMEOUT 120)
+tally_test(test_dedup_cold SOURCES tests/test_dedup_cold.c DEPS tally_dedup Threads::Threads
+  TIMEOUT 120)
 tally_bench(bench_dedup SOURCES bench/bench_dedup.c DEPS tally_dedup)
 
 # Restart wiring with the WAL (dedup_recover_from_wal), apart so tally_dedup needs no WAL.

@@ -39,6 +39,9 @@
 #define DEDUP_HOT_SLOTS_MAX        (1ULL << 31) /* hot-table capacity bound (index bits 0..30) */
 #define DEDUP_RUN_KEYS_MAX         0xFFFFFFFFull /* keys in one .keys run (u32 index) */
 #define DEDUP_GENERATIONS_MAX      65536u       /* cold generations per shard */
+#define DEDUP_COMPACT_FAN_IN_DEFAULT 8u
+#define DEDUP_COMPACT_FAN_IN_MAX   16u
+#define DEDUP_COMPACT_LEVEL_MAX_DEFAULT 2u
 
 struct dedup_shard; /* opaque */
 
@@ -47,6 +50,9 @@ struct dedup_options {
 	uint32_t bloom_fp_per_million;     /* bloom false-positive target; 0 = 10000 (1%) */
 	int64_t window_us;                 /* dedup window; 0 = 35 days; max 400 days */
 	const char *dir;                   /* root of the .keys runs; NULL = no cold tier */
+	/* Compaction policy (additions to the brief's shape; 0 = default): */
+	uint32_t compact_fan_in;           /* generations merged at once; 0 = 8, 2..16 */
+	uint32_t compact_level_max;        /* merges of merges up to this level; 0 = 2 */
 };
 
 /* Routes a fingerprint to one of shard_count shards (fp.hi bits 48..63, fastrange). */
@@ -152,8 +158,9 @@ struct dedup_key {
  * Writes up to cap of them to bases[] and returns how many there are in total. */
 size_t dedup_bad_runs(const struct dedup_shard *d, uint64_t *bases, size_t cap);
 
-/* True if a generation starting at base_offset is loaded (so its run is present and good).
- * At restart the caller checks every sealed WAL segment inside the window with this. */
+/* True if a loaded generation covers the segment starting at base_offset (its own run, or a
+ * merged one, is present and good). At restart every sealed WAL segment inside the window is
+ * checked with this (dedup_recover_from_wal does it). */
 bool dedup_has_generation(const struct dedup_shard *d, uint64_t base_offset);
 
 /*
@@ -188,6 +195,31 @@ struct dedup_recover_stats {
 int dedup_recover_from_wal(struct dedup_shard *d, const char *data_dir, uint16_t shard,
 			   uint64_t durable_next, int64_t now_us, struct dedup_recover_stats *st)
 	__attribute__((warn_unused_result));
+
+/*
+ * Compaction: every lookup that misses the hot table probes one bloom per generation, so the
+ * number of generations is kept small by merging `fan_in` adjacent generations of the same level
+ * L (< level_max) into one of level L+1: one k-way merge of their sorted runs into a new run,
+ * one bloom. A merged generation expires when its newest event leaves the window, so keys are
+ * kept up to the span of one merge longer than the window, never shorter.
+ * Three steps, so that the heavy middle one can run on another thread:
+ *   begin  (owning thread) picks the oldest eligible group and marks it busy (busy generations
+ *          are still searched, but not expired); returns 1 and a job, or 0 if nothing to do;
+ *   run    (any thread; touches only the job and the immutable mapped runs) merges, writes and
+ *          fdatasyncs <base>.keys.tmp, builds the bloom and index;
+ *   finish (owning thread) renames the run over the first input's, unlinks the other inputs and
+ *          swaps the generations — or, if run failed, just releases them; frees the job and
+ *          returns run's result (or its own error).
+ * dedup_shard_close() must not be called while a job is out. dedup_compact() does all three.
+ */
+struct dedup_compaction;
+int dedup_compact_begin(struct dedup_shard *d, struct dedup_compaction **out)
+	__attribute__((warn_unused_result));
+int dedup_compact_run(struct dedup_compaction *c) __attribute__((warn_unused_result));
+int dedup_compact_finish(struct dedup_shard *d, struct dedup_compaction *c)
+	__attribute__((warn_unused_result));
+/* Runs begin/run/finish until nothing is left to merge; returns merges done or -errno. */
+int dedup_compact(struct dedup_shard *d) __attribute__((warn_unused_result));
 
 struct dedup_stats {
 	uint64_t hot_keys, cold_keys;
