@@ -350,10 +350,9 @@ int rate_cust_add(struct rate_engine *e, const uint8_t *id, uint32_t len,
 	struct rate_cust *c = calloc(1, sizeof *c);
 	if (!c)
 		return -ENOMEM;
-	c->id = malloc(len + 1);
-	if (!c->id) {
+	if (len == 0 || len > TALLY_CUSTOMER_BYTES_MAX) {
 		free(c);
-		return -ENOMEM;
+		return -EINVAL;
 	}
 	memcpy(c->id, id, len);
 	c->id[len] = '\0';
@@ -368,7 +367,6 @@ int rate_cust_add(struct rate_engine *e, const uint8_t *id, uint32_t len,
 	if (cfg && cfg->ncredits) {
 		c->credit_left = calloc(cfg->ncredits, sizeof *c->credit_left);
 		if (!c->credit_left) {
-			free(c->id);
 			free(c);
 			return -ENOMEM;
 		}
@@ -378,7 +376,6 @@ int rate_cust_add(struct rate_engine *e, const uint8_t *id, uint32_t len,
 	e->custs[e->ncusts] = c;
 	if (ctab_insert(e, c) != 0) {
 		free(c->credit_left);
-		free(c->id);
 		free(c);
 		return -ENOMEM;
 	}
@@ -1135,7 +1132,6 @@ void rate_engine_destroy(struct rate_engine *e)
 			cperiod_free(e, c->ords[i]);
 		free(c->ords);
 		free(c->credit_left);
-		free(c->id);
 		free(c);
 	}
 	free(e->custs);

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "tally/event.h"
 #include "tally/rate.h"
 
 #define RATE_US_PER_DAY 86400000000LL
@@ -74,16 +75,17 @@ struct rate_cperiod {
 	struct rate_adj *adj; /* sorted by src_ord */
 };
 
+/* Hot fields first: one event touches the first line or two (hash, cache, start of the id). */
 struct rate_cust {
-	char *id;
-	uint32_t id_len;
-	uint32_t index; /* in engine custs[] (append-only) */
 	uint64_t hash;
-	const struct rate_customer_cfg *cfg; /* NULL for customers seen only in events */
-	int32_t plan;                        /* -1: unbilled */
-	unsigned anchor;
+	uint32_t id_len;
+	int32_t plan;                              /* -1: unbilled */
+	struct rate_cperiod *cache_cp;             /* record of cache_ord, if any (never moves) */
 	int64_t cache_start, cache_end, cache_ord; /* last period computed */
-	struct rate_cperiod *cache_cp;             /* its record, if any (records never move) */
+	char id[TALLY_CUSTOMER_BYTES_MAX + 1];     /* NUL-terminated */
+	uint32_t index; /* in engine custs[] (append-only) */
+	unsigned anchor;
+	const struct rate_customer_cfg *cfg; /* NULL for customers seen only in events */
 	bool has_records;
 	int64_t lo; /* ordinal of ords[0] */
 	uint32_t nords, ords_cap;
