@@ -614,6 +614,7 @@ struct wal_segment_iter {
 	uint64_t blk_pos;
 	uint64_t next;
 	uint64_t limit_next;
+	int64_t prev_max_ingest;
 	bool allow_torn_tail;
 	bool done;
 	struct blockwalk bw;
@@ -664,6 +665,11 @@ int wal_segment_iter_next(struct wal_segment_iter *it, struct wal_record *rec)
 			why = "first offset does not continue the previous block";
 			goto out_corrupt;
 		}
+		if (it->pos > 0 && h.first_ingest_time_us < it->prev_max_ingest) {
+			why = "ingest time goes back across blocks";
+			goto out_corrupt;
+		}
+		it->prev_max_ingest = h.max_ingest_time_us;
 		blockwalk_init(&it->bw, &h, it->buf.raw);
 		it->pos += WAL_BLOCK_HEADER_BYTES + h.stored_bytes;
 	}

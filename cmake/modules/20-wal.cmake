@@ -15,3 +15,7 @@ set_property(GLOBAL APPEND PROPERTY TALLY_CLI_DEPS tally_wal)
 tally_test(test_wal_cli SOURCES tests/test_wal_cli.c DEPS tally_wal TIMEOUT 120)
 add_dependencies(test_wal_cli tally) # runs bin/tally (skips with 77 if it is missing)
 tally_test(test_wal_threads SOURCES tests/test_wal_threads.c DEPS tally_wal Threads::Threads TIMEOUT 120)
+tally_fuzz(fuzz_wal SOURCES tests/fuzz/fuzz_wal.c src/wal_format.c src/wal_io.c src/wal_reader.c
+           src/wal_writer.c src/event.c
+           DEPS PkgConfig::LZ4 PkgConfig::XXHASH Threads::Threads
+           CORPUS ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/wal)
