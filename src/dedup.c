@@ -27,7 +27,7 @@
 
 #include "dedup_internal.h"
 
-#define PREFETCH_GENS_MAX 16 /* bloom blocks prefetched per missing key */
+#define PREFETCH_GENS_MAX 64 /* bloom blocks prefetched per missing key */
 
 
 const char *dedup_verdict_str(enum dedup_verdict v)
@@ -302,13 +302,32 @@ static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size
 	for (size_t i = 0; i < n; i++)
 		dedup_hot_prefetch(&d->hot, q[i].fp.lo);
 	/* 2: probe; for hot misses, prefetch the bloom blocks of the newest generations. */
+	size_t gmin = d->gen_count > PREFETCH_GENS_MAX ? d->gen_count - PREFETCH_GENS_MAX : 0;
 	for (size_t i = 0; i < n; i++) {
 		hit[i] = dedup_hot_find(&d->hot, q[i].fp.lo, q[i].fp.hi);
 		if (hit[i])
 			continue;
-		size_t gmin = d->gen_count > PREFETCH_GENS_MAX ? d->gen_count - PREFETCH_GENS_MAX : 0;
 		for (size_t k = d->gen_count; k-- > gmin;)
 			dedup_bloom_prefetch(&d->gens[k].bloom, q[i].fp.lo);
+	}
+	/* 2b: test those blooms (cached now); where one hits, prefetch the run's index entry,
+	 * then (2c) the record the search will start from. Hints only: step 3 decides. */
+	if (d->gen_count > 0) {
+		int32_t cand[DEDUP_BATCH];
+		for (size_t i = 0; i < n; i++) {
+			cand[i] = -1;
+			if (hit[i])
+				continue;
+			for (size_t k = d->gen_count; k-- > gmin;)
+				if (dedup_bloom_test(&d->gens[k].bloom, q[i].fp.lo, q[i].fp.hi)) {
+					cand[i] = (int32_t)k;
+					dedup_gen_prefetch_index(&d->gens[k], q[i].fp.lo);
+					break;
+				}
+		}
+		for (size_t i = 0; i < n; i++)
+			if (cand[i] >= 0)
+				dedup_gen_prefetch(&d->gens[cand[i]], q[i].fp.lo);
 	}
 	/* 3: decide in order. Inserts do not move entries, so hit[] stays valid; a key claimed
 	 * earlier in this chunk is found by probing again (its lines are cached). */

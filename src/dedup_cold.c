@@ -425,19 +425,70 @@ void dedup_gen_free(struct dedup_gen *g)
 	memset(g, 0, sizeof(*g));
 }
 
-const struct dedup_rec *dedup_gen_search(const struct dedup_gen *g, uint64_t lo, uint64_t hi)
+/* Interpolation inside the sparse-index bucket: lo is uniform, so the record sits near
+ * l + (fraction of the bucket's key range below lo) * (r - l); off by ~sqrt(bucket)/2. */
+static uint64_t interpolate(const struct dedup_gen *g, uint64_t lo, uint64_t *l, uint64_t *r)
 {
 	uint64_t t = g->index_bits ? lo >> (64 - g->index_bits) : 0;
-	uint64_t l = g->index[t], r = g->index[t + 1];
+	*l = g->index[t];
+	*r = g->index[t + 1];
+	uint64_t frac = g->index_bits ? lo << g->index_bits : lo;
+	return *l + (uint64_t)(((unsigned __int128)frac * (*r - *l)) >> 64);
+}
+
+void dedup_gen_prefetch_index(const struct dedup_gen *g, uint64_t lo)
+{
+	__builtin_prefetch(&g->index[g->index_bits ? lo >> (64 - g->index_bits) : 0], 0, 1);
+}
+
+void dedup_gen_prefetch(const struct dedup_gen *g, uint64_t lo)
+{
+	uint64_t l, r, est = interpolate(g, lo, &l, &r);
+	if (est < g->count)
+		__builtin_prefetch(&g->recs[est], 0, 1);
+}
+
+static inline bool rec_lt_key(const struct dedup_rec *r, uint64_t lo, uint64_t hi)
+{
+	return r->lo < lo || (r->lo == lo && r->hi < hi);
+}
+
+const struct dedup_rec *dedup_gen_search(const struct dedup_gen *g, uint64_t lo, uint64_t hi)
+{
+	const struct dedup_rec *recs = g->recs;
+	uint64_t l, r, est = interpolate(g, lo, &l, &r);
+	if (l == r)
+		return NULL;
+	if (est >= r)
+		est = r - 1;
+	/* Gallop from the estimate to a bracket of the first record >= (lo, hi), then binary
+	 * search it: a few records around est, usually one or two cache lines. */
+	if (!rec_lt_key(&recs[est], lo, hi)) { /* answer in [l, est] */
+		uint64_t hi_b = est, step = 1;
+		while (hi_b - l >= step && !rec_lt_key(&recs[hi_b - step], lo, hi)) {
+			hi_b -= step;
+			step <<= 1;
+		}
+		l = hi_b - l >= step ? hi_b - step + 1 : l;
+		r = hi_b;
+	} else { /* answer in (est, r] */
+		uint64_t lo_b = est, step = 1;
+		while (r - lo_b > step && rec_lt_key(&recs[lo_b + step], lo, hi)) {
+			lo_b += step;
+			step <<= 1;
+		}
+		r = r - lo_b > step ? lo_b + step : r;
+		l = lo_b + 1;
+	}
 	while (l < r) { /* first record not less than (lo, hi) */
 		uint64_t m = l + (r - l) / 2;
-		if (g->recs[m].lo < lo || (g->recs[m].lo == lo && g->recs[m].hi < hi))
+		if (rec_lt_key(&recs[m], lo, hi))
 			l = m + 1;
 		else
 			r = m;
 	}
-	if (l < g->count && g->recs[l].lo == lo && g->recs[l].hi == hi)
-		return &g->recs[l];
+	if (l < g->count && recs[l].lo == lo && recs[l].hi == hi)
+		return &recs[l];
 	return NULL;
 }
 

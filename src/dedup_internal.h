@@ -140,7 +140,11 @@ int dedup_write_all(int fd, const void *buf, size_t len) __attribute__((warn_unu
 int dedup_gen_load(struct dedup_gen *g, const char *path, uint16_t shard, uint64_t base,
 		   uint32_t fp_per_million) __attribute__((warn_unused_result));
 void dedup_gen_free(struct dedup_gen *g);
-/* The record for fp in g's run, or NULL (binary search inside the sparse-index bucket). */
+/* Prefetch the sparse-index entry of fp's bucket; then the record where its search starts. */
+void dedup_gen_prefetch_index(const struct dedup_gen *g, uint64_t lo);
+void dedup_gen_prefetch(const struct dedup_gen *g, uint64_t lo);
+/* The record for fp in g's run, or NULL (interpolation in the sparse-index bucket, gallop,
+ * binary search). */
 const struct dedup_rec *dedup_gen_search(const struct dedup_gen *g, uint64_t lo, uint64_t hi);
 uint64_t dedup_gen_ram_bytes(const struct dedup_gen *g);
 /* "<dir>/shard-NN" and "<dir>/shard-NN/<base>.keys" into buf; -ENAMETOOLONG if cap too small. */

@@ -268,6 +268,57 @@ static void test_expiry(void)
 	dedup_shard_close(d);
 }
 
+/* Run search at the edges: tiny runs, keys at lo = 0 and lo = max, equal lo with different
+ * hi, neighbours of every key. */
+static void test_search_edges(void)
+{
+	static const size_t sizes[] = {1, 2, 3, 5, 300, 5000, 70000};
+	char dir[600];
+	snprintf(dir, sizeof(dir), "%s/search", g_dir);
+	char sdir[700];
+	CHECK(dedup_shard_dir(sdir, sizeof(sdir), dir, 0) == 0);
+	char cmd[1500];
+	snprintf(cmd, sizeof(cmd), "mkdir -p '%s'", sdir);
+	CHECK(system(cmd) == 0);
+	for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+		size_t n = sizes[si];
+		struct dedup_rec *recs = calloc(n * 2, sizeof(*recs));
+		CHECK(recs);
+		struct dtest_rng rng = {100 + si};
+		for (size_t i = 0; i < n; i++) {
+			recs[i].lo = dtest_next(&rng);
+			recs[i].hi = dtest_next(&rng) | 2; /* hi - 1 and hi + 1 stay distinct keys */
+			recs[i].offset = 1000 + i;
+		}
+		recs[0].lo = 0;
+		if (n > 1)
+			recs[1].lo = UINT64_MAX;
+		if (n > 3)
+			recs[3].lo = recs[2].lo; /* same lo, different hi */
+		dedup_sort_recs(recs, recs + n, n);
+		CHECK(dedup_run_write(dir, 0, 1000, 1000 + n, 5, recs, n) == 0);
+		char path[1024];
+		CHECK(dedup_run_path(path, sizeof(path), dir, 0, 1000) == 0);
+		struct dedup_gen g;
+		CHECK(dedup_gen_load(&g, path, 0, 1000, 10000) == 0);
+		for (size_t i = 0; i < n; i++) {
+			const struct dedup_rec *r = dedup_gen_search(&g, recs[i].lo, recs[i].hi);
+			CHECK(r != NULL && r->offset == recs[i].offset);
+			CHECK(dedup_gen_search(&g, recs[i].lo, recs[i].hi - 1) == NULL);
+			CHECK(dedup_gen_search(&g, recs[i].lo, recs[i].hi + 1) == NULL);
+			if (recs[i].lo > 0 && (i == 0 || recs[i - 1].lo != recs[i].lo - 1))
+				CHECK(dedup_gen_search(&g, recs[i].lo - 1, recs[i].hi) == NULL);
+			if (recs[i].lo < UINT64_MAX && (i + 1 == n || recs[i + 1].lo != recs[i].lo + 1))
+				CHECK(dedup_gen_search(&g, recs[i].lo + 1, recs[i].hi) == NULL);
+		}
+		for (size_t i = 0; i < 10000; i++)
+			CHECK(dedup_gen_search(&g, dtest_next(&rng), dtest_next(&rng)) == NULL);
+		dedup_gen_free(&g);
+		CHECK(unlink(path) == 0);
+		free(recs);
+	}
+}
+
 static void *compact_thread(void *arg)
 {
 	(void)dedup_compact_run(arg); /* the result is finish's */
@@ -362,6 +413,7 @@ int main(void)
 	test_bloom_fp(1000, 300000);
 	test_bloom_fp(50000, 300000);
 	test_seal_restart_rebuild();
+	test_search_edges();
 	test_expiry();
 	test_compaction();
 	rm_rf(g_dir);
