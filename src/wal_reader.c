@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/futex.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -536,16 +537,32 @@ static bool reader_has_work(struct wal_reader *r)
 	return false;
 }
 
+/* Snapshot of every cursor's futex word (seq); false if some shard has no watermark page yet. */
+static bool snapshot_seqs(struct wal_reader *r, struct futex_waitv *wv)
+{
+	for (uint16_t i = 0; i < r->n; i++) {
+		const uint8_t *wm = r->c[i].wm;
+		if (!wm)
+			return false;
+		const uint32_t *word = (const uint32_t *)(wm + WAL_WM_OFF_SEQ);
+		wv[i] = (struct futex_waitv){
+			.val = __atomic_load_n(word, __ATOMIC_ACQUIRE),
+			.uaddr = (uint64_t)(uintptr_t)word,
+			.flags = FUTEX_32, /* shared: the words live in other processes' pages too */
+		};
+	}
+	return true;
+}
+
 int wal_reader_wait(struct wal_reader *r, int timeout_ms)
 {
 	struct timespec start, now;
 	clock_gettime(CLOCK_MONOTONIC, &start);
+	struct futex_waitv wv[FUTEX_WAITV_MAX];
+	static _Atomic int no_waitv; /* set once if the kernel lacks futex_waitv (< 5.16) */
 	for (;;) {
-		/* Load the futex word before re-checking, so a publish in between wakes us. */
-		const uint8_t *wm = r->n == 1 ? r->c[0].wm : NULL;
-		uint32_t seq = wm ? __atomic_load_n((const uint32_t *)(wm + WAL_WM_OFF_SEQ),
-						    __ATOMIC_ACQUIRE)
-				  : 0;
+		/* Load the futex words before re-checking, so a publish in between wakes us. */
+		bool have = r->n <= FUTEX_WAITV_MAX && snapshot_seqs(r, wv);
 		if (reader_has_work(r))
 			return 0;
 		clock_gettime(CLOCK_MONOTONIC, &now);
@@ -553,16 +570,24 @@ int wal_reader_wait(struct wal_reader *r, int timeout_ms)
 				   (now.tv_nsec - start.tv_nsec) / 1000000;
 		if (timeout_ms >= 0 && spent_ms >= timeout_ms)
 			return 0;
-		int64_t slice_ms = wm ? 100 : 1; /* several shards: a cheap 1 ms poll */
+		int64_t slice_ms = 100;
+		if (!have || atomic_load_explicit(&no_waitv, memory_order_relaxed))
+			slice_ms = 1; /* no page to wait on yet: a cheap 1 ms poll */
 		if (timeout_ms >= 0 && timeout_ms - spent_ms < slice_ms)
 			slice_ms = timeout_ms - spent_ms;
-		struct timespec ts = {.tv_sec = slice_ms / 1000, .tv_nsec = (slice_ms % 1000) * 1000000};
-		if (wm)
-			/* Shared futex on the writer's page: woken by every publish. */
-			syscall(SYS_futex, (const uint32_t *)(wm + WAL_WM_OFF_SEQ), FUTEX_WAIT, seq, &ts,
-				NULL, 0);
-		else
+		if (slice_ms == 1 || !have) {
+			struct timespec ts = {0, slice_ms * 1000000};
 			nanosleep(&ts, NULL);
+			continue;
+		}
+		/* Woken by any shard's publish (FUTEX_WAKE on its seq word) or the slice end. */
+		struct timespec abs = now;
+		abs.tv_nsec += (long)(slice_ms % 1000) * 1000000;
+		abs.tv_sec += slice_ms / 1000 + abs.tv_nsec / 1000000000;
+		abs.tv_nsec %= 1000000000;
+		long rc = syscall(SYS_futex_waitv, wv, (unsigned)r->n, 0, &abs, CLOCK_MONOTONIC);
+		if (rc < 0 && errno == ENOSYS)
+			atomic_store_explicit(&no_waitv, 1, memory_order_relaxed);
 	}
 }
 
