@@ -51,6 +51,7 @@ struct tally_client {
 	bool hello_done;
 	bool building;  /* a BATCH is being built in sbuf */
 	bool peer_eof;  /* read() returned 0 */
+	bool untrusted; /* broken by a protocol violation: buffered replies are not handed out */
 	int io_timeout_ms;
 	char peer[128]; /* "host:port" for messages */
 
@@ -243,12 +244,14 @@ static int handle_frame(struct tally_client *c, const struct proto_frame *f,
 		if (i < 0) {
 			set_err(c, "protocol error: ACK for request id %llu, which is not in flight",
 				(unsigned long long)f->u.ack.request_id);
+			c->untrusted = true;
 			return fail_broken(c, TALLY_CLIENT_E_PROTOCOL);
 		}
 		if (f->u.ack.receipt_count != c->inflight[i].event_count) {
 			set_err(c, "protocol error: ACK for request id %llu has %u receipts for %u events",
 				(unsigned long long)f->u.ack.request_id, f->u.ack.receipt_count,
 				c->inflight[i].event_count);
+			c->untrusted = true;
 			return fail_broken(c, TALLY_CLIENT_E_PROTOCOL);
 		}
 		for (uint32_t k = 0; k < f->u.ack.receipt_count; k++)
@@ -282,6 +285,7 @@ static int handle_frame(struct tally_client *c, const struct proto_frame *f,
 	default:
 		set_err(c, "protocol error: unexpected %s frame (type %u) from the server",
 			frame_type_name(f->type), f->type);
+		c->untrusted = true;
 		return fail_broken(c, TALLY_CLIENT_E_PROTOCOL);
 	}
 }
@@ -802,10 +806,25 @@ int tally_client_send_ping(struct tally_client *c, uint64_t nonce)
 
 int tally_client_recv(struct tally_client *c, int timeout_ms, struct tally_client_reply *out)
 {
+	struct proto_frame f;
+	if (c->broken && c->hello_done && !c->untrusted) {
+		/* Replies that arrived whole before the failure are still handed out: a receipt
+		 * that reached us is never dropped. A malformed frame at rhead stays unread. */
+		size_t need;
+		long fn = parse_next(c, &f, &need);
+		if (fn > 0) {
+			char keep[TALLY_CLIENT_ERROR_BYTES_MAX];
+			memcpy(keep, c->err, sizeof(keep));
+			int herr = handle_frame(c, &f, out);
+			if (herr == 0 && f.type != PROTO_ERROR)
+				memcpy(c->err, keep, sizeof(keep)); /* keep what broke the client */
+			c->rhead += (size_t)fn;
+			return herr < 0 ? TALLY_CLIENT_E_BROKEN : 0;
+		}
+	}
 	int err = check_usable(c);
 	if (err < 0)
 		return err;
-	struct proto_frame f;
 	long n = wait_frame(c, timeout_ms, &f, "a reply");
 	if (n < 0)
 		return (int)n;

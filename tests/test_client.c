@@ -647,11 +647,12 @@ static void test_bad_acks(void)
 }
 
 /* The server sends a fatal ERROR and closes while the client is still writing big batches:
- * the write fails, and the client reports the server's ERROR rather than "broken pipe". */
+ * the write fails, and the client reports the server's ERROR rather than "broken pipe".
+ * The ACK of the batch before it, which had arrived, is still handed out by recv(). */
 static void test_error_while_writing(void)
 {
 	struct fake_server *s = start((struct fake_server_config){.mode = FAKE_ERROR_ON_BATCH,
-								  .error_on_batch = 1,
+								  .error_on_batch = 2,
 								  .error_code = PROTO_E_UNAVAILABLE,
 								  .error_fatal = true,
 								  .error_message = "bye"});
@@ -669,6 +670,9 @@ static void test_error_while_writing(void)
 					       .str = {(const uint8_t *)val, sizeof(val)}};
 	}
 	struct ev_store e;
+	make_event(&e, "first", 1);
+	uint64_t first_id = 0;
+	CHECK_EQ(tally_client_send_batch(c, &e.in, 1, &first_id), 0);
 	make_event(&e, "w", 1);
 	e.in.props = props;
 	e.in.prop_count = TALLY_PROPS_MAX;
@@ -683,6 +687,18 @@ static void test_error_while_writing(void)
 	}
 	CHECK_EQ(rc, TALLY_CLIENT_E_SERVER);
 	CHECK(!strcmp(tally_client_last_error(c), "server error UNAVAILABLE (fatal): bye"));
+	/* Broken, but what arrived whole is delivered: ACK of batch 1, the ERROR, then BROKEN. */
+	struct tally_client_reply rep;
+	CHECK_EQ(tally_client_recv(c, 0, &rep), 0);
+	CHECK_EQ(rep.kind, TALLY_CLIENT_REPLY_ACK);
+	CHECK_EQ(rep.request_id, first_id);
+	CHECK_EQ(rep.receipt_count, 1);
+	CHECK_EQ(rep.receipts[0].status, PROTO_ACCEPTED);
+	CHECK(!strcmp(tally_client_last_error(c), "server error UNAVAILABLE (fatal): bye"));
+	CHECK_EQ(tally_client_recv(c, 0, &rep), 0);
+	CHECK_EQ(rep.kind, TALLY_CLIENT_REPLY_ERROR);
+	CHECK_EQ(rep.request_id, 2);
+	CHECK_EQ(tally_client_recv(c, 0, &rep), TALLY_CLIENT_E_BROKEN);
 	tally_client_close(c);
 	fake_server_stop(s);
 }

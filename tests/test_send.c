@@ -321,11 +321,12 @@ static void test_server_error(void)
 								  .error_message = "going away"});
 	snprintf(portarg, sizeof(portarg), "127.0.0.1:%u", fake_server_port(s));
 	char *out, *err;
-	const char *args[] = {"send", "--connect", portarg, "--batch", "1", in_path, NULL};
+	const char *args[] = {"send", "--connect", portarg, "--batch", "1", "--retries", "0",
+			      in_path, NULL};
 	int rc = run_tally(args, NULL, &out, &err);
 	CHECK_EQ(rc, 2);
 	const char *want[] = {
-		"line 2: unacked: server error UNAVAILABLE (fatal): going away",
+		"line 2: unacked: no receipt: the connection failed before the ACK",
 		"sent 2 events from 2 lines: 1 accepted, 0 duplicate, 0 conflict, 0 rejected, 0 invalid, "
 		"1 unacked",
 		NULL,
@@ -333,13 +334,64 @@ static void test_server_error(void)
 	check_lines("error stdout", out, want);
 	/* Whether the ERROR is seen before or after the end of input is a race, and with it the
 	 * "stopped after line" note: check the two lines that are always there. */
-	static const char first[] = "tally send: the server closed the connection: server error "
-				    "UNAVAILABLE (fatal): going away\n";
+	static const char first[] = "tally send: server error UNAVAILABLE (fatal): going away (no "
+				    "retries left)\n";
 	CHECK(!strncmp(err, first, strlen(first)));
 	CHECK(strstr(err, "\ntally send: 1 events have no receipt; sending the same lines again is "
 			  "safe (duplicates are recognised)\n") != NULL);
 	free(out);
 	free(err);
+	fake_server_stop(s);
+
+	/* With retries (the default), the same failure is survived: tally send reconnects and
+	 * sends batch 2 again (and batch 3 if it had gone out on the dead connection). */
+	write_file(in_path,
+		   "{\"event_id\":\"a\",\"customer_id\":\"c\",\"event_name\":\"n\",\"timestamp_us\":1}\n"
+		   "{\"event_id\":\"b\",\"customer_id\":\"c\",\"event_name\":\"n\",\"timestamp_us\":1}\n"
+		   "{\"event_id\":\"c\",\"customer_id\":\"c\",\"event_name\":\"n\",\"timestamp_us\":1}\n");
+	s = start((struct fake_server_config){.mode = FAKE_ERROR_ON_BATCH,
+					      .error_on_batch = 2,
+					      .error_code = PROTO_E_UNAVAILABLE,
+					      .error_fatal = true,
+					      .error_message = "going away"});
+	snprintf(portarg, sizeof(portarg), "127.0.0.1:%u", fake_server_port(s));
+	const char *args2[] = {"send", "--connect", portarg, "--batch", "1", in_path, NULL};
+	rc = run_tally(args2, NULL, &out, &err);
+	CHECK_EQ(rc, 0);
+	const char *want2[] = {
+		"sent 3 events from 3 lines: 3 accepted, 0 duplicate, 0 conflict, 0 rejected, 0 invalid",
+		NULL,
+	};
+	check_lines("retry stdout", out, want2);
+	const char *want2_err[] = {
+		"tally send: server error UNAVAILABLE (fatal): going away; retrying in 200 ms (2 "
+		"retries left)",
+		NULL,
+	};
+	check_lines("retry stderr", err, want2_err);
+	free(out);
+	free(err);
+	struct fake_server_stats st;
+	fake_server_stats(s, &st);
+	CHECK_EQ(st.conns, 2);
+	CHECK_EQ(st.accepted, 3);
+	fake_server_stop(s);
+
+	/* A non-retryable ERROR (a client bug, e.g. BATCH_TOO_LARGE) is not retried. */
+	s = start((struct fake_server_config){.mode = FAKE_ERROR_ON_BATCH,
+					      .error_on_batch = 1,
+					      .error_code = PROTO_E_BATCH_TOO_LARGE,
+					      .error_fatal = true,
+					      .error_message = "too many"});
+	snprintf(portarg, sizeof(portarg), "127.0.0.1:%u", fake_server_port(s));
+	rc = run_tally(args2, NULL, &out, &err);
+	CHECK_EQ(rc, 2);
+	static const char first_err[] = "tally send: server error BATCH_TOO_LARGE (fatal): too many\n";
+	CHECK(!strncmp(err, first_err, strlen(first_err)));
+	free(out);
+	free(err);
+	fake_server_stats(s, &st);
+	CHECK_EQ(st.conns, 1);
 	fake_server_stop(s);
 }
 

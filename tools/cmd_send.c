@@ -19,8 +19,11 @@
  *     the broker's reason and never sent. The broker may still reject (e.g. time limits).
  *
  * Lines go into batches of --batch events (capped by the server's batch_events_max and by its
- * frame size); up to inflight_max batches are in flight; each batch remembers the line
- * numbers of its events so that receipts are reported by line.
+ * frame size); up to SEND_INFLIGHT_MAX batches are in flight. Each batch keeps its encoded
+ * bodies and line numbers until its ACK: receipts are reported by line, and after a lost
+ * connection or a retryable ERROR the unanswered batches are sent again, unchanged and in
+ * their original order, on a new connection (recover()). That is safe because events are
+ * deduplicated by key: what was already stored comes back DUPLICATE.
  */
 #include <assert.h>
 #include <errno.h>
@@ -30,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tally/client.h"
 #include "tally/event.h"
@@ -40,6 +44,9 @@
 #define SEND_LINE_BYTES_MAX    (1u << 20) /* a longer line is invalid */
 #define SEND_PROBLEMS_KEPT_MAX 10000u      /* per-line reports kept for the summary */
 #define SEND_MSG_BYTES_MAX     320u
+#define SEND_INFLIGHT_MAX      16u        /* batches kept for resending, at most */
+#define SEND_RETRIES_DEFAULT   3u
+#define SEND_BACKOFF_MS_FIRST  200
 
 enum send_kind { SEND_INVALID = 1, SEND_REJECTED, SEND_CONFLICT, SEND_UNACKED };
 
@@ -62,31 +69,44 @@ struct send_problem {
 	char *msg;      /* SEND_INVALID, SEND_UNACKED */
 };
 
-struct send_slot {
-	uint64_t request_id; /* 0 = free */
+/* A batch's events, kept until its ACK so that it can be sent again after a failure. */
+struct send_batch {
+	bool used;           /* slot holds a batch */
+	bool pending;        /* must be (re)sent: not in flight on the current connection */
+	bool sent_once;      /* counted in `sent` */
+	uint64_t seq;        /* creation order, to resend in input order */
+	uint64_t request_id; /* in flight on the current connection; 0 = not */
 	uint32_t count;
-	uint64_t *lines;     /* batch_cap entries */
+	uint64_t *lines;     /* batch_cap line numbers */
+	uint8_t *bodies;     /* count x (u16 len | body), as in the BATCH frame */
+	size_t bodies_len;
+	size_t bodies_cap;
 };
 
 struct send_state {
 	struct tally_client *c;
+	const struct tally_client_options *opts;
 	bool quiet;
 	bool json;
 	int io_timeout_ms;
 	uint32_t batch_cap;
-	/* The batch being built. */
-	uint64_t *lines;
-	uint32_t count;
-	bool building;
-	/* Batches in flight. */
-	struct send_slot *slots;
+	struct send_batch cur; /* being built */
+	struct send_batch *slots; /* sent or to be sent again */
 	uint32_t slot_count;
+	uint64_t seq;
+	/* Recovery from retryable failures. */
+	bool need_recover;
+	bool reconnect;
+	unsigned retries_left;
+	int backoff_ms;
+	uint64_t reconnects;
+	char why[TALLY_CLIENT_ERROR_BYTES_MAX];
 	/* Counters. */
 	uint64_t nlines, sent, accepted, duplicate, conflict, rejected, invalid, unacked;
 	struct send_problem *problems;
 	size_t nproblems, problems_cap;
 	uint64_t problems_dropped;
-	char fatal[TALLY_CLIENT_ERROR_BYTES_MAX + 64]; /* set when the connection failed */
+	char fatal[TALLY_CLIENT_ERROR_BYTES_MAX + 64]; /* set when the run cannot go on */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -710,45 +730,81 @@ static enum tally_reject encode_body(const struct tally_event_in *in, uint8_t *b
 /* ---------------------------------------------------------------------------------------- */
 /* Sending and receipts                                                                      */
 
-static void set_fatal(struct send_state *st, const char *what)
+static void set_fatal(struct send_state *st, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void set_fatal(struct send_state *st, const char *fmt, ...)
 {
-	if (!st->fatal[0])
-		snprintf(st->fatal, sizeof(st->fatal), "%s: %s", what, tally_client_last_error(st->c));
+	if (st->fatal[0])
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(st->fatal, sizeof(st->fatal), fmt, ap);
+	va_end(ap);
 }
 
-static struct send_slot *find_slot(struct send_state *st, uint64_t request_id)
+/*
+ * The connection (or one batch) failed. Retryable failures schedule a recovery: recover()
+ * takes the replies that had already arrived, makes every batch still unanswered pending (it
+ * will be sent again, unchanged, which is safe: the broker answers DUPLICATE for what it
+ * already stored), reconnects after a backoff and sends them. Anything else is fatal.
+ */
+static void fail_conn(struct send_state *st, bool retryable, bool reconnect)
+{
+	const char *why = tally_client_last_error(st->c);
+	if (!retryable) {
+		set_fatal(st, "%s", why);
+		return;
+	}
+	if (!st->need_recover)
+		snprintf(st->why, sizeof(st->why), "%s", why);
+	st->need_recover = true;
+	st->reconnect |= reconnect;
+}
+
+/* A client call failed with rc: decide whether retrying can help. */
+static void on_client_error(struct send_state *st, int rc)
+{
+	uint16_t code = tally_client_last_server_error(st->c);
+	bool retryable;
+	if (rc == TALLY_CLIENT_E_SERVER || (rc == TALLY_CLIENT_E_BROKEN && code))
+		retryable = proto_error_retryable(code);
+	else
+		retryable = rc != TALLY_CLIENT_E_PROTOCOL && rc != -ENOMEM && rc != -EINVAL;
+	fail_conn(st, retryable, true);
+}
+
+static struct send_batch *find_slot(struct send_state *st, uint64_t request_id)
 {
 	for (uint32_t i = 0; i < st->slot_count; i++)
-		if (st->slots[i].request_id == request_id)
+		if (st->slots[i].used && st->slots[i].request_id == request_id)
 			return &st->slots[i];
 	return NULL;
 }
 
-/* Marks every event of a slot as without receipt, with the reason. */
-static void slot_unacked(struct send_state *st, struct send_slot *s, const char *why)
+static void slot_free(struct send_batch *s)
+{
+	s->used = false;
+	s->pending = false;
+	s->request_id = 0;
+	s->count = 0;
+	s->bodies_len = 0;
+}
+
+/* Marks every event of a batch as without receipt, with the reason, and frees the slot. */
+static void slot_unacked(struct send_state *st, struct send_batch *s, const char *why)
 {
 	for (uint32_t i = 0; i < s->count; i++)
 		add_problem(st, s->lines[i], SEND_UNACKED, 0, "%s", why);
 	st->unacked += s->count;
-	s->request_id = 0;
+	slot_free(s);
 }
 
-/*
- * Waits up to timeout_ms for one reply and accounts for it. Returns 0, 1 if nothing came in
- * time (only when timeout_ms is not the I/O timeout), or -1 when the connection failed.
- */
-static int take_reply(struct send_state *st, int timeout_ms)
+/* Accounts for one reply. Returns 0, or -1 when it reports a failure (need_recover/fatal). */
+static int account_reply(struct send_state *st, const struct tally_client_reply *rp)
 {
-	struct tally_client_reply r;
-	int rc = tally_client_recv(st->c, timeout_ms, &r);
-	if (rc == -ETIMEDOUT && timeout_ms != st->io_timeout_ms)
-		return 1;
-	if (rc < 0) {
-		set_fatal(st, "waiting for receipts");
-		return -1;
-	}
+	const struct tally_client_reply r = *rp;
 	if (r.kind == TALLY_CLIENT_REPLY_ACK) {
-		struct send_slot *s = find_slot(st, r.request_id);
+		struct send_batch *s = find_slot(st, r.request_id);
 		if (!s) /* the client matched it to a batch we sent: cannot happen */
 			return 0;
 		for (uint32_t i = 0; i < r.receipt_count && i < s->count; i++) {
@@ -774,47 +830,129 @@ static int take_reply(struct send_state *st, int timeout_ms)
 				break;
 			}
 		}
-		s->request_id = 0;
+		slot_free(s);
 		return 0;
 	}
 	if (r.kind == TALLY_CLIENT_REPLY_ERROR) {
-		/* An ERROR naming a batch: those events were not stored. */
-		struct send_slot *s = r.request_id ? find_slot(st, r.request_id) : NULL;
-		if (s)
-			slot_unacked(st, s, tally_client_last_error(st->c));
+		bool retryable = proto_error_retryable(r.error_code);
+		struct send_batch *s = r.request_id ? find_slot(st, r.request_id) : NULL;
 		if (r.fatal) {
-			set_fatal(st, "the server closed the connection");
+			fail_conn(st, retryable, true);
 			return -1;
 		}
+		if (s && retryable) {
+			/* The batch was not stored: send it again after a pause, same connection. */
+			s->request_id = 0;
+			s->pending = true;
+			fail_conn(st, true, false);
+			return -1;
+		}
+		if (s)
+			slot_unacked(st, s, tally_client_last_error(st->c));
 	}
 	return 0;
 }
 
-static int flush_batch(struct send_state *st)
+/*
+ * Waits up to timeout_ms for one reply and accounts for it. Returns 0, 1 if nothing came in
+ * time (only when timeout_ms is not the I/O timeout), or -1 when the connection or a batch
+ * failed (need_recover or fatal is then set).
+ */
+static int take_reply(struct send_state *st, int timeout_ms)
 {
-	if (!st->building || st->count == 0)
-		return 0;
-	uint64_t id;
-	int rc = tally_client_batch_send(st->c, &id);
-	st->building = false;
+	struct tally_client_reply r;
+	int rc = tally_client_recv(st->c, timeout_ms, &r);
+	if (rc == -ETIMEDOUT && timeout_ms != st->io_timeout_ms)
+		return 1;
 	if (rc < 0) {
-		/* Nothing of this batch is known to have arrived. */
-		for (uint32_t i = 0; i < st->count; i++)
-			add_problem(st, st->lines[i], SEND_UNACKED, 0, "not sent: %s",
-				    tally_client_last_error(st->c));
-		st->unacked += st->count;
-		st->count = 0;
-		set_fatal(st, "sending a batch");
+		on_client_error(st, rc);
 		return -1;
 	}
-	struct send_slot *s = find_slot(st, 0);
-	/* The client allows no more batches in flight than we have slots. */
-	assert(s);
+	return account_reply(st, &r);
+}
+
+/* After a failure: the replies that had arrived whole still count (the client hands them
+ * out even when broken). */
+static void drain_arrived(struct send_state *st)
+{
+	struct tally_client_reply r;
+	while (st->c && tally_client_inflight(st->c) > 0 && tally_client_recv(st->c, 0, &r) == 0)
+		(void)account_reply(st, &r);
+}
+
+/* Sends (or sends again) a batch kept in a slot. 0, or -1 (need_recover or fatal set). */
+static int send_slot(struct send_state *st, struct send_batch *s)
+{
+	int rc;
+	while ((rc = tally_client_batch_begin(st->c)) == TALLY_CLIENT_E_INFLIGHT)
+		if (take_reply(st, st->io_timeout_ms) < 0)
+			return -1;
+	if (rc < 0) {
+		on_client_error(st, rc);
+		return -1;
+	}
+	const uint8_t *p = s->bodies, *end = s->bodies + s->bodies_len;
+	while (p < end) {
+		size_t len = (size_t)p[0] | (size_t)p[1] << 8;
+		rc = tally_client_batch_add_raw(st->c, p + 2, len);
+		if (rc < 0) {
+			/* Only after a reconnect to a server with smaller limits. */
+			set_fatal(st, "the server's limits shrank after reconnecting: %s",
+				  tally_client_last_error(st->c));
+			return -1;
+		}
+		p += 2 + len;
+	}
+	uint64_t id;
+	rc = tally_client_batch_send(st->c, &id);
+	if (rc < 0) {
+		on_client_error(st, rc);
+		return -1;
+	}
 	s->request_id = id;
-	s->count = st->count;
-	memcpy(s->lines, st->lines, st->count * sizeof(*st->lines));
-	st->sent += st->count;
-	st->count = 0;
+	s->pending = false;
+	if (!s->sent_once) {
+		s->sent_once = true;
+		st->sent += s->count;
+	}
+	return 0;
+}
+
+/*
+ * Moves the batch being built into a free slot and sends it. Returns 0, or -1 (need_recover
+ * or fatal set); the events are then safe in the slot (pending) or still in cur.
+ */
+static int flush_cur(struct send_state *st)
+{
+	if (st->cur.count == 0)
+		return 0;
+	struct send_batch *s = NULL;
+	while (!s) {
+		for (uint32_t i = 0; i < st->slot_count && !s; i++)
+			if (!st->slots[i].used)
+				s = &st->slots[i];
+		if (s)
+			break;
+		if (tally_client_inflight(st->c) == 0) {
+			set_fatal(st, "internal error: no batch slot free and none in flight");
+			return -1;
+		}
+		if (take_reply(st, st->io_timeout_ms) < 0)
+			return -1;
+	}
+	/* Swap buffers: the slot takes the batch, cur takes the slot's empty buffers. */
+	struct send_batch tmp = *s;
+	*s = st->cur;
+	st->cur = tmp;
+	slot_free(&st->cur);
+	st->cur.sent_once = false;
+	s->used = true;
+	s->pending = true;
+	s->sent_once = false;
+	s->seq = ++st->seq;
+	s->request_id = 0;
+	if (send_slot(st, s) < 0)
+		return -1;
 	/* Take the replies that are already there, so that they do not pile up unread. */
 	while (tally_client_inflight(st->c) > 0) {
 		int r = take_reply(st, 0);
@@ -826,48 +964,100 @@ static int flush_batch(struct send_state *st)
 	return 0;
 }
 
-static int begin_batch(struct send_state *st)
-{
-	for (;;) {
-		int rc = tally_client_batch_begin(st->c);
-		if (rc == 0) {
-			st->building = true;
-			return 0;
-		}
-		if (rc != TALLY_CLIENT_E_INFLIGHT) {
-			set_fatal(st, "starting a batch");
-			return -1;
-		}
-		if (take_reply(st, st->io_timeout_ms) < 0)
-			return -1;
-	}
-}
-
-/* Adds one encoded event (from line `line`) to the current batch, sending as needed. */
+/* Adds one encoded event (from line `line`) to the batch being built, sending as needed.
+ * Returns 0, or -1 (need_recover or fatal set; the event was not added: call again). */
 static int add_event(struct send_state *st, uint64_t line, const uint8_t *body, size_t len)
 {
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (!st->building && begin_batch(st) < 0)
-			return -1;
-		int rc = tally_client_batch_add_raw(st->c, body, len);
-		if (rc == 0) {
-			st->lines[st->count++] = line;
-			if (st->count == st->batch_cap)
-				return flush_batch(st);
-			return 0;
-		}
-		if ((rc == -ENOSPC || rc == -E2BIG) && st->count > 0) {
-			if (flush_batch(st) < 0)
-				return -1;
-			continue; /* retry in a fresh batch */
-		}
-		break;
+	size_t frame_max = tally_client_limits(st->c)->frame_bytes_max;
+	size_t overhead = PROTO_HEADER_BYTES + PROTO_BATCH_HEADER_BYTES;
+	if (overhead + 2 + len > frame_max) {
+		add_problem(st, line, SEND_INVALID, 0,
+			    "event of %zu bytes does not fit in a frame of %zu bytes", len, frame_max);
+		st->invalid++;
+		return 0;
 	}
-	add_problem(st, line, SEND_INVALID, 0,
-		    "event of %zu bytes does not fit in a frame of %u bytes", len,
-		    tally_client_limits(st->c)->frame_bytes_max);
-	st->invalid++;
+	if (st->cur.count == st->batch_cap ||
+	    overhead + st->cur.bodies_len + 2 + len > frame_max) {
+		if (flush_cur(st) < 0)
+			return -1;
+	}
+	struct send_batch *b = &st->cur;
+	if (b->bodies_len + 2 + len > b->bodies_cap) {
+		size_t cap = frame_max;
+		uint8_t *nb = realloc(b->bodies, cap);
+		if (!nb) {
+			set_fatal(st, "out of memory");
+			return -1;
+		}
+		b->bodies = nb;
+		b->bodies_cap = cap;
+	}
+	b->bodies[b->bodies_len] = (uint8_t)len;
+	b->bodies[b->bodies_len + 1] = (uint8_t)(len >> 8);
+	memcpy(b->bodies + b->bodies_len + 2, body, len);
+	b->bodies_len += 2 + len;
+	b->lines[b->count++] = line;
 	return 0;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/*
+ * Recovers from a retryable failure: waits (backoff doubling from 200 ms to 5 s), reconnects
+ * if needed, and sends the pending batches again in their original order. Returns 0 when
+ * the run can go on, -1 when it cannot (fatal set: retries exhausted or not retryable).
+ */
+static int recover(struct send_state *st)
+{
+	while (!st->fatal[0] && st->need_recover) {
+		if (st->reconnect)
+			drain_arrived(st); /* the replies that arrived before the failure count */
+		if (st->fatal[0])
+			break;
+		if (st->retries_left == 0) {
+			set_fatal(st, "%s (no retries left)", st->why);
+			return -1;
+		}
+		st->retries_left--;
+		fprintf(stderr, "tally send: %s; retrying in %d ms (%u retries left)\n", st->why,
+			st->backoff_ms, st->retries_left);
+		sleep_ms(st->backoff_ms);
+		st->backoff_ms = st->backoff_ms * 2 > 5000 ? 5000 : st->backoff_ms * 2;
+		st->need_recover = false;
+		if (st->reconnect) {
+			/* Whatever is still unanswered is sent again on the new connection. */
+			for (uint32_t i = 0; i < st->slot_count; i++)
+				if (st->slots[i].used && st->slots[i].request_id) {
+					st->slots[i].request_id = 0;
+					st->slots[i].pending = true;
+				}
+			tally_client_close(st->c);
+			st->c = NULL;
+			int rc = tally_client_connect(st->opts, &st->c);
+			if (rc < 0) {
+				on_client_error(st, rc);
+				continue;
+			}
+			st->reconnect = false;
+			st->reconnects++;
+		}
+		/* Oldest first, so that the broker sees the events in input order again. */
+		for (;;) {
+			struct send_batch *next = NULL;
+			for (uint32_t i = 0; i < st->slot_count; i++)
+				if (st->slots[i].used && st->slots[i].pending &&
+				    (!next || st->slots[i].seq < next->seq))
+					next = &st->slots[i];
+			if (!next || send_slot(st, next) < 0)
+				break;
+		}
+	}
+	return st->fatal[0] ? -1 : 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -898,13 +1088,17 @@ static void usage(FILE *f)
 		"  --api-key KEY        API key (default: $TALLY_API_KEY)\n"
 		"  --batch N            events per batch (default 500; at most the server's limit)\n"
 		"  --timeout MS         connect and I/O timeout in ms (default 30000)\n"
+		"  --retries N          after a lost connection or a retryable server error,\n"
+		"                       reconnect and resend what has no receipt, N times at most\n"
+		"                       (default 3; backoff 200 ms doubling to 5 s; 0 = never)\n"
 		"  --quiet              print only the summary line\n"
 		"  --json               print the summary as one JSON object\n"
 		"  --help               this text\n"
 		"\n"
 		"exit status: 0 all accepted or duplicate; 1 some conflict, rejected or invalid;\n"
-		"2 usage or connection error (events reported \"unacked\" may or may not be\n"
-		"stored: sending the same lines again is safe, duplicates are recognised).\n");
+		"2 usage or connection error, retries exhausted (events reported \"unacked\" may\n"
+		"or may not be stored: sending the same lines again is safe, duplicates are\n"
+		"recognised).\n");
 }
 
 static int parse_connect(const char *arg, char *host, size_t cap, uint16_t *port)
@@ -963,7 +1157,9 @@ static void process_line(struct send_state *st, uint64_t lineno, char *line, siz
 		st->rejected++;
 		return;
 	}
-	(void)add_event(st, lineno, body, len);
+	while (add_event(st, lineno, body, len) < 0)
+		if (recover(st) < 0)
+			return;
 }
 
 int tally_cmd_send(int argc, char **argv)
@@ -972,7 +1168,8 @@ int tally_cmd_send(int argc, char **argv)
 		{"connect", required_argument, NULL, 'c'}, {"api-key", required_argument, NULL, 'k'},
 		{"batch", required_argument, NULL, 'b'},   {"timeout", required_argument, NULL, 't'},
 		{"quiet", no_argument, NULL, 'q'},          {"json", no_argument, NULL, 'j'},
-		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+		{"retries", required_argument, NULL, 'r'},  {"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	char host[256] = "127.0.0.1";
 	uint16_t port = TALLY_CLIENT_PORT_DEFAULT;
@@ -980,10 +1177,11 @@ int tally_cmd_send(int argc, char **argv)
 	unsigned long batch = SEND_BATCH_DEFAULT;
 	long timeout_ms = TALLY_CLIENT_IO_TIMEOUT_MS;
 	struct send_state st = {0};
+	unsigned long retries = SEND_RETRIES_DEFAULT;
 	int opt;
 	char *end;
 	optind = 1;
-	while ((opt = getopt_long(argc, argv, "c:k:b:t:qjh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "c:k:b:t:r:qjh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c':
 			if (parse_connect(optarg, host, sizeof(host), &port) < 0) {
@@ -1009,6 +1207,14 @@ int tally_cmd_send(int argc, char **argv)
 			if (errno || *end || timeout_ms <= 0 || timeout_ms > 3600000) {
 				fprintf(stderr, "tally send: --timeout wants 1..3600000 ms, got \"%s\"\n",
 					optarg);
+				return 2;
+			}
+			break;
+		case 'r':
+			errno = 0;
+			retries = strtoul(optarg, &end, 10);
+			if (errno || *end || retries > 100) {
+				fprintf(stderr, "tally send: --retries wants 0..100, got \"%s\"\n", optarg);
 				return 2;
 			}
 			break;
@@ -1048,7 +1254,11 @@ int tally_cmd_send(int argc, char **argv)
 		.client_name = "tally-send",
 		.connect_timeout_ms = (int)timeout_ms,
 		.io_timeout_ms = (int)timeout_ms,
+		.inflight_max = SEND_INFLIGHT_MAX,
 	};
+	st.opts = &o;
+	st.retries_left = (unsigned)retries;
+	st.backoff_ms = SEND_BACKOFF_MS_FIRST;
 	int status = 2;
 	char *line = NULL, *marked = NULL;
 	uint8_t *body = NULL;
@@ -1061,10 +1271,10 @@ int tally_cmd_send(int argc, char **argv)
 	const struct tally_client_limits *lim = tally_client_limits(st.c);
 	st.batch_cap = batch < lim->batch_events_max ? (uint32_t)batch : lim->batch_events_max;
 	st.slot_count = lim->inflight_max;
-	st.lines = calloc(st.batch_cap, sizeof(*st.lines));
+	st.cur.lines = calloc(st.batch_cap, sizeof(*st.cur.lines));
 	st.slots = calloc(st.slot_count, sizeof(*st.slots));
 	body = malloc(TALLY_EVENT_BYTES_MAX);
-	if (!st.lines || !st.slots || !body)
+	if (!st.cur.lines || !st.slots || !body)
 		goto out_nomem;
 	for (uint32_t i = 0; i < st.slot_count; i++) {
 		st.slots[i].lines = calloc(st.batch_cap, sizeof(*st.slots[i].lines));
@@ -1096,15 +1306,24 @@ int tally_cmd_send(int argc, char **argv)
 	}
 	if (!st.fatal[0] && ferror(in))
 		snprintf(st.fatal, sizeof(st.fatal), "reading %s: %s", path, strerror(errno));
-	if (!st.fatal[0])
-		(void)flush_batch(&st);
-	while (!st.fatal[0] && tally_client_inflight(st.c) > 0)
-		if (take_reply(&st, st.io_timeout_ms) < 0)
+	/* The last partial batch, then every receipt (recovering as long as retries allow). */
+	while (!st.fatal[0] && flush_cur(&st) < 0)
+		if (recover(&st) < 0)
 			break;
-	/* Whatever is still in flight has no receipt: its fate is unknown. */
+	while (!st.fatal[0] && tally_client_inflight(st.c) > 0)
+		if (take_reply(&st, st.io_timeout_ms) < 0 && recover(&st) < 0)
+			break;
+	if (st.fatal[0])
+		drain_arrived(&st);
+	/* Whatever is still kept has no receipt: its fate is unknown (or it was never sent). */
 	for (uint32_t i = 0; i < st.slot_count; i++)
-		if (st.slots[i].request_id)
-			slot_unacked(&st, &st.slots[i], "no receipt: the connection failed before the ACK");
+		if (st.slots[i].used)
+			slot_unacked(&st, &st.slots[i],
+				     st.slots[i].sent_once ? "no receipt: the connection failed before the ACK"
+							   : "not sent: the connection failed");
+	for (uint32_t i = 0; i < st.cur.count; i++)
+		add_problem(&st, st.cur.lines[i], SEND_UNACKED, 0, "not sent: the connection failed");
+	st.unacked += st.cur.count;
 
 	print_summary(&st);
 	if (st.fatal[0]) {
@@ -1137,10 +1356,13 @@ out_close:
 	free(marked);
 	free(body);
 	if (st.slots)
-		for (uint32_t i = 0; i < st.slot_count; i++)
+		for (uint32_t i = 0; i < st.slot_count; i++) {
 			free(st.slots[i].lines);
+			free(st.slots[i].bodies);
+		}
 	free(st.slots);
-	free(st.lines);
+	free(st.cur.lines);
+	free(st.cur.bodies);
 	for (size_t i = 0; i < st.nproblems; i++)
 		free(st.problems[i].msg);
 	free(st.problems);

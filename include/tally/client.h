@@ -182,6 +182,9 @@ int tally_client_send_ping(struct tally_client *c, uint64_t nonce)
  * stays usable), TALLY_CLIENT_E_CLOSED when the server closed (even in the middle of a
  * frame), TALLY_CLIENT_E_PROTOCOL for a malformed frame, an ACK for an unknown request id
  * or with the wrong receipt count.
+ * On a broken client, recv() first hands out the replies that had arrived whole before the
+ * failure (so a receipt that reached the client is never dropped), then returns
+ * TALLY_CLIENT_E_BROKEN.
  */
 int tally_client_recv(struct tally_client *c, int timeout_ms, struct tally_client_reply *out)
 	__attribute__((warn_unused_result));
