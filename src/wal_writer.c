@@ -171,15 +171,17 @@ static void idx_scan_cb(void *ctx, uint64_t offset, uint64_t pos)
 	idx_add(ctx, offset, pos);
 }
 
-static int idx_open_fresh(struct wal_shard *s)
+static int idx_open_fresh(struct wal_shard *s, bool new_segment)
 {
 	char path[WAL_PATH_BYTES_MAX];
 	int rc = wal_path_segment(path, sizeof path, s->dir, s->seg_base, "idx");
 	if (rc < 0)
 		return rc;
-	/* No O_TRUNC: truncating to zero makes ext4 (auto_da_alloc) flush on close; stale
-	   entries are cut with ftruncate once rewritten (idx_finish). */
-	s->idx_fd = s->io->open(s->io->ctx, path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	/* For a recovered segment no O_TRUNC: truncating a non-empty file to zero makes ext4
+	   (auto_da_alloc) flush it on close; stale entries are cut once rewritten (idx_finish).
+	   A new segment's index should not exist: O_TRUNC drops a stale one. */
+	s->idx_fd = s->io->open(s->io->ctx, path,
+				O_WRONLY | O_CREAT | O_CLOEXEC | (new_segment ? O_TRUNC : 0), 0644);
 	s->idx_bytes = 0;
 	s->idx_last_pos = UINT64_MAX;
 	s->idx_ok = s->idx_fd >= 0;
@@ -266,7 +268,7 @@ static int roll(struct wal_shard *s)
 	s->seg_base = next;
 	s->seg_bytes = 0;
 	s->seg_first_ingest_us = INT64_MIN;
-	idx_open_fresh(s);
+	idx_open_fresh(s, true);
 out_unlock:
 	pthread_mutex_unlock(&s->sync_lock);
 	if (rc == 0 && s->w->opt.on_segment_sealed)
@@ -659,7 +661,7 @@ static int recover_newest(struct wal_shard *s, uint64_t base)
 	}
 	/* Rebuild this segment's index from the scan (it is only a hint). */
 	s->seg_base = base;
-	idx_open_fresh(s);
+	idx_open_fresh(s, false);
 	struct wal_scan sc;
 	rc = wal_scan_segment(s->io, fd, 0, base, true, &sc, idx_scan_cb, s);
 	if (rc < 0) {
