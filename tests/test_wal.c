@@ -302,8 +302,38 @@ static void test_checkpoint_retention(void)
 	wt_rmrf(dir);
 }
 
+/* Footprint is deterministic (same events, same LZ4): <= 60 bytes per ~150-byte event. */
+static void test_footprint(void)
+{
+	char dir[512];
+	wt_tmpdir(dir, sizeof dir, "wal");
+	struct wal_options o = {.shard_count = 1};
+	struct wal *w;
+	CHECK_EQ(wal_open(dir, &o, &w), 0);
+	struct wal_shard *s = wal_shard(w, 0);
+	uint8_t body[WT_BODY_MAX];
+	const uint64_t n = 20000;
+	uint64_t body_bytes = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		struct tally_view b = {body, (uint32_t)wt_event(11, i, body)};
+		body_bytes += b.len;
+		CHECK_EQ(wal_append(s, wt_tenant(11, i), &b, WT_BASE_TIME_US + (int64_t)i * 20, NULL), 0);
+	}
+	CHECK_EQ(wal_close(w), 0);
+	struct wal_segment_info seg;
+	size_t cnt;
+	CHECK_EQ(wal_segments_list(dir, 0, &seg, 1, &cnt), 0);
+	CHECK_EQ(cnt, 1);
+	printf("footprint: %.1f bytes/event on disk for %.1f-byte bodies\n",
+	       (double)seg.file_bytes / (double)n, (double)body_bytes / (double)n);
+	CHECK(body_bytes / n >= 140);
+	CHECK(seg.file_bytes <= 60 * n);
+	wt_rmrf(dir);
+}
+
 int main(void)
 {
+	test_footprint();
 	test_round_trip();
 	test_durable_only();
 	test_checkpoint_retention();
