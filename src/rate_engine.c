@@ -647,13 +647,7 @@ static int process_event(struct rate_engine *e, const struct rate_record *rec)
 				      .fp = fp};
 		if (cfg->late_policy == RATE_LATE_REPORT_ONLY)
 			return late_push(e, &l);
-		/* Earliest Q with end(Q) + grace >= ingest: Q + 1 = first k with
-		 * start(k) >= ingest - grace. */
-		int64_t u = rec->ingest_time_us - cfg->grace_us;
-		int64_t o = rate_period_ord(cfg, c->anchor, u);
-		int64_t q = cust_start(e, c, o) == u ? o - 1 : o;
-		if (q < ord + 1)
-			q = ord + 1;
+		int64_t q = rate_late_target_ord(cfg, c->anchor, ord, rec->ingest_time_us);
 		if (c->has_records && q <= c->closed_through)
 			q = c->closed_through + 1; /* only if a shard's ingest times went back */
 		l.target_ord = q;
@@ -677,6 +671,16 @@ out_range:
 		return 0;
 	}
 	return rc;
+}
+
+bool rate_meter_matches(const struct rate_config *cfg, uint32_t meter,
+			const struct tally_event *ev)
+{
+	const struct rate_meter *m = &cfg->meters[meter];
+	struct rate_val v;
+	return m->event_name_len == ev->name.len &&
+	       memcmp(m->event_name, ev->name.ptr, ev->name.len) == 0 && filters_pass(m, ev) &&
+	       meter_value(m, ev, &v);
 }
 
 /* ---- invoices ---- */

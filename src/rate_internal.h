@@ -22,6 +22,11 @@ unsigned rate_days_in_month(int64_t y, unsigned m);
 int64_t rate_period_ord(const struct rate_config *cfg, unsigned anchor_day, int64_t t_us);
 int64_t rate_period_start(const struct rate_config *cfg, unsigned anchor_day, int64_t ord);
 
+/* The period a late event of period `ord` ingested at ingest_time_us is adjusted in: the
+ * earliest Q > ord with end(Q) + grace >= ingest_time_us. */
+int64_t rate_late_target_ord(const struct rate_config *cfg, unsigned anchor_day, int64_t ord,
+			     int64_t ingest_time_us);
+
 /* Price of `meter` for a customer config (may be NULL) and plan at a period starting at
  * start_us: contract > customer > plan. *source gets "contract", "customer" or "plan".
  * NULL when the meter has no price. */

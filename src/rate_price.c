@@ -200,3 +200,47 @@ int64_t rate_period_start(const struct rate_config *cfg, unsigned anchor_day, in
 	unsigned m = (unsigned)(ord - y * 12) + 1;
 	return rate_days_from_civil(y, m, anchor_in(y, m, anchor_day)) * RATE_US_PER_DAY;
 }
+
+int64_t rate_late_target_ord(const struct rate_config *cfg, unsigned anchor_day, int64_t ord,
+			     int64_t ingest_time_us)
+{
+	/* Earliest Q > ord with end(Q) + grace >= ingest, i.e. Q + 1 = the first k with
+	 * start(k) >= ingest - grace. */
+	int64_t u = ingest_time_us - cfg->grace_us;
+	int64_t o = rate_period_ord(cfg, anchor_day, u);
+	int64_t q = rate_period_start(cfg, anchor_day, o) == u ? o - 1 : o;
+	return q < ord + 1 ? ord + 1 : q;
+}
+
+void rate_period_bounds(const struct rate_config *cfg, unsigned anchor_day, int64_t t_us,
+			int64_t *start_us, int64_t *end_us)
+{
+	int64_t o = rate_period_ord(cfg, anchor_day, t_us);
+	*start_us = rate_period_start(cfg, anchor_day, o);
+	*end_us = rate_period_start(cfg, anchor_day, o + 1);
+}
+
+int64_t rate_late_target_start(const struct rate_config *cfg, unsigned anchor_day,
+			       int64_t event_time_us, int64_t ingest_time_us)
+{
+	int64_t o = rate_period_ord(cfg, anchor_day, event_time_us);
+	return rate_period_start(cfg, anchor_day,
+				 rate_late_target_ord(cfg, anchor_day, o, ingest_time_us));
+}
+
+const struct rate_customer_cfg *rate_config_customer(const struct rate_config *cfg,
+						     const char *id)
+{
+	for (uint32_t i = 0; i < cfg->ncustomers; i++)
+		if (strcmp(cfg->customers[i].id, id) == 0)
+			return &cfg->customers[i];
+	return NULL;
+}
+
+int rate_config_meter(const struct rate_config *cfg, const char *id)
+{
+	for (uint32_t i = 0; i < cfg->nmeters; i++)
+		if (strcmp(cfg->meters[i].id, id) == 0)
+			return (int)i;
+	return -1;
+}

@@ -162,6 +162,43 @@ int main(void)
 	snprintf(path, sizeof path, "%s/out1/usage.json", g_dir);
 	CHECK(access(path, R_OK) == 0);
 
+	/* tally explain: line 1 and adjustment 1 of an invoice that has one, re-read from the WAL,
+	 * match the invoice's count and digest; a tampered count does not. */
+	char cmd2[4096], inv[1024] = "";
+	snprintf(cmd2, sizeof cmd2, "grep -l late_period_start %s/out1/invoices/*/*.json | head -1",
+		 g_dir);
+	FILE *pp = popen(cmd2, "r");
+	if (pp) {
+		if (!fgets(inv, sizeof inv, pp))
+			inv[0] = '\0';
+		pclose(pp);
+	}
+	inv[strcspn(inv, "\n")] = '\0';
+	CHECK(inv[0] != '\0');
+	if (inv[0]) {
+		const char *what[] = {"--line 1", "--line 2", "--adjustment 1"};
+		for (int k = 0; k < 3; k++) {
+			snprintf(cmd2, sizeof cmd2,
+				 "%s/tally explain %s %s --data %s/data --config %s/rate.json | grep -q ': OK$'",
+				 g_bin, inv, what[k], g_dir, g_dir);
+			CHECK_EQ(system(cmd2), 0);
+		}
+		snprintf(cmd2, sizeof cmd2,
+			 "%s/tally explain %s --adjustment 1 --data %s/data --config %s/rate.json",
+			 g_bin, inv, g_dir, g_dir);
+		CHECK_EQ(system(cmd2), 0); /* prints the figures into the test log */
+		snprintf(cmd2, sizeof cmd2,
+			 "sed 's/\"events\": \\([0-9]*\\)/\"events\": 1\\1/' %s > %s/tampered.json && "
+			 "%s/tally explain %s/tampered.json --line 1 --data %s/data --config %s/rate.json "
+			 "| grep -q MISMATCH",
+			 inv, g_dir, g_bin, g_dir, g_dir, g_dir);
+		CHECK_EQ(system(cmd2), 0);
+		snprintf(cmd2, sizeof cmd2, "%s/tally invoice %s | grep -q TOTAL", g_bin, inv);
+		CHECK_EQ(system(cmd2), 0);
+		snprintf(cmd2, sizeof cmd2, "%s/tally usage --out %s/out1 >/dev/null", g_bin, g_dir);
+		CHECK_EQ(system(cmd2), 0);
+	}
+
 	/* kill -9 while tailing, at random points, then finish with --once. */
 	int kills = 0;
 	for (int round = 0; round < 6; round++) {

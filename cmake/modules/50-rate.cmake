@@ -12,6 +12,10 @@ tally_test(test_rate_engine SOURCES tests/test_rate_engine.c DEPS tally_rate TIM
 if(TARGET tally_wal)
   tally_tool(tally-rate SOURCES tools/tally_rate.c DEPS tally_rate tally_wal)
   tally_test(test_rate_tool SOURCES tests/test_rate_tool.c DEPS tally_rate tally_wal TIMEOUT 300)
-  add_dependencies(test_rate_tool tally-rate)
+  add_dependencies(test_rate_tool tally-rate tally)
   tally_bench(bench_rate SOURCES bench/bench_rate.c DEPS tally_rate tally_wal)
+  # tally usage / explain / invoice subcommands
+  set_property(GLOBAL APPEND PROPERTY TALLY_CLI_SOURCES ${PROJECT_SOURCE_DIR}/tools/cmd_usage.c
+               ${PROJECT_SOURCE_DIR}/tools/cmd_explain.c)
+  set_property(GLOBAL APPEND PROPERTY TALLY_CLI_DEPS tally_rate tally_wal PkgConfig::JANSSON)
 endif()

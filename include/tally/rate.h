@@ -219,6 +219,27 @@ int rate_config_load(const char *path, struct rate_config **out /* OUT */, char 
 
 void rate_config_free(struct rate_config *cfg);
 
+/* The configured customer with this id, or NULL. */
+const struct rate_customer_cfg *rate_config_customer(const struct rate_config *cfg,
+						     const char *id);
+
+/* Index of the meter with this id, or -1. */
+int rate_config_meter(const struct rate_config *cfg, const char *id);
+
+/* True if the engine would count `ev` in `meter`: event name, every filter, and a usable
+ * value (property present and numeric for sum/max/last). */
+bool rate_meter_matches(const struct rate_config *cfg, uint32_t meter,
+			const struct tally_event *ev);
+
+/* [start, end) of the period containing t_us for a customer with this anchor day. */
+void rate_period_bounds(const struct rate_config *cfg, unsigned anchor_day, int64_t t_us,
+			int64_t *start_us /* OUT */, int64_t *end_us /* OUT */);
+
+/* Start of the period whose invoice carries the adjustment for a late event
+ * (docs/rating.md "Periods and lateness"). */
+int64_t rate_late_target_start(const struct rate_config *cfg, unsigned anchor_day,
+			       int64_t event_time_us, int64_t ingest_time_us);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Pricing one quantity (the code every invoice line, adjustment and usage figure uses)       */
 
