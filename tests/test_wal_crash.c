@@ -223,7 +223,7 @@ static void test_bit_flips(void)
 
 static void test_sealed_corruption(void)
 {
-	char dir[512], seg0[700], seg1[700];
+	char dir[512], seg0[WAL_PATH_BYTES_MAX], seg1[WAL_PATH_BYTES_MAX];
 	wt_tmpdir(dir, sizeof dir, "walcrash");
 	write_blocks(dir, 300, 8); /* ~0.8 KiB blocks, 64 KiB segments: several segments */
 	struct wal_segment_info segs[16];
@@ -280,7 +280,7 @@ static void test_sealed_corruption(void)
 	CHECK_EQ(wal_close(w), 0);
 
 	/* A missing sealed segment: offset gap. */
-	char moved[800];
+	char moved[WAL_PATH_BYTES_MAX + 8];
 	snprintf(moved, sizeof moved, "%s.moved", seg1);
 	CHECK(rename(seg1, moved) == 0);
 	CHECK_EQ(wal_open(dir, &o, &w), -EBADMSG);
