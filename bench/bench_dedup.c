@@ -9,7 +9,8 @@
  *      doublings); prints the slowest dedup_check_claim call.
  *   3. seal: a second shard is filled and sealed one generation (N/G keys) at a time, as the
  *      broker does (.keys runs under --dir); ms per million keys.
- *   4. cold: N/10 fresh keys (G bloom probes each, then claimed), N/10 cold duplicates.
+ *   4. cold: N/20 fresh keys (G bloom probes each, then claimed), N/20 duplicates spread
+ *      over all generations; then dedup_compact() and the same again.
  *   5. restart: close, reopen (map + verify + rebuild blooms/indexes of every run).
  * Prints rates per second on this one core, RAM bytes per key (hot: mapped table; cold: bloom +
  * sparse index) and the restart time. Page cache is warm for the restart (runs just written).
@@ -79,11 +80,50 @@ static double run(struct dedup_shard *d, uint64_t seed, uint64_t from, uint64_t 
 	return worst;
 }
 
+/* Fresh keys (bloom probes, then claimed) and duplicates of cold keys. */
+static void cold_lookups(struct dedup_shard *d, uint64_t n, uint64_t probe, uint64_t gens,
+			 uint64_t universe)
+{
+	uint64_t cnt[8] = {0};
+	struct dedup_stats st;
+	dedup_stats(d, &st);
+	uint64_t s0 = st.run_searches;
+	double t0 = now_s();
+	run(d, universe, 0, probe, (2 + universe) * n, false, cnt);
+	double t_cmiss = now_s() - t0;
+	dedup_stats(d, &st);
+	CHECK_EQ_U(cnt[DEDUP_NEW], probe);
+	printf("cold lookup fresh, %4" PRIu64 " generations (claimed after): %8.2f M/s, run searches "
+	       "%.2f%% of keys\n",
+	       gens, (double)probe / t_cmiss / 1e6,
+	       100.0 * (double)(st.run_searches - s0) / (double)probe);
+	memset(cnt, 0, sizeof(cnt));
+	t0 = now_s();
+	uint64_t done = 0;
+	for (uint64_t i = 0; i < probe;) { /* duplicates spread uniformly over all generations */
+		size_t m = 0;
+		for (; m < BATCH && i + m < probe; m++) {
+			uint64_t k = dtest_mix(i + m + universe * n) % n;
+			g_q[m] = (struct dedup_query){.fp = dtest_fp(1, k), .digest = dtest_digest(k),
+						      .event_time_us = 1000};
+		}
+		dedup_check_claim(d, g_q, m, g_a);
+		for (size_t k = 0; k < m; k++)
+			cnt[g_a[k].verdict & 7]++;
+		i += m;
+		done += m;
+	}
+	double t_chit = now_s() - t0;
+	CHECK_EQ_U(cnt[DEDUP_DUPLICATE], probe);
+	printf("cold lookup duplicates, %4" PRIu64 " generations:          %8.2f M/s\n", gens,
+	       (double)done / t_chit / 1e6);
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: bench_dedup [--keys N] [--gens G] [--dir DIR] [--fp-ppm P] [--no-cold]\n"
 		   "  --keys N    keys in the shard (default 10000000)\n"
-		   "  --gens G    cold generations the keys are sealed into (default 10)\n"
+		   "  --gens G    cold generations the keys are sealed into (default 64)\n"
 		   "  --dir DIR   where .keys runs go (default /tmp/bench-dedup-<pid>, removed after)\n"
 		   "  --fp-ppm P  bloom false-positive target, parts per million (default 10000)\n"
 		   "  --no-cold   hot tier only\n");
@@ -91,7 +131,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-	uint64_t n = 10000000, gens = 10;
+	uint64_t n = 10000000, gens = 64;
 	uint32_t fp_ppm = 10000;
 	bool cold = true;
 	char dir[512] = "";
@@ -187,7 +227,7 @@ int main(int argc, char **argv)
 	 * (the hot table only ever holds the unsealed segment). */
 	dedup_shard_close(d);
 	uint64_t per = n / gens;
-	struct dedup_options oc = {.expected_keys = per + per / 4 + n / 10,
+	struct dedup_options oc = {.expected_keys = per + per / 4 + n / 10 + 1000,
 				   .bloom_fp_per_million = fp_ppm, .dir = dir};
 	rc = dedup_shard_open(&oc, 0, &d);
 	if (rc != 0) {
@@ -219,38 +259,20 @@ int main(int argc, char **argv)
 	       "bytes/key\n",
 	       st.cold_ram_bytes, st.cold_keys, (double)st.cold_ram_bytes / (double)st.cold_keys,
 	       32.0 + 64.0 * (double)gens / (double)n);
-	uint64_t probe = n / 10;
-	uint64_t s0 = st.run_searches;
-	memset(cnt, 0, sizeof(cnt));
-	t0 = now_s();
-	run(d, 3, 0, probe, 2 * n, false, cnt);
-	double t_cmiss = now_s() - t0;
+	uint64_t probe = n / 20;
+	cold_lookups(d, n, probe, gens, 3);
+	double t_c = now_s();
+	int merges = dedup_compact(d);
+	t_c = now_s() - t_c;
+	CHECK(merges >= 0);
 	dedup_stats(d, &st);
-	CHECK_EQ_U(cnt[DEDUP_NEW], probe);
-	printf("cold lookup fresh (%" PRIu64 " blooms each, then claim): %8.2f M/s, run searches "
-	       "%.2f%% per key\n",
-	       gens, (double)probe / t_cmiss / 1e6,
-	       100.0 * (double)(st.run_searches - s0) / (double)probe);
-	memset(cnt, 0, sizeof(cnt));
-	t0 = now_s();
-	run(d, 1, n - probe, n, 0, false, cnt); /* the newest generation(s) */
-	double t_chit = now_s() - t0;
-	CHECK_EQ_U(cnt[DEDUP_DUPLICATE], probe);
-	memset(cnt, 0, sizeof(cnt));
-	double t1 = now_s();
-	for (uint64_t i = 0; i < probe; i++) { /* uniformly over all generations */
-		uint64_t k = dtest_mix(i) % n;
-		struct dedup_query q = {.fp = dtest_fp(1, k), .digest = dtest_digest(k),
-					.event_time_us = 1000};
-		struct dedup_answer a;
-		dedup_check_claim(d, &q, 1, &a);
-		cnt[a.verdict & 7]++;
-	}
-	double t_chit2 = now_s() - t1;
-	CHECK_EQ_U(cnt[DEDUP_DUPLICATE], probe);
-	printf("cold lookup duplicates (newest gens, batched): %8.2f M/s; uniform over all "
-	       "gens, one at a time: %.2f M/s\n",
-	       (double)probe / t_chit / 1e6, (double)probe / t_chit2 / 1e6);
+	printf("compact: %d merges (fan-in 8, max level 2) -> %" PRIu64 " generations in %.2f s "
+	       "(%.0f MB/s of runs merged, off the hot path in the broker)\n",
+	       merges, st.generations, t_c,
+	       merges ? (double)n * 32 * (merges > 8 ? 2 : 1) / t_c / 1e6 : 0.0);
+	printf("cold RAM after compaction: %.2f bytes/key\n",
+	       (double)st.cold_ram_bytes / (double)st.cold_keys);
+	cold_lookups(d, n, probe, st.generations, 4);
 	dedup_shard_close(d);
 
 	struct dedup_options orst = {.expected_keys = 1 << 20, .bloom_fp_per_million = fp_ppm,

@@ -57,8 +57,11 @@ static void *map_zeroed(size_t bytes, bool populate)
 		       -1, 0);
 	if (p == MAP_FAILED)
 		return NULL;
-	/* Random access over gigabytes: huge pages cut the TLB misses. Only a hint. */
-	if (bytes >= (4u << 20))
+	/* Random access over gigabytes: huge pages cut the TLB misses. Only a hint. Not for a
+	 * table faulted in on the hot path (prepare): a huge-page fault may compact memory
+	 * synchronously for many ms; that table gets the hint when it takes over, and
+	 * khugepaged collapses it in the background. */
+	if (bytes >= (4u << 20) && populate)
 		(void)madvise(p, bytes, MADV_HUGEPAGE);
 	/* Fault everything in now (start-up), not on the hot path. After the hint, so that the
 	 * faults take huge pages. */
@@ -292,6 +295,11 @@ void dedup_hot_maintain(struct dedup_hot *h, uint64_t inserted)
 	prepare(h, UINT64_MAX);
 	h->old = h->cur;
 	h->cur = h->next;
+	if (table_bytes(&h->cur) >= (8u << 20)) { /* see map_zeroed */
+		(void)madvise(h->cur.tags, (h->cur.mask + 1) * sizeof(uint16_t), MADV_HUGEPAGE);
+		(void)madvise(h->cur.slots, (h->cur.mask + 1) * sizeof(struct dedup_rec),
+			      MADV_HUGEPAGE);
+	}
 	memset(&h->next, 0, sizeof(h->next));
 	h->preparing = false;
 	h->migrating = true;
