@@ -990,8 +990,17 @@ static int close_one(struct rate_engine *e, struct rate_cust *c, int64_t ord)
 	}
 	if (!cp && (rc = rate_cperiod_get(e, c, ord, &cp)) != 0)
 		return rc;
+	/* Every source period of an adjustment gets its record now, so that committing below
+	 * cannot fail half-way. */
+	for (uint32_t i = 0; i < cp->nadj; i++) {
+		struct rate_cperiod *sp;
+		if ((rc = rate_cperiod_get(e, c, cp->adj[i].src_ord, &sp)) != 0)
+			return rc;
+	}
+	/* The document first, without changing any state: if it cannot be written, nothing was
+	 * committed (credits, merges) and the close is simply retried later. */
 	json_t *inv;
-	if ((rc = build_invoice(e, c, cp, true, &inv)) != 0)
+	if ((rc = build_invoice(e, c, cp, false, &inv)) != 0)
 		return rc;
 	char *txt = json_dumps(inv, RATE_JSON_FLAGS);
 	json_decref(inv);
@@ -1023,6 +1032,11 @@ static int close_one(struct rate_engine *e, struct rate_cust *c, int64_t ord)
 	free(buf);
 	if (rc != 0)
 		return rc;
+	/* Written: now commit what the document says (burn credits, merge late units into their
+	 * closed periods). Same inputs, so the same figures. */
+	if ((rc = build_invoice(e, c, cp, true, &inv)) != 0)
+		return rc;
+	json_decref(inv);
 	c->started = true;
 	cp->closed = true;
 	e->stats.invoices++;

@@ -430,6 +430,46 @@ static void test_resolution_and_credits(void)
 	rate_config_free(cfg);
 }
 
+static int g_fail_next;
+
+static int on_invoice_flaky(void *ctx, const char *customer, int64_t start, const char *json,
+			    size_t len)
+{
+	if (g_fail_next) {
+		g_fail_next = 0;
+		return -EIO;
+	}
+	return on_invoice(ctx, customer, start, json, len);
+}
+
+/* A failed invoice write commits nothing: the retry burns the credits once. */
+static void test_failed_close_retries(void)
+{
+	struct rate_config *cfg = base_cfg("adjust_next", "null");
+	struct cap cap = {0};
+	struct rate_engine *e;
+	struct rate_engine_opts o = {.shards = 1, .on_invoice = on_invoice_flaky, .ctx = &cap};
+	CHECK_EQ(rate_engine_create(cfg, &o, &e), 0);
+	int64_t jan = T("2026-01-01");
+	for (int i = 0; i < 2500; i++)
+		feed(e, "cus_cred", "api.call", jan + i, 0, (uint64_t)i, jan + i, 0, NULL);
+	g_fail_next = 1;
+	CHECK_EQ(rate_engine_tick(e, 0, T("2026-02-04")), -EIO);
+	CHECK_EQ(cap.n, 0);
+	CHECK_EQ(rate_engine_tick(e, 0, T("2026-02-04") + 1), 0);
+	CHECK_EQ(cap.n, 1);
+	json_t *inv = find_inv(&cap, "cus_cred", "2026-01-01");
+	CHECK(inv != NULL);
+	if (inv) {
+		CHECK_STR(jstr(inv, "credits_total"), "30.00");
+		CHECK_STR(jstr(inv, "credits_applied[2].remaining"), "3.00");
+		json_decref(inv);
+	}
+	rate_engine_destroy(e);
+	cap_free(&cap);
+	rate_config_free(cfg);
+}
+
 static void test_periods_and_lateness(const char *policy)
 {
 	bool adjust = strcmp(policy, "adjust_next") == 0;
@@ -837,6 +877,7 @@ int main(void)
 	test_documented_invoices();
 	test_million_events();
 	test_resolution_and_credits();
+	test_failed_close_retries();
 	test_periods_and_lateness("adjust_next");
 	test_periods_and_lateness("report_only");
 	test_aggregations_and_overflow();
