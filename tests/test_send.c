@@ -457,6 +457,92 @@ static void test_exact(void)
 	fclose(dump);
 }
 
+/* A quiet input stream does not hold events back: each line reaches the server while the
+ * input is still open (the partial batch is sent once the input has been idle briefly). */
+static void test_stream(void)
+{
+	struct fake_server *s = start((struct fake_server_config){0});
+	char portarg[32], out_path[128], err_path[128];
+	snprintf(portarg, sizeof(portarg), "127.0.0.1:%u", fake_server_port(s));
+	snprintf(out_path, sizeof(out_path), "%s/stdout", dir);
+	snprintf(err_path, sizeof(err_path), "%s/stderr", dir);
+	int p[2];
+	CHECK_EQ(pipe(p), 0);
+	const char *argv[] = {tally_path, "send", "--connect", portarg, NULL};
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, p[0], 0);
+	posix_spawn_file_actions_addclose(&fa, p[1]);
+	posix_spawn_file_actions_addopen(&fa, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	posix_spawn_file_actions_addopen(&fa, 2, err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	char *env[] = {"PATH=/usr/bin:/bin", NULL};
+	pid_t pid;
+	int rc = posix_spawn(&pid, tally_path, &fa, NULL, (char *const *)argv, env);
+	posix_spawn_file_actions_destroy(&fa);
+	close(p[0]);
+	CHECK_EQ(rc, 0);
+	for (int i = 1; i <= 2 && rc == 0; i++) {
+		char line[160];
+		int n = snprintf(line, sizeof(line),
+				 "{\"event_id\":\"s%d\",\"customer_id\":\"c\",\"event_name\":\"n\","
+				 "\"timestamp_us\":%d}\n",
+				 i, i);
+		CHECK_EQ(write(p[1], line, (size_t)n), n);
+		/* Wait (bounded: 20 s) for the event to arrive while the input stays open. */
+		struct fake_server_stats st = {0};
+		for (int w = 0; w < 2000; w++) {
+			fake_server_stats(s, &st);
+			if (st.events >= (uint64_t)i)
+				break;
+			usleep(10 * 1000);
+		}
+		CHECK_EQ(st.events, i);
+	}
+	close(p[1]);
+	int status = 0;
+	if (rc == 0)
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	char *out = read_file(out_path);
+	const char *want[] = {
+		"sent 2 events from 2 lines: 2 accepted, 0 duplicate, 0 conflict, 0 rejected, 0 invalid",
+		NULL};
+	check_lines("stream stdout", out, want);
+	free(out);
+	fake_server_stop(s);
+}
+
+/* A line over the 1 MiB limit is reported and skipped; the next line still goes. */
+static void test_long_line(void)
+{
+	char in_path[128], portarg[32];
+	snprintf(in_path, sizeof(in_path), "%s/long.jsonl", dir);
+	size_t big = (1u << 20) + 100;
+	char *text = malloc(big + 256);
+	int n = snprintf(text, 64, "{\"event_id\":\"");
+	memset(text + n, 'x', big);
+	n += (int)big;
+	n += snprintf(text + n, 256,
+		      "\"}\n{\"event_id\":\"ok\",\"customer_id\":\"c\",\"event_name\":\"n\","
+		      "\"timestamp_us\":1}\n");
+	write_file(in_path, text);
+	free(text);
+	struct fake_server *s = start((struct fake_server_config){0});
+	snprintf(portarg, sizeof(portarg), "127.0.0.1:%u", fake_server_port(s));
+	char *out, *err;
+	const char *args[] = {"send", "--connect", portarg, in_path, NULL};
+	CHECK_EQ(run_tally(args, NULL, &out, &err), 1);
+	const char *want[] = {
+		"line 1: invalid: line longer than 1048576 bytes",
+		"sent 1 events from 2 lines: 1 accepted, 0 duplicate, 0 conflict, 0 rejected, 1 invalid",
+		NULL};
+	check_lines("long stdout", out, want);
+	free(out);
+	free(err);
+	fake_server_stop(s);
+}
+
 static void test_usage_and_refused(void)
 {
 	char *out, *err;
@@ -514,10 +600,12 @@ int main(void)
 	test_out_of_order();
 	test_server_error();
 	test_exact();
+	test_stream();
+	test_long_line();
 	test_usage_and_refused();
 
 	const char *names[] = {"events.jsonl", "dump", "good.jsonl", "ooo.jsonl", "err.jsonl",
-			       "exact.jsonl", "dump2", "stdout", "stderr"};
+			       "exact.jsonl", "dump2", "long.jsonl", "stdout", "stderr"};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		char p[160];
 		snprintf(p, sizeof(p), "%s/%s", dir, names[i]);

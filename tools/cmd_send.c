@@ -27,13 +27,16 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tally/client.h"
 #include "tally/event.h"
@@ -47,6 +50,7 @@
 #define SEND_INFLIGHT_MAX      16u        /* batches kept for resending, at most */
 #define SEND_RETRIES_DEFAULT   3u
 #define SEND_BACKOFF_MS_FIRST  200
+#define SEND_IDLE_FLUSH_MS     100       /* input quiet this long: send the partial batch */
 
 enum send_kind { SEND_INVALID = 1, SEND_REJECTED, SEND_CONFLICT, SEND_UNACKED };
 
@@ -965,7 +969,8 @@ static int flush_cur(struct send_state *st)
 }
 
 /* Adds one encoded event (from line `line`) to the batch being built, sending as needed.
- * Returns 0, or -1 (need_recover or fatal set; the event was not added: call again). */
+ * Returns 0; -1 if the event was not added (need_recover or fatal set: recover, call again);
+ * 1 if it was added but sending the full batch failed (recover, do not add it again). */
 static int add_event(struct send_state *st, uint64_t line, const uint8_t *body, size_t len)
 {
 	size_t frame_max = tally_client_limits(st->c)->frame_bytes_max;
@@ -997,6 +1002,9 @@ static int add_event(struct send_state *st, uint64_t line, const uint8_t *body, 
 	memcpy(b->bodies + b->bodies_len + 2, body, len);
 	b->bodies_len += 2 + len;
 	b->lines[b->count++] = line;
+	/* A full batch goes at once (with --batch 1, every line as soon as it is read). */
+	if (b->count == st->batch_cap && flush_cur(st) < 0)
+		return 1;
 	return 0;
 }
 
@@ -1125,6 +1133,86 @@ static int parse_connect(const char *arg, char *host, size_t cap, uint16_t *port
 	return 0;
 }
 
+/*
+ * Reads lines from a descriptor with a timeout, so that a quiet stream (e.g. `tail -f x |
+ * tally send`) does not hold a partial batch forever. The buffer holds one line of at most
+ * SEND_LINE_BYTES_MAX bytes plus what was read past it; a longer line is skipped to its end.
+ */
+struct send_reader {
+	int fd;
+	char *buf;
+	size_t cap;
+	size_t start; /* unconsumed bytes are buf[start, end) */
+	size_t end;
+	bool eof;
+	bool skipping; /* inside an over-long line */
+	int err;       /* errno of a failed read */
+};
+
+enum { READ_LINE = 1, READ_LONG = 2, READ_IDLE = 3, READ_EOF = 0, READ_ERROR = -1 };
+
+/*
+ * Next line (without its newline, '\r' stripped) into *line and *len, valid until the next
+ * call.
+ * Returns READ_LINE; READ_LONG (a line over the limit was skipped); READ_IDLE if no complete
+ * line came within timeout_ms; READ_EOF; READ_ERROR (err set).
+ */
+static int reader_next(struct send_reader *r, int timeout_ms, char **line, size_t *len)
+{
+	for (;;) {
+		char *nl = r->end > r->start ? memchr(r->buf + r->start, '\n', r->end - r->start) : NULL;
+		if (nl || (r->eof && r->end > r->start)) {
+			size_t n = nl ? (size_t)(nl - (r->buf + r->start)) : r->end - r->start;
+			char *p = r->buf + r->start;
+			r->start += n + (nl ? 1 : 0);
+			if (r->skipping) {
+				r->skipping = false;
+				continue; /* the tail of an over-long line */
+			}
+			if (n > SEND_LINE_BYTES_MAX)
+				return READ_LONG;
+			if (n && p[n - 1] == '\r')
+				n--;
+			*line = p;
+			*len = n;
+			return READ_LINE;
+		}
+		if (r->eof)
+			return READ_EOF;
+		/* Make room: move the partial line to the front. */
+		if (r->start > 0) {
+			memmove(r->buf, r->buf + r->start, r->end - r->start);
+			r->end -= r->start;
+			r->start = 0;
+		}
+		if (r->end - r->start > SEND_LINE_BYTES_MAX) {
+			bool report = !r->skipping;
+			r->skipping = true;
+			r->start = r->end = 0;
+			if (report)
+				return READ_LONG;
+		}
+		struct pollfd pf = {.fd = r->fd, .events = POLLIN};
+		int pr = poll(&pf, 1, timeout_ms);
+		if (pr < 0 && errno != EINTR) {
+			r->err = errno;
+			return READ_ERROR;
+		}
+		if (pr == 0)
+			return READ_IDLE;
+		ssize_t got = read(r->fd, r->buf + r->end, r->cap - r->end);
+		if (got < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			r->err = errno;
+			return READ_ERROR;
+		}
+		if (got == 0)
+			r->eof = true;
+		r->end += (size_t)got;
+	}
+}
+
 static void process_line(struct send_state *st, uint64_t lineno, char *line, size_t n,
 			 char *marked, uint8_t *body)
 {
@@ -1157,9 +1245,12 @@ static void process_line(struct send_state *st, uint64_t lineno, char *line, siz
 		st->rejected++;
 		return;
 	}
-	while (add_event(st, lineno, body, len) < 0)
+	int rc;
+	while ((rc = add_event(st, lineno, body, len)) < 0)
 		if (recover(st) < 0)
 			return;
+	if (rc > 0)
+		(void)recover(st);
 }
 
 int tally_cmd_send(int argc, char **argv)
@@ -1237,11 +1328,11 @@ int tally_cmd_send(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	FILE *in = stdin;
+	struct send_reader rd = {.fd = 0};
 	const char *path = argc - optind == 1 ? argv[optind] : "-";
 	if (strcmp(path, "-")) {
-		in = fopen(path, "r");
-		if (!in) {
+		rd.fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (rd.fd < 0) {
 			fprintf(stderr, "tally send: cannot open %s: %s\n", path, strerror(errno));
 			return 2;
 		}
@@ -1260,7 +1351,7 @@ int tally_cmd_send(int argc, char **argv)
 	st.retries_left = (unsigned)retries;
 	st.backoff_ms = SEND_BACKOFF_MS_FIRST;
 	int status = 2;
-	char *line = NULL, *marked = NULL;
+	char *marked = NULL;
 	uint8_t *body = NULL;
 	int rc = tally_client_connect(&o, &st.c);
 	if (rc < 0) {
@@ -1282,30 +1373,37 @@ int tally_cmd_send(int argc, char **argv)
 			goto out_nomem;
 	}
 
-	size_t line_cap = 0, marked_cap = 0;
-	ssize_t n;
-	while (!st.fatal[0] && (n = getline(&line, &line_cap, in)) >= 0) {
+	rd.cap = SEND_LINE_BYTES_MAX + 65536;
+	rd.buf = malloc(rd.cap);
+	marked = malloc(4 * (size_t)SEND_LINE_BYTES_MAX + 16);
+	if (!rd.buf || !marked)
+		goto out_nomem;
+	while (!st.fatal[0]) {
+		char *line;
+		size_t len;
+		int r = reader_next(&rd, SEND_IDLE_FLUSH_MS, &line, &len);
+		if (r == READ_EOF)
+			break;
+		if (r == READ_ERROR) {
+			set_fatal(&st, "reading %s: %s", path, strerror(rd.err));
+			break;
+		}
+		if (r == READ_IDLE) {
+			/* The input is quiet: send what is waiting, take what has arrived. */
+			while (!st.fatal[0] && flush_cur(&st) < 0)
+				if (recover(&st) < 0)
+					break;
+			continue;
+		}
 		st.nlines++;
-		size_t len = (size_t)n;
-		while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-			len--;
-		if (len > SEND_LINE_BYTES_MAX) {
+		if (r == READ_LONG) {
 			add_problem(&st, st.nlines, SEND_INVALID, 0, "line longer than %u bytes",
 				    SEND_LINE_BYTES_MAX);
 			st.invalid++;
 			continue;
 		}
-		if (marked_cap < 4 * len + 16) {
-			char *m = realloc(marked, 4 * len + 16);
-			if (!m)
-				goto out_nomem;
-			marked = m;
-			marked_cap = 4 * len + 16;
-		}
 		process_line(&st, st.nlines, line, len, marked, body);
 	}
-	if (!st.fatal[0] && ferror(in))
-		snprintf(st.fatal, sizeof(st.fatal), "reading %s: %s", path, strerror(errno));
 	/* The last partial batch, then every receipt (recovering as long as retries allow). */
 	while (!st.fatal[0] && flush_cur(&st) < 0)
 		if (recover(&st) < 0)
@@ -1328,7 +1426,7 @@ int tally_cmd_send(int argc, char **argv)
 	print_summary(&st);
 	if (st.fatal[0]) {
 		fprintf(stderr, "tally send: %s\n", st.fatal);
-		if (!feof(in))
+		if (!rd.eof)
 			fprintf(stderr, "tally send: stopped after line %llu (later lines, if any, were "
 					"not sent)\n",
 				(unsigned long long)st.nlines);
@@ -1350,9 +1448,9 @@ out_nomem:
 	status = 2;
 out_close:
 	tally_client_close(st.c);
-	if (in != stdin)
-		fclose(in);
-	free(line);
+	if (rd.fd > 0)
+		close(rd.fd);
+	free(rd.buf);
 	free(marked);
 	free(body);
 	if (st.slots)
