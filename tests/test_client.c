@@ -191,7 +191,7 @@ static void test_receipts(void)
 	struct tally_event_in in[3];
 	struct proto_receipt r[3];
 	for (int i = 0; i < 3; i++) {
-		char k[16];
+		char k[32];
 		snprintf(k, sizeof(k), "k%d", i);
 		make_event(&e[i], k, 10 + i);
 		in[i] = e[i].in;
@@ -396,7 +396,7 @@ static void test_close_mid_frame(void)
 	struct tally_event_in in[5];
 	struct proto_receipt r[5];
 	for (int i = 0; i < 5; i++) {
-		char k[16];
+		char k[32];
 		snprintf(k, sizeof(k), "m%d", i);
 		make_event(&e[i], k, i);
 		in[i] = e[i].in;
@@ -485,7 +485,7 @@ static void test_batch_limits(void)
 	struct ev_store e[9];
 	struct tally_event_in in[9];
 	for (int i = 0; i < 9; i++) {
-		char k[16];
+		char k[32];
 		snprintf(k, sizeof(k), "l%d", i);
 		make_event(&e[i], k, i);
 		in[i] = e[i].in;
@@ -606,7 +606,7 @@ static void test_trickle(void)
 	struct proto_receipt r[3];
 	for (int round = 0; round < 3; round++) {
 		for (int i = 0; i < 3; i++) {
-			char k[16];
+			char k[32];
 			snprintf(k, sizeof(k), "tr%d-%d", round, i);
 			make_event(&e[i], k, i);
 			in[i] = e[i].in;
