@@ -299,8 +299,8 @@ out_close:
 
 int rate_engine_load(struct rate_engine *e, uint64_t *positions, uint32_t n, const char *path)
 {
-	uint8_t *buf;
-	size_t len;
+	uint8_t *buf = NULL;
+	size_t len = 0;
 	int rc = read_file(path, &buf, &len);
 	if (rc != 0)
 		return rc;
