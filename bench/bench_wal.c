@@ -57,8 +57,8 @@ static void gen_events(const char *gen)
 	CHECK(bodies && body_len && body_off);
 	uint32_t at = 0;
 	struct bench_gen g;
-	struct bench_gen_config c = {.seed = 7, .customers = 5000, .base_time_us = WT_BASE_TIME_US,
-				     .time_step_us = 50};
+	struct bench_gen_config c = {
+	    .seed = 7, .customers = 5000, .base_time_us = WT_BASE_TIME_US, .time_step_us = 50};
 	static struct bench_gen_event e;
 	bool harness = strncmp(gen, "harness", 7) == 0;
 	if (harness) {
@@ -127,7 +127,8 @@ static void run_append(const char *dir, uint64_t n, int mode, uint32_t delay_us,
 	for (uint64_t i = 0; i < n; i++) {
 		uint32_t k = (uint32_t)(i % DISTINCT);
 		struct tally_view b = {bodies + body_off[k], body_len[k]};
-		struct tally_view t = {(const uint8_t *)tenants[i & 3], (uint32_t)strlen(tenants[i & 3])};
+		struct tally_view t = {(const uint8_t *)tenants[i & 3],
+				       (uint32_t)strlen(tenants[i & 3])};
 		if ((i & 63) == 0)
 			ingest += 30; /* a clock read per batch in the broker */
 		int rc = wal_append(s, t, &b, ingest, NULL);
@@ -156,7 +157,8 @@ static void run_append(const char *dir, uint64_t n, int mode, uint32_t delay_us,
 	for (size_t i = 0; i < ns && i < 64; i++) {
 		res->disk_bytes += segs[i].file_bytes;
 		char idx[WAL_PATH_BYTES_MAX + 8];
-		snprintf(idx, sizeof idx, "%.*s.idx", (int)(strlen(segs[i].path) - 4), segs[i].path);
+		snprintf(idx, sizeof idx, "%.*s.idx", (int)(strlen(segs[i].path) - 4),
+			 segs[i].path);
 		struct stat st;
 		if (stat(idx, &st) == 0)
 			res->disk_bytes += (uint64_t)st.st_size;
@@ -184,9 +186,11 @@ static double run_read(const char *dir, uint64_t n, uint64_t *raw_bytes, double 
 
 static void usage(void)
 {
-	printf("usage: bench_wal [-n EVENTS] [--gen wal|harness|harness150] [--delay-us US] [--accel N] [--dir DIR]\n"
-	       "Prints append (no fsync / group-commit fsync / fsync + injected latency), bytes per\n"
-	       "event on disk, compression ratio and read rates for one WAL shard.\n");
+	printf(
+	    "usage: bench_wal [-n EVENTS] [--gen wal|harness|harness150] [--delay-us US] [--accel "
+	    "N] [--dir DIR]\n"
+	    "Prints append (no fsync / group-commit fsync / fsync + injected latency), bytes per\n"
+	    "event on disk, compression ratio and read rates for one WAL shard.\n");
 }
 
 int main(int argc, char **argv)
@@ -220,8 +224,8 @@ int main(int argc, char **argv)
 	for (uint32_t i = 0; i < DISTINCT; i++)
 		body_bytes_total += body_len[i];
 	double avg_body = (double)body_bytes_total / DISTINCT;
-	printf("bench_wal: %" PRIu64 " events, generator %s, mean body %.1f bytes, 1 shard\n", n, gen,
-	       avg_body);
+	printf("bench_wal: %" PRIu64 " events, generator %s, mean body %.1f bytes, 1 shard\n", n,
+	       gen, avg_body);
 
 	struct result r0, r1, r2;
 	run_append(dir, n, 0, 0, &r0);
@@ -233,13 +237,16 @@ int main(int argc, char **argv)
 	double mb = (double)body_read / 1e6;
 	printf("append/nosync        %10.0f ev/s  %8.1f MB/s  (%.0f ev per CPU-second)\n",
 	       n / r0.append_s, mb / r0.append_s, n / r0.append_cpu_s);
-	printf("append/fsync         %10.0f ev/s  %8.1f MB/s  (durable; %" PRIu64 " syncs, %.0f ev/sync)\n",
+	printf("append/fsync         %10.0f ev/s  %8.1f MB/s  (durable; %" PRIu64
+	       " syncs, %.0f ev/sync)\n",
 	       n / r1.append_s, mb / r1.append_s, r1.syncs, r1.syncs ? (double)n / r1.syncs : 0.0);
-	printf("append/fsync+%uus  %10.0f ev/s  %8.1f MB/s  (durable; %" PRIu64 " syncs, %.0f ev/sync)\n",
+	printf("append/fsync+%uus  %10.0f ev/s  %8.1f MB/s  (durable; %" PRIu64
+	       " syncs, %.0f ev/sync)\n",
 	       delay_us, n / r2.append_s, mb / r2.append_s, r2.syncs,
 	       r2.syncs ? (double)n / r2.syncs : 0.0);
-	printf("footprint            %10.1f bytes/event on disk (body %.1f), compression ratio %.2f\n",
-	       (double)r0.disk_bytes / n, (double)body_read / n, (double)body_read / r0.disk_bytes);
+	printf(
+	    "footprint            %10.1f bytes/event on disk (body %.1f), compression ratio %.2f\n",
+	    (double)r0.disk_bytes / n, (double)body_read / n, (double)body_read / r0.disk_bytes);
 	printf("read                 %10.0f ev/s  %8.1f MB/s  (%.0f ev per CPU-second)\n",
 	       n / read_s, mb / read_s, n / read_cpu);
 	wt_rmrf(dir);

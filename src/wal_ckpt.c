@@ -28,10 +28,10 @@
 
 #include "wal_internal.h"
 
-#define CKPT_MAGIC 0x504B4354u /* "TCKP" */
-#define CKPT_VERSION 1
+#define CKPT_MAGIC        0x504B4354u /* "TCKP" */
+#define CKPT_VERSION      1
 #define CKPT_HEADER_BYTES 16
-#define CKPT_BYTES(n) (CKPT_HEADER_BYTES + 8u * (n) + 8u)
+#define CKPT_BYTES(n)     (CKPT_HEADER_BYTES + 8u * (n) + 8u)
 
 static bool consumer_name_ok(const char *name)
 {
@@ -250,8 +250,8 @@ int wal_retention_run(const char *data_dir, uint64_t max_age_us, int64_t now_us,
 			if (rc < 0)
 				break;
 			if (sc.bad_why || sc.next_offset != end) {
-				wal_set_error("%s: not deleted: its tail does not verify (%s)", path,
-					      sc.bad_why ? sc.bad_why : "offset gap");
+				wal_set_error("%s: not deleted: its tail does not verify (%s)",
+					      path, sc.bad_why ? sc.bad_why : "offset gap");
 				rc = -EBADMSG;
 				break;
 			}

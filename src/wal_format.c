@@ -294,7 +294,8 @@ ssize_t wal_pread_full(const struct wal_io *io, int fd, void *buf, size_t n, off
 {
 	size_t done = 0;
 	while (done < n) {
-		ssize_t r = io->pread(io->ctx, fd, (uint8_t *)buf + done, n - done, off + (off_t)done);
+		ssize_t r =
+		    io->pread(io->ctx, fd, (uint8_t *)buf + done, n - done, off + (off_t)done);
 		if (r == -EINTR)
 			continue;
 		if (r < 0)
@@ -345,8 +346,8 @@ static int check_block_at(const struct wal_io *io, int fd, uint64_t pos, uint64_
 }
 
 int wal_scan_segment(const struct wal_io *io, int fd, uint64_t start_pos, uint64_t start_offset,
-		     bool search_later,
-		     struct wal_scan *sc, void (*index_cb)(void *, uint64_t, uint64_t), void *cb_ctx)
+		     bool search_later, struct wal_scan *sc,
+		     void (*index_cb)(void *, uint64_t, uint64_t), void *cb_ctx)
 {
 	struct stat st;
 	if (fstat(fd, &st) < 0)
@@ -407,7 +408,8 @@ int wal_scan_segment(const struct wal_io *io, int fd, uint64_t start_pos, uint64
 		uint8_t magic[4];
 		wal_put_u32(magic, WAL_BLOCK_MAGIC);
 		uint64_t at = pos + 1;
-		while (at + WAL_BLOCK_HEADER_BYTES <= sc->file_bytes && sc->later_valid_at == UINT64_MAX) {
+		while (at + WAL_BLOCK_HEADER_BYTES <= sc->file_bytes &&
+		       sc->later_valid_at == UINT64_MAX) {
 			ssize_t r = wal_pread_full(io, fd, win, WIN, (off_t)at);
 			if (r < 0) {
 				rc = (int)r;
@@ -442,8 +444,8 @@ out_free:
 }
 
 /* Reads a segment's .idx and returns the last entry that lies before file_bytes (or 0,0). */
-void wal_idx_last_entry(const char *shard_dir, uint64_t base,
-			   uint64_t file_bytes, uint64_t *pos, uint64_t *offset)
+void wal_idx_last_entry(const char *shard_dir, uint64_t base, uint64_t file_bytes, uint64_t *pos,
+			uint64_t *offset)
 {
 	*pos = 0;
 	*offset = base;
@@ -467,4 +469,3 @@ void wal_idx_last_entry(const char *shard_dir, uint64_t base,
 	}
 	close(fd);
 }
-

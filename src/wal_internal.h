@@ -13,14 +13,14 @@
 
 #include "tally/wal.h"
 
-#define WAL_BLOCK_MAGIC    0x424C5754u /* "TWLB" as bytes 54 57 4C 42 */
-#define WAL_CODEC_NONE     0
-#define WAL_CODEC_LZ4      1
-#define WAL_WATERMARK_MAGIC 0x4D575754u /* "TWWM" */
-#define WAL_WATERMARK_BYTES 64
-#define WAL_INDEX_ENTRY_BYTES 16
+#define WAL_BLOCK_MAGIC          0x424C5754u /* "TWLB" as bytes 54 57 4C 42 */
+#define WAL_CODEC_NONE           0
+#define WAL_CODEC_LZ4            1
+#define WAL_WATERMARK_MAGIC      0x4D575754u /* "TWWM" */
+#define WAL_WATERMARK_BYTES      64
+#define WAL_INDEX_ENTRY_BYTES    16
 #define WAL_INDEX_INTERVAL_BYTES (64u << 10) /* one index entry per 64 KiB of segment */
-#define WAL_SEGMENT_NAME_LEN 24              /* 20 digits + ".log" */
+#define WAL_SEGMENT_NAME_LEN     24          /* 20 digits + ".log" */
 /* LZ4_COMPRESSBOUND(WAL_BLOCK_RAW_BYTES_MAX), spelled out so this header needs no lz4.h. */
 #define WAL_BLOCK_STORED_BYTES_MAX (WAL_BLOCK_RAW_BYTES_MAX + WAL_BLOCK_RAW_BYTES_MAX / 255 + 16)
 
@@ -42,7 +42,11 @@ struct wal_block_hdr {
 	uint64_t checksum;
 };
 
-static inline void wal_put_u16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static inline void wal_put_u16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
 static inline void wal_put_u32(uint8_t *p, uint32_t v)
 {
 	for (int i = 0; i < 4; i++)
@@ -53,7 +57,10 @@ static inline void wal_put_u64(uint8_t *p, uint64_t v)
 	for (int i = 0; i < 8; i++)
 		p[i] = (uint8_t)(v >> (8 * i));
 }
-static inline uint16_t wal_get_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint16_t wal_get_u16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | (p[1] << 8));
+}
 static inline uint32_t wal_get_u32(const uint8_t *p)
 {
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -138,13 +145,13 @@ ssize_t wal_pread_full(const struct wal_io *io, int fd, void *buf, size_t n, off
 
 /*
  * Scans a segment file's blocks from byte start_pos (0, or a block start known from the index),
- * checking each block fully (header rules, checksum, first_offset continuity from start_offset). Stops at the first invalid or incomplete block.
- * Outputs: *valid_bytes (end of the last valid block), *next_offset, *last_max_ingest,
- * optionally *first_ingest of the first block (INT64_MIN if none), and *bad_at_why (static
- * string, NULL if the file ended exactly at a block boundary). If `later_valid_at` is not NULL
- * and the scan stopped early, the remainder is searched for a valid block; its byte position
- * or UINT64_MAX goes there. `stats` (may be NULL) accumulates counts. `index_cb` is called
- * with (offset, position) for every valid block.
+ * checking each block with rules 1-8 of docs/wal-format.md (offsets continue from
+ * start_offset). Stops at the first invalid or incomplete block. Fills *sc: valid_bytes (end of
+ * the last valid block), next_offset, first/last ingest times (INT64_MIN if no block), counts,
+ * bad_why (static string; NULL if the file ended exactly at a block boundary), and, with
+ * search_later and a bad block, later_valid_at: the position of a block after it that passes
+ * rules 1-7, or UINT64_MAX. index_cb (may be NULL) gets (offset, position) of every valid block.
+ * Returns 0 or -errno (I/O).
  */
 struct wal_scan {
 	uint64_t valid_bytes;
@@ -159,8 +166,8 @@ struct wal_scan {
 	uint64_t raw_bytes;
 };
 int wal_scan_segment(const struct wal_io *io, int fd, uint64_t start_pos, uint64_t start_offset,
-		     bool search_later,
-		     struct wal_scan *sc, void (*index_cb)(void *, uint64_t, uint64_t), void *cb_ctx);
+		     bool search_later, struct wal_scan *sc,
+		     void (*index_cb)(void *, uint64_t, uint64_t), void *cb_ctx);
 
 /* Last entry of a segment's .idx lying before file_bytes, else (0, base). A hint only:
    the caller validates it against the segment. */

@@ -49,14 +49,14 @@ static int libc_close(void *ctx, int fd)
 }
 
 static const struct wal_io wal_io_libc_v = {
-	.open = libc_open,
-	.pwrite = libc_pwrite,
-	.pread = libc_pread,
-	.fdatasync = libc_fdatasync,
-	.fsync = libc_fsync,
-	.ftruncate = libc_ftruncate,
-	.close = libc_close,
-	.ctx = NULL,
+    .open = libc_open,
+    .pwrite = libc_pwrite,
+    .pread = libc_pread,
+    .fdatasync = libc_fdatasync,
+    .fsync = libc_fsync,
+    .ftruncate = libc_ftruncate,
+    .close = libc_close,
+    .ctx = NULL,
 };
 
 const struct wal_io *wal_io_libc(void)
@@ -110,13 +110,13 @@ void wal_io_delay_init(struct wal_io_delay *d, const struct wal_io *inner, uint3
 	d->inner = inner ? inner : wal_io_libc();
 	d->sync_delay_us = sync_delay_us;
 	d->io = (struct wal_io){
-		.open = delay_open,
-		.pwrite = delay_pwrite,
-		.pread = delay_pread,
-		.fdatasync = delay_fdatasync,
-		.fsync = delay_fsync,
-		.ftruncate = delay_ftruncate,
-		.close = delay_close,
-		.ctx = d,
+	    .open = delay_open,
+	    .pwrite = delay_pwrite,
+	    .pread = delay_pread,
+	    .fdatasync = delay_fdatasync,
+	    .fsync = delay_fsync,
+	    .ftruncate = delay_ftruncate,
+	    .close = delay_close,
+	    .ctx = d,
 	};
 }

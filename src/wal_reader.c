@@ -111,8 +111,7 @@ struct blockwalk {
 	int64_t max_ingest;
 };
 
-static void blockwalk_init(struct blockwalk *bw, const struct wal_block_hdr *h,
-			   const uint8_t *raw)
+static void blockwalk_init(struct blockwalk *bw, const struct wal_block_hdr *h, const uint8_t *raw)
 {
 	bw->raw = raw;
 	bw->raw_len = h->raw_bytes;
@@ -193,16 +192,16 @@ out_close:
 
 struct wal_cursor {
 	uint16_t shard;
-	const uint8_t *wm;       /* read-only map of shard-NN/durable, NULL until it exists */
-	int fd;                  /* current segment, -1 if none */
+	const uint8_t *wm; /* read-only map of shard-NN/durable, NULL until it exists */
+	int fd;            /* current segment, -1 if none */
 	uint64_t seg_base;
-	uint64_t pos;            /* byte position of the next block to load */
-	uint64_t blk_pos;        /* byte position of the loaded block (for messages) */
-	uint64_t next;           /* next offset to yield */
-	bool positioned;         /* fd/pos correspond to `next` */
+	uint64_t pos;     /* byte position of the next block to load */
+	uint64_t blk_pos; /* byte position of the loaded block (for messages) */
+	uint64_t next;    /* next offset to yield */
+	bool positioned;  /* fd/pos correspond to `next` */
 	bool has_peek;
 	struct wal_record peek;
-	struct blockwalk bw;     /* bw.left > 0: records of the loaded block remain */
+	struct blockwalk bw; /* bw.left > 0: records of the loaded block remain */
 	struct blockbuf buf;
 	char dir[WAL_PATH_BYTES_MAX];
 	char seg_path[WAL_PATH_BYTES_MAX];
@@ -354,7 +353,8 @@ static int cursor_load(struct wal_cursor *c)
 	if (h.first_offset > c->next || h.first_offset + h.record_count <= c->next)
 		return corrupt(c, c->pos, "block does not hold the expected offset");
 	if (h.first_offset + h.record_count > durable)
-		return 0; /* not entirely durable yet (cannot happen with a whole-block watermark) */
+		return 0; /* not entirely durable yet (cannot happen with a whole-block watermark)
+			   */
 	blockwalk_init(&c->bw, &h, c->buf.raw);
 	uint64_t at = c->pos;
 	c->blk_pos = at;
@@ -546,9 +546,9 @@ static bool snapshot_seqs(struct wal_reader *r, struct futex_waitv *wv)
 			return false;
 		const uint32_t *word = (const uint32_t *)(wm + WAL_WM_OFF_SEQ);
 		wv[i] = (struct futex_waitv){
-			.val = __atomic_load_n(word, __ATOMIC_ACQUIRE),
-			.uaddr = (uint64_t)(uintptr_t)word,
-			.flags = FUTEX_32, /* shared: the words live in other processes' pages too */
+		    .val = __atomic_load_n(word, __ATOMIC_ACQUIRE),
+		    .uaddr = (uint64_t)(uintptr_t)word,
+		    .flags = FUTEX_32, /* shared: the words live in other processes' pages too */
 		};
 	}
 	return true;
@@ -566,8 +566,8 @@ int wal_reader_wait(struct wal_reader *r, int timeout_ms)
 		if (reader_has_work(r))
 			return 0;
 		clock_gettime(CLOCK_MONOTONIC, &now);
-		int64_t spent_ms = (now.tv_sec - start.tv_sec) * 1000 +
-				   (now.tv_nsec - start.tv_nsec) / 1000000;
+		int64_t spent_ms =
+		    (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
 		if (timeout_ms >= 0 && spent_ms >= timeout_ms)
 			return 0;
 		int64_t slice_ms = 100;
@@ -759,7 +759,8 @@ int wal_segment_verify(const char *path, uint64_t base_offset, bool decode_recor
 		if (st->max_ingest_time_us != INT64_MIN &&
 		    h.first_ingest_time_us < st->max_ingest_time_us) {
 			st->torn_tail_at = pos;
-			wal_set_error("%s: block at byte %" PRIu64 ": ingest time goes back", path, pos);
+			wal_set_error("%s: block at byte %" PRIu64 ": ingest time goes back", path,
+				      pos);
 			rc = -EBADMSG;
 			break;
 		}
@@ -770,8 +771,8 @@ int wal_segment_verify(const char *path, uint64_t base_offset, bool decode_recor
 				struct wal_record rec;
 				if (blockwalk_next(&bw, &rec, &why) < 0) {
 					st->torn_tail_at = pos;
-					wal_set_error("%s: block at byte %" PRIu64 ", record %" PRIu64
-						      ": %s",
+					wal_set_error("%s: block at byte %" PRIu64
+						      ", record %" PRIu64 ": %s",
 						      path, pos, bw.next_offset, why);
 					rc = -EBADMSG;
 					goto out;

@@ -46,22 +46,22 @@ struct wal_shard {
 	_Alignas(64) _Atomic uint64_t durable_next;
 	_Atomic int failed; /* 0 or the fatal -errno; set once, never cleared */
 	pthread_mutex_t sync_lock;
-	uint8_t *wm;        /* shared watermark page (mmap of shard-NN/durable) */
+	uint8_t *wm; /* shared watermark page (mmap of shard-NN/durable) */
 
 	/* Appender-owned below. */
 	_Alignas(64) struct wal *w;
 	uint16_t index;
 	const struct wal_io *io;
-	int fd;                  /* current (newest) segment, O_WRONLY */
-	int idx_fd;              /* its sparse index, or -1 */
+	int fd;     /* current (newest) segment, O_WRONLY */
+	int idx_fd; /* its sparse index, or -1 */
 	uint64_t seg_base;
-	uint64_t seg_bytes;      /* valid bytes in the current segment */
+	uint64_t seg_bytes;          /* valid bytes in the current segment */
 	int64_t seg_first_ingest_us; /* INT64_MIN while the segment is empty */
 	uint64_t idx_bytes;
-	uint64_t idx_last_pos;   /* position of the last indexed block, UINT64_MAX if none */
+	uint64_t idx_last_pos; /* position of the last indexed block, UINT64_MAX if none */
 	bool idx_ok;
 
-	uint8_t *raw;            /* open block: raw records */
+	uint8_t *raw; /* open block: raw records */
 	uint32_t raw_len;
 	uint32_t count;
 	uint64_t block_first_offset;
@@ -71,11 +71,11 @@ struct wal_shard {
 	int64_t block_max_event_us;
 
 	uint64_t next_offset;
-	int64_t last_ingest_us;  /* INT64_MIN before the first record ever */
+	int64_t last_ingest_us; /* INT64_MIN before the first record ever */
 	uint64_t discard_first;
 	uint64_t discard_count;
 
-	uint8_t *out;            /* header + compressed payload */
+	uint8_t *out; /* header + compressed payload */
 	void *lz4_state;
 	char dir[WAL_PATH_BYTES_MAX];
 };
@@ -103,7 +103,8 @@ static void wm_publish(struct wal_shard *s, uint64_t durable)
 	__atomic_store_n((uint64_t *)(s->wm + WAL_WM_OFF_DURABLE), durable, __ATOMIC_RELEASE);
 	__atomic_add_fetch((uint32_t *)(s->wm + WAL_WM_OFF_SEQ), 1, __ATOMIC_RELEASE);
 	/* Shared (not private) futex: waiters are in other processes mapping the same file. */
-	syscall(SYS_futex, (uint32_t *)(s->wm + WAL_WM_OFF_SEQ), FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+	syscall(SYS_futex, (uint32_t *)(s->wm + WAL_WM_OFF_SEQ), FUTEX_WAKE, INT_MAX, NULL, NULL,
+		0);
 }
 
 /* Called with sync_lock held. */
@@ -208,8 +209,8 @@ static int write_all(struct wal_shard *s, const uint8_t *buf, size_t n, uint64_t
 {
 	size_t done = 0;
 	while (done < n) {
-		ssize_t r = s->io->pwrite(s->io->ctx, s->fd, buf + done, n - done,
-					  (off_t)(off + done));
+		ssize_t r =
+		    s->io->pwrite(s->io->ctx, s->fd, buf + done, n - done, (off_t)(off + done));
 		if (r == -EINTR)
 			continue;
 		if (r < 0)
@@ -286,8 +287,9 @@ static int seal(struct wal_shard *s)
 	const struct wal_options *o = &s->w->opt;
 	uint64_t bound = WAL_BLOCK_HEADER_BYTES + (uint64_t)LZ4_COMPRESSBOUND((int)s->raw_len);
 	bool by_size = s->seg_bytes > 0 && s->seg_bytes + bound > o->segment_bytes_max;
-	bool by_age = s->seg_first_ingest_us != INT64_MIN &&
-		      (uint64_t)(s->block_first_ingest_us - s->seg_first_ingest_us) >= o->segment_age_us;
+	bool by_age =
+	    s->seg_first_ingest_us != INT64_MIN &&
+	    (uint64_t)(s->block_first_ingest_us - s->seg_first_ingest_us) >= o->segment_age_us;
 	if (by_size || by_age) {
 		rc = roll(s);
 		if (rc < 0)
@@ -299,17 +301,17 @@ static int seal(struct wal_shard *s)
 					   (int)s->raw_len, LZ4_COMPRESSBOUND((int)s->raw_len),
 					   (int)o->lz4_acceleration);
 	struct wal_block_hdr h = {
-		.magic = WAL_BLOCK_MAGIC,
-		.version = WAL_FORMAT_VERSION,
-		.codec = WAL_CODEC_LZ4,
-		.record_count = s->count,
-		.raw_bytes = s->raw_len,
-		.stored_bytes = (uint32_t)n,
-		.first_offset = s->block_first_offset,
-		.first_ingest_time_us = s->block_first_ingest_us,
-		.max_ingest_time_us = s->block_prev_ingest_us,
-		.min_event_time_us = s->block_min_event_us,
-		.max_event_time_us = s->block_max_event_us,
+	    .magic = WAL_BLOCK_MAGIC,
+	    .version = WAL_FORMAT_VERSION,
+	    .codec = WAL_CODEC_LZ4,
+	    .record_count = s->count,
+	    .raw_bytes = s->raw_len,
+	    .stored_bytes = (uint32_t)n,
+	    .first_offset = s->block_first_offset,
+	    .first_ingest_time_us = s->block_first_ingest_us,
+	    .max_ingest_time_us = s->block_prev_ingest_us,
+	    .min_event_time_us = s->block_min_event_us,
+	    .max_event_time_us = s->block_max_event_us,
 	};
 	if (n <= 0 || (uint32_t)n >= s->raw_len) {
 		/* Incompressible: store raw (LZ4 would only add bytes). */
@@ -516,8 +518,8 @@ static int meta_read(const char *wal_dir, uint16_t *count)
 	buf[r] = 0;
 	unsigned ver, cnt;
 	char tail;
-	if (sscanf(buf, "tally-wal version %u shards %u%c", &ver, &cnt, &tail) != 3 || tail != '\n' ||
-	    ver != WAL_FORMAT_VERSION || cnt == 0 || cnt > WAL_SHARDS_MAX) {
+	if (sscanf(buf, "tally-wal version %u shards %u%c", &ver, &cnt, &tail) != 3 ||
+	    tail != '\n' || ver != WAL_FORMAT_VERSION || cnt == 0 || cnt > WAL_SHARDS_MAX) {
 		wal_set_error("%s: unreadable or unknown WAL meta file", path);
 		return -EBADMSG;
 	}
@@ -607,8 +609,8 @@ static int check_sealed(struct wal_shard *s, uint64_t base, bool full, uint64_t 
 		return rc;
 	}
 	if (sc.bad_why) {
-		wal_set_error("%s: corrupt block at byte %" PRIu64 " (%s) in a sealed segment", path,
-			      sc.valid_bytes, sc.bad_why);
+		wal_set_error("%s: corrupt block at byte %" PRIu64 " (%s) in a sealed segment",
+			      path, sc.valid_bytes, sc.bad_why);
 		return -EBADMSG;
 	}
 	*end = sc.next_offset;
@@ -643,7 +645,8 @@ static int quarantine_tail(struct wal_shard *s, int fd, const char *path, uint64
 		rc = s->io->fsync(s->io->ctx, qfd);
 	s->io->close(s->io->ctx, qfd);
 	if (rc == 0)
-		fprintf(stderr, "wal: REPAIR: quarantined bytes %" PRIu64 "..%" PRIu64 " of %s to %s\n",
+		fprintf(stderr,
+			"wal: REPAIR: quarantined bytes %" PRIu64 "..%" PRIu64 " of %s to %s\n",
 			from, end, path, qpath);
 	return rc;
 }
@@ -671,7 +674,8 @@ static int recover_newest(struct wal_shard *s, uint64_t base)
 	if (sc.bad_why) {
 		if (sc.later_valid_at != UINT64_MAX) {
 			if (!s->w->opt.repair) {
-				wal_set_error("%s: corrupt block at byte %" PRIu64 " (%s) with a valid "
+				wal_set_error("%s: corrupt block at byte %" PRIu64
+					      " (%s) with a valid "
 					      "block after it at byte %" PRIu64
 					      ": refusing to open (see --repair)",
 					      path, sc.valid_bytes, sc.bad_why, sc.later_valid_at);
@@ -733,7 +737,8 @@ static int shard_open(struct wal *w, uint16_t i, struct wal_shard **out)
 	if (rc < 0)
 		return rc;
 	s->raw = malloc(w->opt.block_bytes_max);
-	s->out = malloc(WAL_BLOCK_HEADER_BYTES + (size_t)LZ4_COMPRESSBOUND((int)w->opt.block_bytes_max));
+	s->out =
+	    malloc(WAL_BLOCK_HEADER_BYTES + (size_t)LZ4_COMPRESSBOUND((int)w->opt.block_bytes_max));
 	s->lz4_state = malloc((size_t)LZ4_sizeofState());
 	if (!s->raw || !s->out || !s->lz4_state)
 		return -ENOMEM;
@@ -749,7 +754,8 @@ static int shard_open(struct wal *w, uint16_t i, struct wal_shard **out)
 		char path[WAL_PATH_BYTES_MAX];
 		rc = wal_path_segment(path, sizeof path, s->dir, 0, "log");
 		if (rc == 0) {
-			int fd = s->io->open(s->io->ctx, path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+			int fd =
+			    s->io->open(s->io->ctx, path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
 			if (fd < 0)
 				rc = fd;
 			else
@@ -828,13 +834,15 @@ static int options_fill(const struct wal_options *in, struct wal_options *o)
 		o->lz4_acceleration = 1;
 	if (o->lz4_acceleration > 65537)
 		o->lz4_acceleration = 65537;
-	if (o->block_bytes_max < WAL_BLOCK_BYTES_MIN || o->block_bytes_max > WAL_BLOCK_RAW_BYTES_MAX) {
+	if (o->block_bytes_max < WAL_BLOCK_BYTES_MIN ||
+	    o->block_bytes_max > WAL_BLOCK_RAW_BYTES_MAX) {
 		wal_set_error("block_bytes_max %u outside %u..%u", o->block_bytes_max,
 			      WAL_BLOCK_BYTES_MIN, WAL_BLOCK_RAW_BYTES_MAX);
 		return -EINVAL;
 	}
 	if (o->segment_bytes_max < WAL_SEGMENT_BYTES_MIN) {
-		wal_set_error("segment_bytes_max below %llu", (unsigned long long)WAL_SEGMENT_BYTES_MIN);
+		wal_set_error("segment_bytes_max below %llu",
+			      (unsigned long long)WAL_SEGMENT_BYTES_MIN);
 		return -EINVAL;
 	}
 	if (o->shard_count > WAL_SHARDS_MAX) {

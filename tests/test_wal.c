@@ -54,8 +54,8 @@ static void test_round_trip(void)
 {
 	char dir[512];
 	wt_tmpdir(dir, sizeof dir, "wal");
-	struct wal_options o = {.shard_count = 2, .block_bytes_max = 16 << 10,
-				.segment_bytes_max = 64 << 10};
+	struct wal_options o = {
+	    .shard_count = 2, .block_bytes_max = 16 << 10, .segment_bytes_max = 64 << 10};
 	struct wal *w;
 	const uint64_t N = 6000;
 	CHECK_EQ(wal_open(dir, &o, &w), 0);
@@ -261,8 +261,8 @@ static void test_checkpoint_retention(void)
 	CHECK(unlink(path) == 0);
 
 	/* Retention: 1 shard, old segments deletable up to the checkpoint. */
-	struct wal_options o = {.shard_count = 1, .block_bytes_max = 16 << 10,
-				.segment_bytes_max = 64 << 10};
+	struct wal_options o = {
+	    .shard_count = 1, .block_bytes_max = 16 << 10, .segment_bytes_max = 64 << 10};
 	struct wal *w;
 	CHECK_EQ(wal_open(dir, &o, &w), 0);
 	fill(wal_shard(w, 0), 0, 3000, SEED);
@@ -317,7 +317,9 @@ static void test_footprint(void)
 	for (uint64_t i = 0; i < n; i++) {
 		struct tally_view b = {body, (uint32_t)wt_event(11, i, body)};
 		body_bytes += b.len;
-		CHECK_EQ(wal_append(s, wt_tenant(11, i), &b, WT_BASE_TIME_US + (int64_t)i * 20, NULL), 0);
+		CHECK_EQ(
+		    wal_append(s, wt_tenant(11, i), &b, WT_BASE_TIME_US + (int64_t)i * 20, NULL),
+		    0);
 	}
 	CHECK_EQ(wal_close(w), 0);
 	struct wal_segment_info seg;

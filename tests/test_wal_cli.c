@@ -38,8 +38,8 @@ int main(void)
 	}
 	char dir[512];
 	wt_tmpdir(dir, sizeof dir, "walcli");
-	struct wal_options o = {.shard_count = 2, .block_bytes_max = 16 << 10,
-				.segment_bytes_max = 64 << 10};
+	struct wal_options o = {
+	    .shard_count = 2, .block_bytes_max = 16 << 10, .segment_bytes_max = 64 << 10};
 	struct wal *w;
 	CHECK_EQ(wal_open(dir, &o, &w), 0);
 	uint8_t body[WT_BODY_MAX];
@@ -47,9 +47,12 @@ int main(void)
 		for (uint64_t i = 0; i < 2000; i++) {
 			struct tally_view v = {body, (uint32_t)wt_event(sh, i, body)};
 			CHECK_EQ(wal_append(wal_shard(w, sh), wt_tenant(sh, i), &v,
-					    WT_BASE_TIME_US + (int64_t)i, NULL), 0);
+					    WT_BASE_TIME_US + (int64_t)i, NULL),
+				 0);
 			if (i % 500 == 499)
-				CHECK_EQ(wal_append_tick(wal_shard(w, sh), WT_BASE_TIME_US + (int64_t)i, NULL), 0);
+				CHECK_EQ(wal_append_tick(wal_shard(w, sh),
+							 WT_BASE_TIME_US + (int64_t)i, NULL),
+					 0);
 		}
 	CHECK_EQ(wal_close(w), 0);
 

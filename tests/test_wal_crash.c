@@ -18,8 +18,10 @@ static struct wt_faultio fio;
 
 static struct wal_options opts(void)
 {
-	struct wal_options o = {.shard_count = 1, .block_bytes_max = 16 << 10,
-				.segment_bytes_max = 64 << 10, .io = &fio.io};
+	struct wal_options o = {.shard_count = 1,
+				.block_bytes_max = 16 << 10,
+				.segment_bytes_max = 64 << 10,
+				.io = &fio.io};
 	return o;
 }
 
@@ -35,7 +37,9 @@ static void write_blocks(const char *dir, int blocks, int per)
 		for (int k = 0; k < per; k++) {
 			uint64_t i = wal_next_offset(s);
 			struct tally_view v = {body, (uint32_t)wt_event(1, i, body)};
-			CHECK_EQ(wal_append(s, wt_tenant(1, i), &v, WT_BASE_TIME_US + (int64_t)i, NULL), 0);
+			CHECK_EQ(
+			    wal_append(s, wt_tenant(1, i), &v, WT_BASE_TIME_US + (int64_t)i, NULL),
+			    0);
 		}
 		CHECK_EQ(wal_flush(s), 0);
 	}
@@ -140,7 +144,8 @@ static void test_truncate_every_byte(void)
 			struct tally_view v = {body, (uint32_t)wt_event(1, expect, body)};
 			uint64_t off;
 			CHECK_EQ(wal_append(wal_shard(w, 0), wt_tenant(1, expect), &v,
-					    WT_BASE_TIME_US + (int64_t)expect, &off), 0);
+					    WT_BASE_TIME_US + (int64_t)expect, &off),
+				 0);
 			CHECK_EQ(off, expect);
 			CHECK_EQ(wal_close(w), 0);
 			read_all_check(dir, expect + 1);
@@ -340,7 +345,8 @@ static void test_length_fields(void)
 				int rc = wal_open(dir, &o, &w);
 				if (blk == nb - 1) {
 					CHECK_EQ(rc, 0); /* torn tail: truncated */
-					CHECK_EQ(wal_next_offset(wal_shard(w, 0)), (uint64_t)8 * (nb - 1));
+					CHECK_EQ(wal_next_offset(wal_shard(w, 0)),
+						 (uint64_t)8 * (nb - 1));
 					CHECK_EQ(wal_close(w), 0);
 				} else {
 					CHECK_EQ(rc, -EBADMSG);
@@ -364,12 +370,17 @@ static void test_length_fields(void)
 			memset(raw + n, 't', 20);
 			n += 20;
 		}
-		struct wal_block_hdr h = {.magic = WAL_BLOCK_MAGIC, .version = 1, .codec = WAL_CODEC_NONE,
-					  .record_count = 1, .raw_bytes = (uint32_t)n,
-					  .stored_bytes = (uint32_t)n, .first_offset = 8u * nb,
+		struct wal_block_hdr h = {.magic = WAL_BLOCK_MAGIC,
+					  .version = 1,
+					  .codec = WAL_CODEC_NONE,
+					  .record_count = 1,
+					  .raw_bytes = (uint32_t)n,
+					  .stored_bytes = (uint32_t)n,
+					  .first_offset = 8u * nb,
 					  .first_ingest_time_us = WT_BASE_TIME_US + 1000000,
 					  .max_ingest_time_us = WT_BASE_TIME_US + 1000000,
-					  .min_event_time_us = 0, .max_event_time_us = 0};
+					  .min_event_time_us = 0,
+					  .max_event_time_us = 0};
 		wal_block_hdr_encode(&h, blk);
 		memcpy(blk + WAL_BLOCK_HEADER_BYTES, raw, n);
 		wal_put_u64(blk + 64, wal_block_checksum(blk, raw, n));

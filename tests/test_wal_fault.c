@@ -21,7 +21,8 @@ static void append_n(struct wal_shard *s, uint64_t seed, uint64_t n)
 		uint64_t i = wal_next_offset(s);
 		struct tally_view v = {body, (uint32_t)wt_event(seed, i, body)};
 		uint64_t off;
-		CHECK_EQ(wal_append(s, wt_tenant(seed, i), &v, WT_BASE_TIME_US + (int64_t)i, &off), 0);
+		CHECK_EQ(wal_append(s, wt_tenant(seed, i), &v, WT_BASE_TIME_US + (int64_t)i, &off),
+			 0);
 		CHECK_EQ(off, i);
 	}
 }
@@ -179,8 +180,8 @@ static void test_enospc_at_roll_and_append(void)
 	wt_tmpdir(dir, sizeof dir, "walfault");
 	wt_faultio_init(&fio);
 	/* segment_age_us = 1: every block after a segment's first one rolls to a new segment. */
-	struct wal_options o = {.shard_count = 1, .io = &fio.io, .block_bytes_max = 16 << 10,
-				.segment_age_us = 1};
+	struct wal_options o = {
+	    .shard_count = 1, .io = &fio.io, .block_bytes_max = 16 << 10, .segment_age_us = 1};
 	struct wal *w;
 	CHECK_EQ(wal_open(dir, &o, &w), 0);
 	struct wal_shard *s = wal_shard(w, 0);

@@ -13,7 +13,7 @@
 
 #include "wal_testutil.h"
 
-#define SHARDS 2
+#define SHARDS    2
 #define PER_SHARD 20000u
 
 static struct wal *w;
@@ -92,8 +92,8 @@ static void *reader(void *arg)
 int main(void)
 {
 	wt_tmpdir(dir, sizeof dir, "walthreads");
-	struct wal_options o = {.shard_count = SHARDS, .block_bytes_max = 16 << 10,
-				.segment_bytes_max = 64 << 10};
+	struct wal_options o = {
+	    .shard_count = SHARDS, .block_bytes_max = 16 << 10, .segment_bytes_max = 64 << 10};
 	CHECK_EQ(wal_open(dir, &o, &w), 0);
 	pthread_t a[SHARDS], y, r;
 	CHECK(pthread_create(&r, NULL, reader, NULL) == 0);

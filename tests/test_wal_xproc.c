@@ -36,8 +36,8 @@ static void writer_child(const char *dir, uint64_t total, bool crash_tail)
 	/* 1 MiB blocks: a batch (<= 300 events) never fills one, so blocks are sealed only by
 	   wal_flush, and a segment roll (which syncs and publishes) only ever publishes the
 	   previous sync target: sync_target stays a strict upper bound of durable. */
-	struct wal_options o = {.shard_count = 1, .block_bytes_max = 1 << 20,
-				.segment_bytes_max = 256 << 10};
+	struct wal_options o = {
+	    .shard_count = 1, .block_bytes_max = 1 << 20, .segment_bytes_max = 256 << 10};
 	struct wal *w;
 	if (wal_open(dir, &o, &w) != 0)
 		_exit(2);
@@ -50,7 +50,8 @@ static void writer_child(const char *dir, uint64_t total, bool crash_tail)
 		for (uint64_t k = 0; k < batch; k++) {
 			uint64_t i = wal_next_offset(s);
 			struct tally_view v = {body, (uint32_t)wt_event(5, i, body)};
-			if (wal_append(s, wt_tenant(5, i), &v, WT_BASE_TIME_US + (int64_t)i, NULL) != 0)
+			if (wal_append(s, wt_tenant(5, i), &v, WT_BASE_TIME_US + (int64_t)i,
+				       NULL) != 0)
 				_exit(3);
 		}
 		if (wal_flush(s) != 0)
@@ -68,7 +69,8 @@ static void writer_child(const char *dir, uint64_t total, bool crash_tail)
 		for (int k = 0; k < 500; k++) {
 			uint64_t i = wal_next_offset(s);
 			struct tally_view v = {body, (uint32_t)wt_event(5, i, body)};
-			if (wal_append(s, wt_tenant(5, i), &v, WT_BASE_TIME_US + (int64_t)i, NULL) != 0)
+			if (wal_append(s, wt_tenant(5, i), &v, WT_BASE_TIME_US + (int64_t)i,
+				       NULL) != 0)
 				_exit(6);
 		}
 		if (wal_flush(s) != 0)
@@ -102,7 +104,8 @@ static void test_follow(void)
 		int got = wal_reader_next(rd, &rec);
 		CHECK(got >= 0);
 		if (got == 1) {
-			uint64_t bound = atomic_load_explicit(&sh->sync_target, memory_order_acquire);
+			uint64_t bound =
+			    atomic_load_explicit(&sh->sync_target, memory_order_acquire);
 			CHECK(rec.offset < bound); /* never past what a sync had been asked for */
 			CHECK_EQ(rec.offset, expect);
 			size_t len = wt_event(5, expect, body);
@@ -213,7 +216,8 @@ static void test_kill_checkpoint(void)
 		CHECK_EQ(wal_checkpoint_load(dir, "rating", got, N), 0);
 		uint64_t v = got[0] / 1000;
 		for (int i = 0; i < N; i++)
-			CHECK_EQ(got[i], v * 1000 + (uint64_t)i * (v != 0)); /* one consistent version */
+			CHECK_EQ(got[i],
+				 v * 1000 + (uint64_t)i * (v != 0)); /* one consistent version */
 		CHECK(v >= last_seen);
 		last_seen = v;
 	}

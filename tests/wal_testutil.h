@@ -19,22 +19,23 @@
 #include "tally/event.h"
 #include "tally/wal.h"
 
-#define CHECK(c)                                                                               \
-	do {                                                                                   \
-		if (!(c)) {                                                                    \
+#define CHECK(c)                                                                                   \
+	do {                                                                                       \
+		if (!(c)) {                                                                        \
 			fprintf(stderr, "%s:%d: CHECK failed: %s (wal: %s)\n", __FILE__, __LINE__, \
-				#c, wal_last_error());                                         \
-			exit(1);                                                               \
-		}                                                                              \
+				#c, wal_last_error());                                             \
+			exit(1);                                                                   \
+		}                                                                                  \
 	} while (0)
-#define CHECK_EQ(a, b)                                                                         \
-	do {                                                                                   \
-		long long _a = (long long)(a), _b = (long long)(b);                            \
-		if (_a != _b) {                                                                \
-			fprintf(stderr, "%s:%d: CHECK_EQ failed: %s = %lld, %s = %lld (wal: %s)\n", \
-				__FILE__, __LINE__, #a, _a, #b, _b, wal_last_error());         \
-			exit(1);                                                               \
-		}                                                                              \
+#define CHECK_EQ(a, b)                                                                             \
+	do {                                                                                       \
+		long long _a = (long long)(a), _b = (long long)(b);                                \
+		if (_a != _b) {                                                                    \
+			fprintf(stderr,                                                            \
+				"%s:%d: CHECK_EQ failed: %s = %lld, %s = %lld (wal: %s)\n",        \
+				__FILE__, __LINE__, #a, _a, #b, _b, wal_last_error());             \
+			exit(1);                                                                   \
+		}                                                                                  \
 	} while (0)
 
 static inline void wt_tmpdir(char *buf, size_t cap, const char *tag)
@@ -59,7 +60,7 @@ static inline uint64_t wt_mix(uint64_t x)
 	return x ^ (x >> 31);
 }
 
-#define WT_BODY_MAX 512
+#define WT_BODY_MAX     512
 #define WT_BASE_TIME_US 1763700000000000ll /* 2025-11-21 */
 
 /*
@@ -68,7 +69,8 @@ static inline uint64_t wt_mix(uint64_t x)
  */
 static inline size_t wt_event(uint64_t seed, uint64_t i, uint8_t *buf)
 {
-	static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+	static const char alnum[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 	uint64_t r = wt_mix(seed * 1000003u + i);
 	char key[25], cust[16], sbuf[2][40];
 	uint64_t kr = r;
@@ -84,19 +86,19 @@ static inline size_t wt_event(uint64_t seed, uint64_t i, uint8_t *buf)
 	memset(p, 0, sizeof p);
 	const char *name;
 	uint32_t np = 0;
-#define WT_PROP_STR(k, v)                                                                      \
-	do {                                                                                   \
-		p[np].key = (struct tally_view){(const uint8_t *)(k), (uint32_t)strlen(k)};    \
-		p[np].kind = TALLY_VALUE_STRING;                                               \
-		p[np].str = (struct tally_view){(const uint8_t *)(v), (uint32_t)strlen(v)};    \
-		np++;                                                                          \
+#define WT_PROP_STR(k, v)                                                                          \
+	do {                                                                                       \
+		p[np].key = (struct tally_view){(const uint8_t *)(k), (uint32_t)strlen(k)};        \
+		p[np].kind = TALLY_VALUE_STRING;                                                   \
+		p[np].str = (struct tally_view){(const uint8_t *)(v), (uint32_t)strlen(v)};        \
+		np++;                                                                              \
 	} while (0)
-#define WT_PROP_INT(k, v)                                                                      \
-	do {                                                                                   \
-		p[np].key = (struct tally_view){(const uint8_t *)(k), (uint32_t)strlen(k)};    \
-		p[np].kind = TALLY_VALUE_INT;                                                  \
-		p[np].i64 = (v);                                                               \
-		np++;                                                                          \
+#define WT_PROP_INT(k, v)                                                                          \
+	do {                                                                                       \
+		p[np].key = (struct tally_view){(const uint8_t *)(k), (uint32_t)strlen(k)};        \
+		p[np].kind = TALLY_VALUE_INT;                                                      \
+		p[np].i64 = (v);                                                                   \
+		np++;                                                                              \
 	} while (0)
 	static const char *models[] = {"gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet", "llama-3-70b"};
 	static const char *routes[] = {"/v1/search", "/v1/charges", "/v1/customers", "/v1/embed"};
@@ -141,12 +143,12 @@ static inline size_t wt_event(uint64_t seed, uint64_t i, uint8_t *buf)
 #undef WT_PROP_STR
 #undef WT_PROP_INT
 	struct tally_event_in in = {
-		.key = {(const uint8_t *)key, 24},
-		.customer = {(const uint8_t *)cust, (uint32_t)strlen(cust)},
-		.name = {(const uint8_t *)name, (uint32_t)strlen(name)},
-		.event_time_us = WT_BASE_TIME_US + (int64_t)i * 1000 - (int64_t)((r >> 50) % 5000000),
-		.prop_count = np,
-		.props = p,
+	    .key = {(const uint8_t *)key, 24},
+	    .customer = {(const uint8_t *)cust, (uint32_t)strlen(cust)},
+	    .name = {(const uint8_t *)name, (uint32_t)strlen(name)},
+	    .event_time_us = WT_BASE_TIME_US + (int64_t)i * 1000 - (int64_t)((r >> 50) % 5000000),
+	    .prop_count = np,
+	    .props = p,
 	};
 	long n = event_encode(&in, buf, WT_BODY_MAX);
 	CHECK(n > 0);
@@ -166,9 +168,9 @@ static inline struct tally_view wt_tenant(uint64_t seed, uint64_t i)
 struct wt_faultio {
 	struct wal_io io;
 	const struct wal_io *inner;
-	int log_fds[64];        /* fds of open *.log files (writes to them are the faultable ones) */
-	int fail_fdatasync;     /* -errno to return from the next fdatasync, 0 = none */
-	int fail_log_pwrite;    /* -errno for the next N log pwrites */
+	int log_fds[64];     /* fds of open *.log files (writes to them are the faultable ones) */
+	int fail_fdatasync;  /* -errno to return from the next fdatasync, 0 = none */
+	int fail_log_pwrite; /* -errno for the next N log pwrites */
 	int fail_log_pwrite_n;
 	int short_log_pwrite_n; /* next N log pwrites write only half (then the rule above) */
 	int fail_ftruncate;     /* -errno for every ftruncate while set */

@@ -35,19 +35,21 @@ static void on_signal(int sig)
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: tally wal <dump|verify|stats|retain> --data DIR [options]\n"
-		"\n"
-		"  dump    [--shard N] [--from OFFSET] [--limit N] [--follow]\n"
-		"          records as JSON lines (one shard, or all merged by ingest time);\n"
-		"          only durable records are shown; --follow waits for new ones (Ctrl-C ends)\n"
-		"  verify  [--shard N]   check every block of every segment; exit 1 naming the file\n"
-		"          and byte offset on corruption\n"
-		"  stats   [--shard N]   records, raw vs on-disk bytes, bytes/event, compression ratio\n"
-		"  retain  --days N [--force]   delete sealed segments older than N days (default\n"
-		"          400) unless a consumer checkpoint has not passed them (--force: anyway)\n"
-		"\n"
-		"Exit codes: 0 ok, 1 corruption or error, 2 usage.\n");
+	fprintf(
+	    f,
+	    "usage: tally wal <dump|verify|stats|retain> --data DIR [options]\n"
+	    "\n"
+	    "  dump    [--shard N] [--from OFFSET] [--limit N] [--follow]\n"
+	    "          records as JSON lines (one shard, or all merged by ingest time);\n"
+	    "          only durable records are shown; --follow waits for new ones (Ctrl-C ends)\n"
+	    "  verify  [--shard N]   check every block of every segment; exit 1 naming the file\n"
+	    "          and byte offset on corruption\n"
+	    "  stats   [--shard N]   records, raw vs on-disk bytes, bytes/event, compression "
+	    "ratio\n"
+	    "  retain  --days N [--force]   delete sealed segments older than N days (default\n"
+	    "          400) unless a consumer checkpoint has not passed them (--force: anyway)\n"
+	    "\n"
+	    "Exit codes: 0 ok, 1 corruption or error, 2 usage.\n");
 }
 
 /* JSON string: valid UTF-8 passes through (escaped as JSON requires); other bytes \u00XX. */
@@ -258,12 +260,14 @@ static int check_shard(const char *data, uint16_t shard, bool print_ok,
 			   is corruption only if a valid block follows it. */
 			int fd = open(segs[k].path, O_RDONLY | O_CLOEXEC);
 			struct wal_scan sc;
-			if (fd >= 0 && wal_scan_segment(wal_io_libc(), fd, 0, segs[k].base_offset, true,
-							&sc, NULL, NULL) == 0 &&
+			if (fd >= 0 &&
+			    wal_scan_segment(wal_io_libc(), fd, 0, segs[k].base_offset, true, &sc,
+					     NULL, NULL) == 0 &&
 			    sc.valid_bytes == st.torn_tail_at && sc.later_valid_at == UINT64_MAX) {
 				printf("%s: torn tail at byte %" PRIu64 " (%" PRIu64
 				       " bytes; recovery truncates it, or a write in progress)\n",
-				       segs[k].path, st.torn_tail_at, sc.file_bytes - sc.valid_bytes);
+				       segs[k].path, st.torn_tail_at,
+				       sc.file_bytes - sc.valid_bytes);
 				rc = 0;
 			}
 			if (fd >= 0)
@@ -276,15 +280,15 @@ static int check_shard(const char *data, uint16_t shard, bool print_ok,
 		}
 		if (k + 1 < n && st.next_offset != segs[k + 1].base_offset) {
 			fprintf(stderr,
-				"CORRUPT: %s ends at offset %" PRIu64 " but the next segment starts at %" PRIu64
-				"\n",
+				"CORRUPT: %s ends at offset %" PRIu64
+				" but the next segment starts at %" PRIu64 "\n",
 				segs[k].path, st.next_offset, segs[k + 1].base_offset);
 			bad = 1;
 			break;
 		}
 		if (print_ok)
-			printf("%s: ok, offsets %" PRIu64 "..%" PRIu64 ", %" PRIu64 " blocks, %" PRIu64
-			       " records\n",
+			printf("%s: ok, offsets %" PRIu64 "..%" PRIu64 ", %" PRIu64
+			       " blocks, %" PRIu64 " records\n",
 			       segs[k].path, st.base_offset, st.next_offset, st.blocks, st.records);
 		if (k == 0)
 			tot->base_offset = st.base_offset;
@@ -351,8 +355,8 @@ static int cmd_retain(const struct args *a)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	int64_t now_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 	uint32_t deleted = 0;
-	int rc = wal_retention_run(a->data, a->days * 86400ull * 1000000ull, now_us, a->force,
-				   &deleted);
+	int rc =
+	    wal_retention_run(a->data, a->days * 86400ull * 1000000ull, now_us, a->force, &deleted);
 	printf("retain: %u segment(s) deleted\n", deleted);
 	if (rc < 0) {
 		fprintf(stderr, "tally wal retain: %s (%s)\n", wal_last_error(), strerror(-rc));

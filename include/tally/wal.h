@@ -47,15 +47,15 @@
 
 #define WAL_WUR __attribute__((warn_unused_result))
 
-#define WAL_FORMAT_VERSION          1
-#define WAL_SHARDS_MAX              256
-#define WAL_BLOCK_HEADER_BYTES      72
-#define WAL_BLOCK_RAW_BYTES_MAX     (1u << 20)   /* cap on a block's uncompressed payload */
-#define WAL_BLOCK_RECORDS_MAX       65536u       /* cap on a block's record count */
+#define WAL_FORMAT_VERSION      1
+#define WAL_SHARDS_MAX          256
+#define WAL_BLOCK_HEADER_BYTES  72
+#define WAL_BLOCK_RAW_BYTES_MAX (1u << 20) /* cap on a block's uncompressed payload */
+#define WAL_BLOCK_RECORDS_MAX   65536u     /* cap on a block's record count */
 /* Largest single record: kind + ingest delta varint + tenant + body length varint + body. */
 #define WAL_RECORD_BYTES_MAX        (1 + 10 + 1 + TALLY_TENANT_BYTES_MAX + 3 + TALLY_EVENT_BYTES_MAX)
 #define WAL_BLOCK_BYTES_DEFAULT     (64u << 10)
-#define WAL_BLOCK_BYTES_MIN         (16u << 10)  /* >= WAL_RECORD_BYTES_MAX */
+#define WAL_BLOCK_BYTES_MIN         (16u << 10) /* >= WAL_RECORD_BYTES_MAX */
 #define WAL_BLOCK_AGE_US_DEFAULT    200u
 #define WAL_SEGMENT_BYTES_DEFAULT   (128ull << 20)
 #define WAL_SEGMENT_BYTES_MIN       (64ull << 10)
@@ -84,7 +84,7 @@ struct wal_io {
 	ssize_t (*pwrite)(void *ctx, int fd, const void *buf, size_t n, off_t off);
 	ssize_t (*pread)(void *ctx, int fd, void *buf, size_t n, off_t off);
 	int (*fdatasync)(void *ctx, int fd);
-	int (*fsync)(void *ctx, int fd);      /* directories and metadata files */
+	int (*fsync)(void *ctx, int fd); /* directories and metadata files */
 	int (*ftruncate)(void *ctx, int fd, off_t len);
 	int (*close)(void *ctx, int fd);
 	void *ctx;
@@ -95,7 +95,7 @@ const struct wal_io *wal_io_libc(void);
 
 /* A seam that forwards to `inner` and sleeps sync_delay_us before every fdatasync/fsync. */
 struct wal_io_delay {
-	struct wal_io io;          /* pass &d->io in wal_options.io */
+	struct wal_io io; /* pass &d->io in wal_options.io */
 	const struct wal_io *inner;
 	uint32_t sync_delay_us;
 };
@@ -107,13 +107,14 @@ struct wal_options {
 	uint32_t block_age_us;      /* wal_block_due() threshold; 0 = 200 */
 	uint64_t segment_bytes_max; /* roll threshold; 0 = 128 MiB */
 	uint64_t segment_age_us;    /* roll threshold on ingest time; 0 = 1 h */
-	int fsync_mode;             /* enum wal_fsync_mode: informational for the caller's ack policy */
+	int fsync_mode; /* enum wal_fsync_mode: informational for the caller's ack policy */
 	uint32_t fsync_interval_ms;
-	bool verify_sealed;         /* open: checksum every block of every sealed segment too */
-	bool repair;                /* open: quarantine a corrupt tail instead of refusing (logged) */
-	uint32_t lz4_acceleration;  /* LZ4_compress_fast acceleration; 0 = 1 (best ratio) */
-	const struct wal_io *io;    /* NULL = libc */
-	/* Called on the appender thread after a segment was sealed (synced) and the next one exists. */
+	bool verify_sealed; /* open: checksum every block of every sealed segment too */
+	bool repair;        /* open: quarantine a corrupt tail instead of refusing (logged) */
+	uint32_t lz4_acceleration; /* LZ4_compress_fast acceleration; 0 = 1 (best ratio) */
+	const struct wal_io *io;   /* NULL = libc */
+	/* Called on the appender thread after a segment was sealed (synced) and the next one
+	 * exists. */
 	void (*on_segment_sealed)(void *ctx, uint16_t shard, uint64_t base_offset,
 				  uint64_t next_offset);
 	void *ctx;
@@ -181,10 +182,10 @@ int wal_sync(struct wal_shard *s, uint64_t *durable_next_out) WAL_WUR;
 struct wal_record {
 	uint64_t offset;
 	uint16_t shard;
-	uint8_t kind;              /* enum wal_record_kind */
+	uint8_t kind; /* enum wal_record_kind */
 	int64_t ingest_time_us;
-	struct tally_view tenant;  /* EVENT only; views valid until the next reader call */
-	struct tally_event ev;     /* EVENT only: decoded with event_decode() */
+	struct tally_view tenant; /* EVENT only; views valid until the next reader call */
+	struct tally_event ev;    /* EVENT only: decoded with event_decode() */
 };
 
 struct wal_reader;
@@ -217,7 +218,7 @@ void wal_reader_close(struct wal_reader *r);
 struct wal_segment_info {
 	uint64_t base_offset;
 	uint64_t file_bytes;
-	bool sealed;                   /* a newer segment exists */
+	bool sealed; /* a newer segment exists */
 	char path[WAL_PATH_BYTES_MAX];
 };
 
@@ -245,15 +246,15 @@ void wal_segment_iter_close(struct wal_segment_iter *it);
 /* Per-segment verification summary (tally wal verify / stats). */
 struct wal_segment_stats {
 	uint64_t base_offset;
-	uint64_t next_offset;      /* one past the last record */
+	uint64_t next_offset; /* one past the last record */
 	uint64_t blocks;
 	uint64_t records;
 	uint64_t events;
 	uint64_t ticks;
-	uint64_t raw_bytes;        /* payload bytes before compression */
-	uint64_t file_bytes;       /* valid bytes on disk (headers included) */
+	uint64_t raw_bytes;  /* payload bytes before compression */
+	uint64_t file_bytes; /* valid bytes on disk (headers included) */
 	int64_t max_ingest_time_us;
-	uint64_t torn_tail_at;     /* UINT64_MAX, or byte offset of an invalid tail */
+	uint64_t torn_tail_at; /* UINT64_MAX, or byte offset of an invalid tail */
 };
 /* Checks every block of a segment (checksum, caps, offset continuity, records decode). */
 int wal_segment_verify(const char *path, uint64_t base_offset, bool decode_records,

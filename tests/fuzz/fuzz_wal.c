@@ -32,7 +32,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		uint32_t stored = wal_get_u32(buf + pos + 16);
 		if (stored > size - pos - WAL_BLOCK_HEADER_BYTES)
 			break;
-		uint64_t c = wal_block_checksum(buf + pos, buf + pos + WAL_BLOCK_HEADER_BYTES, stored);
+		uint64_t c =
+		    wal_block_checksum(buf + pos, buf + pos + WAL_BLOCK_HEADER_BYTES, stored);
 		wal_put_u64(buf + pos + 64, c);
 		pos += WAL_BLOCK_HEADER_BYTES + stored;
 	}
