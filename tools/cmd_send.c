@@ -101,6 +101,7 @@ struct send_state {
 	/* Recovery from retryable failures. */
 	bool need_recover;
 	bool reconnect;
+	unsigned retries_max;
 	unsigned retries_left;
 	int backoff_ms;
 	uint64_t reconnects;
@@ -835,6 +836,9 @@ static int account_reply(struct send_state *st, const struct tally_client_reply 
 			}
 		}
 		slot_free(s);
+		/* Progress: the retry budget is for failures in a row. */
+		st->retries_left = st->retries_max;
+		st->backoff_ms = SEND_BACKOFF_MS_FIRST;
 		return 0;
 	}
 	if (r.kind == TALLY_CLIENT_REPLY_ERROR) {
@@ -1097,8 +1101,9 @@ static void usage(FILE *f)
 		"  --batch N            events per batch (default 500; at most the server's limit)\n"
 		"  --timeout MS         connect and I/O timeout in ms (default 30000)\n"
 		"  --retries N          after a lost connection or a retryable server error,\n"
-		"                       reconnect and resend what has no receipt, N times at most\n"
-		"                       (default 3; backoff 200 ms doubling to 5 s; 0 = never)\n"
+		"                       reconnect and resend what has no receipt; give up after N\n"
+		"                       failures in a row (default 3; backoff 200 ms doubling to\n"
+		"                       5 s; 0 = never retry)\n"
 		"  --quiet              print only the summary line\n"
 		"  --json               print the summary as one JSON object\n"
 		"  --help               this text\n"
@@ -1348,6 +1353,7 @@ int tally_cmd_send(int argc, char **argv)
 		.inflight_max = SEND_INFLIGHT_MAX,
 	};
 	st.opts = &o;
+	st.retries_max = (unsigned)retries;
 	st.retries_left = (unsigned)retries;
 	st.backoff_ms = SEND_BACKOFF_MS_FIRST;
 	int status = 2;
