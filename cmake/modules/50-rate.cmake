@@ -19,3 +19,6 @@ if(TARGET tally_wal)
                ${PROJECT_SOURCE_DIR}/tools/cmd_explain.c)
   set_property(GLOBAL APPEND PROPERTY TALLY_CLI_DEPS tally_rate tally_wal PkgConfig::JANSSON)
 endif()
+
+tally_fuzz(fuzz_rate SOURCES tests/fuzz/fuzz_rate.c src/rate_money.c src/rate_price.c src/rate_config.c
+           src/event.c DEPS PkgConfig::JANSSON PkgConfig::XXHASH CORPUS ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/rate)
