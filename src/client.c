@@ -213,7 +213,10 @@ static void take_error(struct tally_client *c, const struct proto_errmsg *e)
 	c->server_msg[n] = '\0';
 	c->last_server_error = e->code;
 	set_err(c, "server error %s (%s): %s", proto_error_code(e->code),
-		e->fatal ? "fatal" : "retryable", n ? c->server_msg : proto_error_str(e->code));
+		e->fatal                           ? "fatal"
+		: proto_error_retryable(e->code) ? "retryable"
+						 : "not fatal",
+		n ? c->server_msg : proto_error_str(e->code));
 }
 
 static const char *frame_type_name(uint8_t type)
@@ -479,6 +482,11 @@ static int tcp_connect(struct tally_client *c, const char *host, uint16_t port, 
 static int take_hello_ok(struct tally_client *c, const struct proto_hello_ok *h,
 			 uint32_t inflight_wish)
 {
+	if (h->version != PROTO_VERSION) {
+		set_err(c, "protocol error: the server answered with protocol version %u, not %u",
+			h->version, PROTO_VERSION);
+		return fail_broken(c, TALLY_CLIENT_E_PROTOCOL);
+	}
 	if (h->frame_bytes_max < PROTO_FRAME_BYTES_MIN || h->frame_bytes_max > PROTO_FRAME_BYTES_MAX ||
 	    h->batch_events_max == 0 || h->batch_events_max > PROTO_BATCH_EVENTS_MAX ||
 	    h->inflight_max == 0 || h->tenant.len > TALLY_TENANT_BYTES_MAX) {
