@@ -298,6 +298,36 @@ static void test_sealed_corruption(void)
 	wt_rmrf(dir);
 }
 
+/* After power loss a file can come back longer than its data: zeros, or stale garbage. */
+static void test_garbage_tail(void)
+{
+	char dir[512], seg[700];
+	wt_tmpdir(dir, sizeof dir, "walcrash");
+	write_blocks(dir, 3, 8);
+	snprintf(seg, sizeof seg, "%s/wal/shard-00/00000000000000000000.log", dir);
+	size_t len;
+	uint8_t *orig = read_file(seg, &len);
+	uint8_t *img = malloc(len + 8192);
+	for (int kind = 0; kind < 3; kind++) {
+		memcpy(img, orig, len);
+		for (size_t i = 0; i < 8192; i++)
+			img[len + i] = kind == 0 ? 0 : (uint8_t)wt_mix(i * 3 + (uint64_t)kind);
+		if (kind == 2) /* a stray magic with a bad block behind it */
+			wal_put_u32(img + len + 100, WAL_BLOCK_MAGIC);
+		write_file(seg, img, len + 8192);
+		struct wal_options o = opts();
+		struct wal *w;
+		CHECK_EQ(wal_open(dir, &o, &w), 0);
+		CHECK_EQ(wal_next_offset(wal_shard(w, 0)), 24);
+		CHECK_EQ(wal_close(w), 0);
+		CHECK_EQ(wt_file_size(seg), len);
+		read_all_check(dir, 24);
+	}
+	free(img);
+	free(orig);
+	wt_rmrf(dir);
+}
+
 /* Rewrites the header field at `field_off` of the block at `pos` and re-checksums it, so
    only the field's own rule can reject it. */
 static void patch_header(uint8_t *img, uint64_t pos, size_t field_off, uint32_t v)
@@ -423,6 +453,7 @@ int main(void)
 	test_bit_flips();
 	test_sealed_corruption();
 	test_length_fields();
+	test_garbage_tail();
 	printf("test_wal_crash: OK\n");
 	return 0;
 }
