@@ -176,8 +176,20 @@ struct wt_faultio {
 	int fail_ftruncate;     /* -errno for every ftruncate while set */
 	int fail_open_log;      /* -errno for opening a new .log while set */
 	int noop_sync;          /* skip real syncs (speed for crash tests) */
+	long crash_at_op;       /* >= 0: the process "dies" at this I/O op (0-based): that op, if a
+				   write, persists only half; every later op fails with -EIO */
+	long ops;               /* I/O ops counted (open, pwrite, fdatasync, fsync, ftruncate) */
 	unsigned long syncs, log_pwrites;
 };
+
+/* Counts an op; returns 0 to go on, 1 if this is the crashing op, -1 if already dead. */
+static inline int wt_crash_step(struct wt_faultio *f)
+{
+	long op = f->ops++;
+	if (f->crash_at_op < 0 || op < f->crash_at_op)
+		return 0;
+	return op == f->crash_at_op ? 1 : -1;
+}
 
 static inline bool wt_is_log_fd(struct wt_faultio *f, int fd)
 {
@@ -190,6 +202,8 @@ static inline bool wt_is_log_fd(struct wt_faultio *f, int fd)
 static inline int wt_f_open(void *ctx, const char *path, int flags, mode_t mode)
 {
 	struct wt_faultio *f = ctx;
+	if (wt_crash_step(f) != 0)
+		return -EIO;
 	size_t n = strlen(path);
 	bool is_log = n > 4 && strcmp(path + n - 4, ".log") == 0;
 	if (is_log && (flags & O_CREAT) && f->fail_open_log)
@@ -207,6 +221,13 @@ static inline int wt_f_open(void *ctx, const char *path, int flags, mode_t mode)
 static inline ssize_t wt_f_pwrite(void *ctx, int fd, const void *buf, size_t n, off_t off)
 {
 	struct wt_faultio *f = ctx;
+	int c = wt_crash_step(f);
+	if (c < 0)
+		return -EIO;
+	if (c > 0) { /* dies in the middle of this write: half of it reaches the file */
+		(void)f->inner->pwrite(f->inner->ctx, fd, buf, n / 2, off);
+		return -EIO;
+	}
 	if (wt_is_log_fd(f, fd)) {
 		f->log_pwrites++;
 		if (f->short_log_pwrite_n > 0 && n > 1) {
@@ -230,6 +251,8 @@ static inline ssize_t wt_f_pread(void *ctx, int fd, void *buf, size_t n, off_t o
 static inline int wt_f_fdatasync(void *ctx, int fd)
 {
 	struct wt_faultio *f = ctx;
+	if (wt_crash_step(f) != 0)
+		return -EIO;
 	f->syncs++;
 	if (f->fail_fdatasync) {
 		int e = f->fail_fdatasync;
@@ -242,12 +265,16 @@ static inline int wt_f_fdatasync(void *ctx, int fd)
 static inline int wt_f_fsync(void *ctx, int fd)
 {
 	struct wt_faultio *f = ctx;
+	if (wt_crash_step(f) != 0)
+		return -EIO;
 	return f->noop_sync ? 0 : f->inner->fsync(f->inner->ctx, fd);
 }
 
 static inline int wt_f_ftruncate(void *ctx, int fd, off_t len)
 {
 	struct wt_faultio *f = ctx;
+	if (wt_crash_step(f) != 0)
+		return -EIO;
 	if (f->fail_ftruncate)
 		return f->fail_ftruncate;
 	return f->inner->ftruncate(f->inner->ctx, fd, len);
@@ -265,6 +292,7 @@ static inline int wt_f_close(void *ctx, int fd)
 static inline void wt_faultio_init(struct wt_faultio *f)
 {
 	memset(f, 0, sizeof *f);
+	f->crash_at_op = -1;
 	for (int i = 0; i < 64; i++)
 		f->log_fds[i] = -1;
 	f->inner = wal_io_libc();
