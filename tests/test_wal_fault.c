@@ -322,7 +322,7 @@ out:
 	return durable;
 }
 
-static void test_crash_at_every_op(void)
+static void test_crash_at_every_op(bool power_loss)
 {
 	long total = 0;
 	char dir[512];
@@ -334,6 +334,8 @@ static void test_crash_at_every_op(void)
 		wt_tmpdir(dir, sizeof dir, "walfault");
 		long ops;
 		uint64_t durable = crash_workload(dir, k, &ops);
+		if (power_loss) /* keep 0%, a torn part, or all of the unsynced bytes */
+			wt_power_loss(&fio, (unsigned)(k % 3 == 0 ? 0 : k % 3 == 1 ? 377 : 1000));
 		struct wal_options o = {.shard_count = 1};
 		struct wal *w;
 		CHECK_EQ(wal_open(dir, &o, &w), 0);
@@ -343,7 +345,8 @@ static void test_crash_at_every_op(void)
 		check_contents(dir, next, 9, UINT64_MAX, 9);
 		wt_rmrf(dir);
 	}
-	printf("crash at every I/O op: %ld ops checked\n", total + 1);
+	printf("%s at every I/O op: %ld ops checked\n", power_loss ? "power loss" : "crash",
+	       total + 1);
 }
 
 int main(void)
@@ -356,7 +359,8 @@ int main(void)
 	test_enospc_at_roll_and_append();
 	test_ftruncate_fails();
 	test_delay_seam();
-	test_crash_at_every_op();
+	test_crash_at_every_op(false);
+	test_crash_at_every_op(true);
 	printf("test_wal_fault: OK\n");
 	return 0;
 }

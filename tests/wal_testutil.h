@@ -179,6 +179,15 @@ struct wt_faultio {
 	long crash_at_op;       /* >= 0: the process "dies" at this I/O op (0-based): that op, if a
 				   write, persists only half; every later op fails with -EIO */
 	long ops;               /* I/O ops counted (open, pwrite, fdatasync, fsync, ftruncate) */
+	/* Power-loss model for *.log files: the size each had at its last fdatasync, and whether
+	   its directory entry was fsynced since it was created (wt_power_loss() applies it). */
+	struct {
+		char path[512];
+		int fd;
+		uint64_t synced_bytes;
+		bool entry_durable;
+		bool used;
+	} files[64];
 	unsigned long syncs, log_pwrites;
 };
 
@@ -208,14 +217,77 @@ static inline int wt_f_open(void *ctx, const char *path, int flags, mode_t mode)
 	bool is_log = n > 4 && strcmp(path + n - 4, ".log") == 0;
 	if (is_log && (flags & O_CREAT) && f->fail_open_log)
 		return f->fail_open_log;
+	bool existed = access(path, F_OK) == 0;
 	int fd = f->inner->open(f->inner->ctx, path, flags, mode);
-	if (fd >= 0 && is_log)
+	if (fd >= 0 && is_log) {
 		for (int i = 0; i < 64; i++)
 			if (f->log_fds[i] < 0) {
 				f->log_fds[i] = fd;
 				break;
 			}
+		int slot = -1;
+		for (int i = 0; i < 64; i++)
+			if (f->files[i].used && !strcmp(f->files[i].path, path))
+				slot = i;
+		for (int i = 0; i < 64 && slot < 0; i++)
+			if (!f->files[i].used)
+				slot = i;
+		if (slot >= 0) {
+			if (!f->files[slot].used) {
+				f->files[slot].used = true;
+				snprintf(f->files[slot].path, sizeof f->files[slot].path, "%s",
+					 path);
+				f->files[slot].entry_durable = existed;
+				struct stat st;
+				f->files[slot].synced_bytes =
+				    existed && stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+			}
+			f->files[slot].fd = fd;
+		}
+	}
 	return fd;
+}
+
+/* After a successful sync of fd: a .log's current size is durable; a directory's entries. */
+static inline void wt_track_sync(struct wt_faultio *f, int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) != 0)
+		return;
+	for (int i = 0; i < 64; i++) {
+		if (!f->files[i].used)
+			continue;
+		if (S_ISDIR(st.st_mode))
+			f->files[i].entry_durable =
+			    true; /* (all tracked files share one directory) */
+		else if (f->files[i].fd == fd)
+			f->files[i].synced_bytes = (uint64_t)st.st_size;
+	}
+}
+
+/*
+ * Power loss: every tracked .log loses what was written after its last fdatasync, except an
+ * in-order prefix of `keep_permille` of those bytes (page cache written back in order, the
+ * last page torn); a file whose directory entry was never fsynced disappears.
+ */
+static inline void wt_power_loss(struct wt_faultio *f, unsigned keep_permille)
+{
+	for (int i = 0; i < 64; i++) {
+		if (!f->files[i].used)
+			continue;
+		struct stat st;
+		if (stat(f->files[i].path, &st) != 0)
+			continue;
+		if (!f->files[i].entry_durable) {
+			unlink(f->files[i].path);
+			continue;
+		}
+		uint64_t cur = (uint64_t)st.st_size, synced = f->files[i].synced_bytes;
+		if (cur > synced)
+			CHECK(truncate(f->files[i].path,
+				       (off_t)(synced + (cur - synced) * keep_permille / 1000)) ==
+			      0);
+	}
 }
 
 static inline ssize_t wt_f_pwrite(void *ctx, int fd, const void *buf, size_t n, off_t off)
@@ -259,7 +331,10 @@ static inline int wt_f_fdatasync(void *ctx, int fd)
 		f->fail_fdatasync = 0;
 		return e;
 	}
-	return f->noop_sync ? 0 : f->inner->fdatasync(f->inner->ctx, fd);
+	int rc = f->noop_sync ? 0 : f->inner->fdatasync(f->inner->ctx, fd);
+	if (rc == 0)
+		wt_track_sync(f, fd);
+	return rc;
 }
 
 static inline int wt_f_fsync(void *ctx, int fd)
@@ -267,7 +342,10 @@ static inline int wt_f_fsync(void *ctx, int fd)
 	struct wt_faultio *f = ctx;
 	if (wt_crash_step(f) != 0)
 		return -EIO;
-	return f->noop_sync ? 0 : f->inner->fsync(f->inner->ctx, fd);
+	int rc = f->noop_sync ? 0 : f->inner->fsync(f->inner->ctx, fd);
+	if (rc == 0)
+		wt_track_sync(f, fd);
+	return rc;
 }
 
 static inline int wt_f_ftruncate(void *ctx, int fd, off_t len)
@@ -283,9 +361,12 @@ static inline int wt_f_ftruncate(void *ctx, int fd, off_t len)
 static inline int wt_f_close(void *ctx, int fd)
 {
 	struct wt_faultio *f = ctx;
-	for (int i = 0; i < 64; i++)
+	for (int i = 0; i < 64; i++) {
 		if (f->log_fds[i] == fd)
 			f->log_fds[i] = -1;
+		if (f->files[i].used && f->files[i].fd == fd)
+			f->files[i].fd = -1; /* the number may be reused by another file */
+	}
 	return f->inner->close(f->inner->ctx, fd);
 }
 
