@@ -9,3 +9,9 @@ add_dependencies(test_tallyd_epoll tallyd)
 tally_test(test_tallyd_uring SOURCES tests/test_tallyd.c DEPS tally_client tally_wal
   ARGS uring TIMEOUT 300 LABELS broker)
 add_dependencies(test_tallyd_uring tallyd)
+tally_test(test_ring SOURCES tests/test_ring.c DEPS tally_ring Threads::Threads ARGS 20000 LABELS tsan)
+tally_test(test_shard SOURCES tests/test_shard.c DEPS tally_broker LABELS tsan)
+if(CMAKE_BUILD_TYPE STREQUAL "Tsan")
+  set_tests_properties(test_ring test_shard PROPERTIES ENVIRONMENT
+    "TSAN_OPTIONS=suppressions=${PROJECT_SOURCE_DIR}/tests/tsan.supp halt_on_error=1 exitcode=66")
+endif()
