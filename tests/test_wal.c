@@ -296,7 +296,19 @@ static void test_checkpoint_retention(void)
 	CHECK_EQ(wal_open(dir, &o, &w), 0);
 	CHECK_EQ(wal_next_offset(wal_shard(w, 0)), 3000);
 	CHECK_EQ(wal_close(w), 0);
-	/* Forced: deletes all sealed segments regardless of the checkpoint. */
+	/* A damaged checkpoint blocks retention (better keep data than guess) unless forced. */
+	char bad[700];
+	snprintf(bad, sizeof bad, "%s/consumers/broken.ckpt", dir);
+	int bfd = open(bad, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	CHECK(bfd >= 0);
+	CHECK(write(bfd, "garbage", 7) == 7);
+	close(bfd);
+	ck = 2999; /* the good consumer is nearly at the end now */
+	CHECK_EQ(wal_checkpoint_save(dir, "billing", &ck, 1), 0);
+	CHECK_EQ(wal_retention_run(dir, age, now, false, &deleted), -EBADMSG);
+	CHECK_EQ(deleted, 0);
+	CHECK(strstr(wal_last_error(), "broken.ckpt") != NULL);
+	/* Forced: deletes all sealed segments regardless of the checkpoints. */
 	CHECK_EQ(wal_retention_run(dir, age, now, true, &deleted), 0);
 	CHECK_EQ(deleted, nseg2 - 1);
 	wt_rmrf(dir);
