@@ -234,8 +234,11 @@ int wal_segments_list(const char *data_dir, uint16_t shard, struct wal_segment_i
 
 /*
  * Iterates the records of one segment file, every valid block up to `limit_next` (exclusive;
- * UINT64_MAX = to the end of the file, e.g. after wal_open recovery). A torn tail ends the
- * iteration only if allow_torn_tail; otherwise it is -EBADMSG.
+ * UINT64_MAX = to the end of the file, e.g. after wal_open recovery; use wal_durable_next() for
+ * the newest segment of a running writer). An invalid block ends the iteration (0) only if
+ * allow_torn_tail; otherwise next() returns -EBADMSG (file and byte in wal_last_error()).
+ * It does not look at the durable watermark. rec->shard is 0: the caller knows the shard.
+ * next(): 1 = record, 0 = end, <0 = error. Views are valid until the next call.
  */
 struct wal_segment_iter;
 int wal_segment_iter_open(const char *path, uint64_t base_offset, uint64_t limit_next,
@@ -249,14 +252,15 @@ struct wal_segment_stats {
 	uint64_t next_offset; /* one past the last record */
 	uint64_t blocks;
 	uint64_t records;
-	uint64_t events;
+	uint64_t events; /* events and ticks: counted only with decode_records */
 	uint64_t ticks;
 	uint64_t raw_bytes;  /* payload bytes before compression */
 	uint64_t file_bytes; /* valid bytes on disk (headers included) */
 	int64_t max_ingest_time_us;
-	uint64_t torn_tail_at; /* UINT64_MAX, or byte offset of an invalid tail */
+	uint64_t torn_tail_at; /* UINT64_MAX, or byte position of the first invalid block */
 };
-/* Checks every block of a segment (checksum, caps, offset continuity, records decode). */
+/* Checks every block of a segment (rules, checksum, offset continuity; with decode_records
+   every record decoded too). 0, or -EBADMSG at the first invalid block (st tells where). */
 int wal_segment_verify(const char *path, uint64_t base_offset, bool decode_records,
 		       struct wal_segment_stats *st) WAL_WUR;
 
