@@ -127,11 +127,10 @@ static rate_i128 get_i128(struct rbuf *r)
 
 /* ---- save ---- */
 
-static void put_aggs(struct wbuf *w, const struct rate_engine *e, const struct rate_agg *aggs,
-		     const struct rate_range *ranges)
+static void put_aggs(struct wbuf *w, const struct rate_engine *e, char *slots)
 {
 	for (uint32_t m = 0; m < e->cfg->nmeters; m++) {
-		const struct rate_agg *a = &aggs[m];
+		const struct rate_agg *a = rate_agg_at(e, slots, m);
 		put_i128(w, a->value);
 		put_u64(w, (uint64_t)a->last_time_us);
 		put_u64(w, a->last_offset);
@@ -146,10 +145,11 @@ static void put_aggs(struct wbuf *w, const struct rate_engine *e, const struct r
 				if (a->uset->slots[i])
 					put_u64(w, a->uset->slots[i]);
 	}
-	for (size_t i = 0; i < (size_t)e->cfg->nmeters * e->nshards; i++) {
-		put_u64(w, ranges[i].first);
-		put_u64(w, ranges[i].last);
-	}
+	for (uint32_t m = 0; m < e->cfg->nmeters; m++)
+		for (uint32_t s = 0; s < e->nshards; s++) {
+			put_u64(w, rate_ranges_at(e, slots, m)[s].first);
+			put_u64(w, rate_ranges_at(e, slots, m)[s].last);
+		}
 }
 
 int rate_engine_save(struct rate_engine *e, const uint64_t *positions, uint32_t n,
@@ -195,11 +195,11 @@ int rate_engine_save(struct rate_engine *e, const uint64_t *positions, uint32_t 
 				continue;
 			put_u8(&w, cp->closed);
 			put_u8(&w, cp->ontime);
-			put_aggs(&w, e, cp->aggs, cp->ranges);
+			put_aggs(&w, e, cp->slots);
 			put_u32(&w, cp->nadj);
 			for (uint32_t a = 0; a < cp->nadj; a++) {
 				put_u64(&w, (uint64_t)cp->adj[a].src_ord);
-				put_aggs(&w, e, cp->adj[a].aggs, cp->adj[a].ranges);
+				put_aggs(&w, e, cp->adj[a].slots);
 			}
 		}
 	}
@@ -226,11 +226,10 @@ int rate_engine_save(struct rate_engine *e, const uint64_t *positions, uint32_t 
 
 /* ---- load ---- */
 
-static int get_aggs(struct rbuf *r, struct rate_engine *e, struct rate_agg *aggs,
-		    struct rate_range *ranges)
+static int get_aggs(struct rbuf *r, struct rate_engine *e, char *slots)
 {
 	for (uint32_t m = 0; m < e->cfg->nmeters; m++) {
-		struct rate_agg *a = &aggs[m];
+		struct rate_agg *a = rate_agg_at(e, slots, m);
 		a->value = get_i128(r);
 		a->last_time_us = (int64_t)get_u64(r);
 		a->last_offset = get_u64(r);
@@ -251,10 +250,11 @@ static int get_aggs(struct rbuf *r, struct rate_engine *e, struct rate_agg *aggs
 				return rc == -ENOSPC ? -EBADMSG : rc;
 		}
 	}
-	for (size_t i = 0; i < (size_t)e->cfg->nmeters * e->nshards; i++) {
-		ranges[i].first = get_u64(r);
-		ranges[i].last = get_u64(r);
-	}
+	for (uint32_t m = 0; m < e->cfg->nmeters; m++)
+		for (uint32_t s = 0; s < e->nshards; s++) {
+			rate_ranges_at(e, slots, m)[s].first = get_u64(r);
+			rate_ranges_at(e, slots, m)[s].last = get_u64(r);
+		}
 	return r->bad ? -EBADMSG : 0;
 }
 
@@ -389,7 +389,7 @@ int rate_engine_load(struct rate_engine *e, uint64_t *positions, uint32_t n, con
 				break;
 			cp->closed = get_u8(&r) != 0;
 			cp->ontime = get_u8(&r) != 0;
-			if ((rc = get_aggs(&r, e, cp->aggs, cp->ranges)) != 0)
+			if ((rc = get_aggs(&r, e, cp->slots)) != 0)
 				break;
 			uint32_t nadj = get_u32(&r);
 			if (r.bad || nadj > RATE_PERIODS_SPAN_MAX) {
@@ -404,7 +404,7 @@ int rate_engine_load(struct rate_engine *e, uint64_t *positions, uint32_t n, con
 					break;
 				}
 				if ((rc = rate_adj_get(e, cp, src, &adj)) == 0)
-					rc = get_aggs(&r, e, adj->aggs, adj->ranges);
+					rc = get_aggs(&r, e, adj->slots);
 			}
 		}
 		/* rate_cperiod_get() derived closed_through from the watermark for the first

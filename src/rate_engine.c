@@ -250,28 +250,29 @@ static int agg_merge(struct rate_engine *e, enum rate_agg_kind kind, struct rate
 	return 0;
 }
 
-static int aggs_alloc(struct rate_engine *e, struct rate_agg **aggs, struct rate_range **ranges)
+static void slots_init(struct rate_engine *e, char *slots)
 {
-	size_t nm = e->cfg->nmeters, nr = nm * e->nshards;
-	*aggs = calloc(nm, sizeof **aggs);
-	*ranges = malloc(nr * sizeof **ranges);
-	if (!*aggs || !*ranges) {
-		free(*aggs);
-		free(*ranges);
-		return -ENOMEM;
+	for (uint32_t m = 0; m < e->cfg->nmeters; m++) {
+		struct rate_range *r = rate_ranges_at(e, slots, m);
+		for (uint32_t sh = 0; sh < e->nshards; sh++)
+			r[sh] = (struct rate_range){UINT64_MAX, UINT64_MAX};
 	}
-	for (size_t i = 0; i < nr; i++)
-		(*ranges)[i] = (struct rate_range){UINT64_MAX, UINT64_MAX};
+}
+
+static int slots_alloc(struct rate_engine *e, char **slots)
+{
+	*slots = calloc(e->cfg->nmeters, e->slot_bytes);
+	if (!*slots)
+		return -ENOMEM;
+	slots_init(e, *slots);
 	return 0;
 }
 
-static void aggs_free(struct rate_engine *e, struct rate_agg *aggs, struct rate_range *ranges)
+static void slots_release(struct rate_engine *e, char *slots)
 {
-	if (aggs)
+	if (slots)
 		for (uint32_t m = 0; m < e->cfg->nmeters; m++)
-			uset_free(aggs[m].uset);
-	free(aggs);
-	free(ranges);
+			uset_free(rate_agg_at(e, slots, m)->uset);
 }
 
 /* ---- customers and their periods ---- */
@@ -347,9 +348,11 @@ int rate_cust_add(struct rate_engine *e, const uint8_t *id, uint32_t len,
 		e->custs = n;
 		e->custs_cap = ncap;
 	}
-	struct rate_cust *c = calloc(1, sizeof *c);
-	if (!c)
+	/* 128-byte aligned: the hot first line and the rest of the id form one line pair. */
+	struct rate_cust *c = NULL;
+	if (posix_memalign((void **)&c, 128, sizeof *c) != 0)
 		return -ENOMEM;
+	memset(c, 0, sizeof *c);
 	if (len == 0 || len > TALLY_CUSTOMER_BYTES_MAX) {
 		free(c);
 		return -EINVAL;
@@ -388,9 +391,11 @@ static void cperiod_free(struct rate_engine *e, struct rate_cperiod *cp)
 {
 	if (!cp)
 		return;
-	aggs_free(e, cp->aggs, cp->ranges);
-	for (uint32_t i = 0; i < cp->nadj; i++)
-		aggs_free(e, cp->adj[i].aggs, cp->adj[i].ranges);
+	slots_release(e, cp->slots); /* cp->slots is part of cp's allocation */
+	for (uint32_t i = 0; i < cp->nadj; i++) {
+		slots_release(e, cp->adj[i].slots);
+		free(cp->adj[i].slots);
+	}
 	free(cp->adj);
 	free(cp);
 }
@@ -446,13 +451,16 @@ int rate_cperiod_get(struct rate_engine *e, struct rate_cust *c, int64_t ord,
 	}
 	struct rate_cperiod **slot = &c->ords[ord - c->lo];
 	if (!*slot) {
-		struct rate_cperiod *cp = calloc(1, sizeof *cp);
-		if (!cp)
+		/* Header and slots in one 64-byte aligned block. */
+		size_t head = (sizeof(struct rate_cperiod) + 63) & ~(size_t)63;
+		size_t bytes = head + e->cfg->nmeters * e->slot_bytes;
+		void *mem = NULL;
+		if (posix_memalign(&mem, 64, bytes) != 0)
 			return -ENOMEM;
-		if (aggs_alloc(e, &cp->aggs, &cp->ranges) != 0) {
-			free(cp);
-			return -ENOMEM;
-		}
+		memset(mem, 0, bytes);
+		struct rate_cperiod *cp = mem;
+		cp->slots = (char *)mem + head;
+		slots_init(e, cp->slots);
 		cp->ord = ord;
 		cp->closed = ord <= c->closed_through;
 		*slot = cp;
@@ -480,7 +488,7 @@ int rate_adj_get(struct rate_engine *e, struct rate_cperiod *cp, int64_t src_ord
 		cp->adj_cap = ncap;
 	}
 	struct rate_adj a = {.src_ord = src_ord};
-	if (aggs_alloc(e, &a.aggs, &a.ranges) != 0)
+	if (slots_alloc(e, &a.slots) != 0)
 		return -ENOMEM;
 	memmove(cp->adj + i + 1, cp->adj + i, (cp->nadj - i) * sizeof *cp->adj);
 	cp->adj[i] = a;
@@ -491,12 +499,25 @@ int rate_adj_get(struct rate_engine *e, struct rate_cperiod *cp, int64_t src_ord
 
 /* ---- metering ---- */
 
+/* 10^(18 - scale) for scale 0..18. */
+static const int64_t qty_factor[RATE_QTY_SCALE + 1] = {
+	1000000000000000000LL, 100000000000000000LL, 10000000000000000LL, 1000000000000000LL,
+	100000000000000LL,     10000000000000LL,     1000000000000LL,     100000000000LL,
+	10000000000LL,         1000000000LL,         100000000LL,         10000000LL,
+	1000000LL,             100000LL,             10000LL,             1000LL,
+	100LL,                 10LL,                 1LL};
+
+/* A numeric property at RATE_QTY_SCALE. Never overflows: |i64| * 10^18 < 9.3e36 < 2^127. */
 static bool prop_num(const struct tally_prop *p, rate_i128 *out)
 {
-	if (p->kind == TALLY_VALUE_INT)
-		return rate_upscale(p->i64, 0, RATE_QTY_SCALE, out) == 0;
-	if (p->kind == TALLY_VALUE_DECIMAL && p->scale <= RATE_QTY_SCALE)
-		return rate_upscale(p->i64, p->scale, RATE_QTY_SCALE, out) == 0;
+	if (p->kind == TALLY_VALUE_INT) {
+		*out = (rate_i128)p->i64 * qty_factor[0];
+		return true;
+	}
+	if (p->kind == TALLY_VALUE_DECIMAL && p->scale <= RATE_QTY_SCALE) {
+		*out = (rate_i128)p->i64 * qty_factor[p->scale];
+		return true;
+	}
 	return false;
 }
 
@@ -529,7 +550,7 @@ static bool meter_value(const struct rate_meter *m, const struct tally_event *ev
 {
 	struct tally_prop p;
 	if (m->agg == RATE_AGG_COUNT) {
-		v->num = rate_pow10(RATE_QTY_SCALE);
+		v->num = qty_factor[0]; /* one unit */
 		return true;
 	}
 	if (!event_prop_find(ev, m->property, m->property_len, &p))
@@ -618,22 +639,23 @@ static int process_event(struct rate_engine *e, const struct rate_record *rec)
 		c->cache_ord = rate_period_ord(cfg, c->anchor, t);
 		c->cache_start = cust_start(e, c, c->cache_ord);
 		c->cache_end = cust_start(e, c, c->cache_ord + 1);
+		c->cache_slots = NULL; /* the cached record belongs to cache_ord only */
 	}
 	int64_t ord = c->cache_ord;
 	bool late = rec->ingest_time_us > c->cache_end + cfg->grace_us ||
 		    (c->has_records && ord <= c->closed_through);
 	struct rate_cperiod *cp;
-	struct rate_agg *aggs;
-	struct rate_range *ranges;
+	char *slots;
 	if (!late) {
-		if (c->cache_cp && c->cache_cp->ord == ord)
-			cp = c->cache_cp;
-		else if ((rc = rate_cperiod_get(e, c, ord, &cp)) != 0)
-			goto out_range;
-		c->cache_cp = cp;
-		cp->ontime = true;
-		aggs = cp->aggs;
-		ranges = cp->ranges;
+		/* cache_slots is set only once its record is marked on time, so the common case
+		 * reads nothing but the customer's first cache line and the meter's slot. */
+		if (!c->cache_slots) {
+			if ((rc = rate_cperiod_get(e, c, ord, &cp)) != 0)
+				goto out_range;
+			cp->ontime = true;
+			c->cache_slots = cp->slots;
+		}
+		slots = c->cache_slots;
 	} else {
 		e->stats.late++;
 		struct rate_late l = {.cust = c->index,
@@ -658,12 +680,11 @@ static int process_event(struct rate_engine *e, const struct rate_record *rec)
 			return rc;
 		if ((rc = late_push(e, &l)) != 0)
 			return rc;
-		aggs = adj->aggs;
-		ranges = adj->ranges;
+		slots = adj->slots;
 	}
 	for (uint32_t i = 0; i < n; i++)
-		agg_apply(e, cfg->meters[ms[i]].agg, &aggs[ms[i]], ranges + (size_t)ms[i] * e->nshards,
-			  &vals[i], rec, fph);
+		agg_apply(e, cfg->meters[ms[i]].agg, rate_agg_at(e, slots, ms[i]),
+			  rate_ranges_at(e, slots, ms[i]), &vals[i], rec, fph);
 	return 0;
 out_range:
 	if (rc == -E2BIG) {
@@ -795,7 +816,7 @@ static int build_invoice(struct rate_engine *e, struct rate_cust *c, struct rate
 	json_object_set_new(inv, "period_end", jtime(end));
 
 	for (uint32_t m = 0; m < cfg->nmeters; m++) {
-		const struct rate_agg *a = &cp->aggs[m];
+		const struct rate_agg *a = rate_agg_at(e, cp->slots, m);
 		const char *src;
 		const struct rate_price *price = rate_price_resolve(cfg, c->cfg, c->plan, m, start, &src);
 		if (!price && a->count == 0)
@@ -832,7 +853,7 @@ static int build_invoice(struct rate_engine *e, struct rate_cust *c, struct rate
 		}
 		json_object_set_new(l, "amount", jdec(amount, mu, mu));
 		json_object_set_new(l, "provenance",
-				    provenance_json(e, a, cp->ranges + (size_t)m * e->nshards));
+				    provenance_json(e, a, rate_ranges_at(e, cp->slots, m)));
 		json_array_append_new(lines, l);
 	}
 
@@ -843,11 +864,11 @@ static int build_invoice(struct rate_engine *e, struct rate_cust *c, struct rate
 			goto out;
 		int64_t sstart = cust_start(e, c, adj->src_ord);
 		for (uint32_t m = 0; m < cfg->nmeters; m++) {
-			const struct rate_agg *la = &adj->aggs[m];
+			const struct rate_agg *la = rate_agg_at(e, adj->slots, m);
 			if (la->count == 0)
 				continue;
 			struct rate_agg zero = {0};
-			const struct rate_agg *old = sp ? &sp->aggs[m] : &zero;
+			const struct rate_agg *old = sp ? rate_agg_at(e, sp->slots, m) : &zero;
 			const char *src;
 			const struct rate_price *price =
 				rate_price_resolve(cfg, c->cfg, c->plan, m, sstart, &src);
@@ -889,12 +910,12 @@ static int build_invoice(struct rate_engine *e, struct rate_cust *c, struct rate
 			}
 			json_object_set_new(l, "amount", jdec(amount, mu, mu));
 			json_object_set_new(l, "provenance",
-					    provenance_json(e, la, adj->ranges + (size_t)m * e->nshards));
+					    provenance_json(e, la, rate_ranges_at(e, adj->slots, m)));
 			json_array_append_new(adjs, l);
 			if (commit)
-				agg_merge(e, cfg->meters[m].agg, &sp->aggs[m],
-					  sp->ranges + (size_t)m * e->nshards, la,
-					  adj->ranges + (size_t)m * e->nshards);
+				agg_merge(e, cfg->meters[m].agg, rate_agg_at(e, sp->slots, m),
+					  rate_ranges_at(e, sp->slots, m), la,
+					  rate_ranges_at(e, adj->slots, m));
 		}
 	}
 
@@ -1103,6 +1124,9 @@ int rate_engine_create(const struct rate_config *cfg, const struct rate_engine_o
 	e->cfg = cfg;
 	e->opts = *opts;
 	e->nshards = opts->shards;
+	/* Rounded to a cache line so that every aggregate starts one (its ranges follow). */
+	e->slot_bytes = (sizeof(struct rate_agg) + e->nshards * sizeof(struct rate_range) + 63) &
+			~(size_t)63;
 	e->watermark = INT64_MIN;
 	e->next_close_us = INT64_MAX;
 	int rc = -ENOMEM;

@@ -64,39 +64,42 @@ struct rate_agg {
 };
 
 /* Late events of one source period, waiting in their target period. */
+/*
+ * Per-meter state lives in "slots": slot m is the meter's aggregate followed by its offset
+ * range per shard, so that one event's update touches neighbouring bytes (an aggregate and
+ * its range share a cache line or the next). Use rate_agg_at() / rate_ranges_at().
+ */
 struct rate_adj {
 	int64_t src_ord;
-	struct rate_agg *aggs;     /* nmeters */
-	struct rate_range *ranges; /* nmeters * nshards */
+	char *slots; /* nmeters x slot_bytes */
 };
 
 struct rate_cperiod {
 	int64_t ord;
 	bool closed;
 	bool ontime; /* an on-time metered event landed here */
-	struct rate_agg *aggs;
-	struct rate_range *ranges;
+	char *slots; /* nmeters x slot_bytes, 64-byte aligned, in the same allocation */
 	uint32_t nadj, adj_cap;
 	struct rate_adj *adj; /* sorted by src_ord */
 };
 
-/* Hot fields first: one event touches the first line or two (hash, cache, start of the id). */
+/* Hot fields first: an event reads the first line (hash, cache, closed_through) and the id. */
 struct rate_cust {
 	uint64_t hash;
 	uint32_t id_len;
-	int32_t plan;                              /* -1: unbilled */
-	struct rate_cperiod *cache_cp;             /* record of cache_ord, if any (never moves) */
+	int32_t plan;                  /* -1: unbilled */
+	char *cache_slots; /* slots of cache_ord's record once marked on time, else NULL */
 	int64_t cache_start, cache_end, cache_ord; /* last period computed */
-	char id[TALLY_CUSTOMER_BYTES_MAX + 1];     /* NUL-terminated */
-	uint32_t index; /* in engine custs[] (append-only) */
+	int64_t closed_through;
+	bool has_records;
+	bool started;
+	char id[TALLY_CUSTOMER_BYTES_MAX + 1]; /* NUL-terminated */
+	uint32_t index;                        /* in engine custs[] (append-only) */
 	unsigned anchor;
 	const struct rate_customer_cfg *cfg; /* NULL for customers seen only in events */
-	bool has_records;
-	int64_t lo; /* ordinal of ords[0] */
+	int64_t lo;                          /* ordinal of ords[0] */
 	uint32_t nords, ords_cap;
 	struct rate_cperiod **ords;
-	int64_t closed_through;
-	bool started;
 	rate_i128 *credit_left; /* per configured credit, minor units */
 	uint64_t unbilled_count, unbilled_digest;
 	int64_t unbilled_first_us, unbilled_last_us;
@@ -129,6 +132,7 @@ struct rate_engine {
 	struct rate_engine_opts opts;
 	char *out_dir;
 	uint32_t nshards;
+	size_t slot_bytes; /* sizeof(struct rate_agg) + nshards * sizeof(struct rate_range) */
 	int64_t *shard_latest;
 	int64_t watermark;
 	int64_t next_close_us;
@@ -143,6 +147,17 @@ struct rate_engine {
 	size_t nlate, late_cap;
 	struct rate_stats stats;
 };
+
+static inline struct rate_agg *rate_agg_at(const struct rate_engine *e, char *slots, uint32_t m)
+{
+	return (struct rate_agg *)(slots + (size_t)m * e->slot_bytes);
+}
+
+static inline struct rate_range *rate_ranges_at(const struct rate_engine *e, char *slots,
+						uint32_t m)
+{
+	return (struct rate_range *)(slots + (size_t)m * e->slot_bytes + sizeof(struct rate_agg));
+}
 
 int rate_cust_add(struct rate_engine *e, const uint8_t *id, uint32_t len,
 		  const struct rate_customer_cfg *cfg, struct rate_cust **out);
