@@ -570,6 +570,65 @@ static void test_sigterm(struct server *s)
 	CHECK_EQ(inwal, accepted);
 }
 
+/* Restart with another --threads finds every key; another --shards is refused; a quiet
+   shard writes tick records; a non-loopback address needs --auth-file or --insecure. */
+static void test_restart_shapes(struct server *s)
+{
+	struct tally_client *c = connect_as(s, "k");
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	enum { N = 64 };
+	static struct evbuf e[N];
+	struct tally_event_in in[N];
+	struct proto_receipt r[N];
+	int64_t t = now_us();
+	for (int i = 0; i < N; i++) {
+		char key[32];
+		snprintf(key, sizeof key, "shape-%d", i);
+		make_event(&e[i], key, "cus_8", i, t);
+		in[i] = e[i].in;
+	}
+	CHECK_EQ(tally_client_send_wait(c, in, N, r), 0);
+	int shards_seen[256] = {0}, distinct = 0;
+	for (int i = 0; i < N; i++) {
+		CHECK_EQ(r[i].status, PROTO_ACCEPTED);
+		if (!shards_seen[r[i].shard & 255]++)
+			distinct++;
+	}
+	CHECK(distinct > 1); /* the keys spread over several shards */
+	tally_client_close(c);
+	/* Quiet for > 1 s: every shard writes a tick. */
+	usleep(1600 * 1000);
+	CHECK_EQ(server_stop(s, SIGTERM), 0);
+	struct wal_reader *rd;
+	int ticks = 0;
+	CHECK_EQ(wal_reader_open(s->dir, -1, &rd), 0);
+	struct wal_record rec;
+	while (wal_reader_next(rd, &rec) == 1)
+		ticks += rec.kind == WAL_RECORD_TICK;
+	wal_reader_close(rd);
+	CHECK(ticks >= 8);
+
+	char cmd[1500];
+	snprintf(cmd, sizeof cmd, "%s/tallyd --data %s --listen 127.0.0.1:0 --shards 3 2>/dev/null",
+		 bin_dir, s->dir);
+	CHECK(system(cmd) != 0);
+	snprintf(cmd, sizeof cmd, "%s/tallyd --data %s.x --listen 0.0.0.0:0 2>/dev/null", bin_dir,
+		 s->dir);
+	CHECK(system(cmd) != 0);
+
+	server_start(s, "--threads", "1"); /* the later --threads wins */
+	c = connect_as(s, "k");
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	CHECK_EQ(tally_client_send_wait(c, in, N, r), 0);
+	for (int i = 0; i < N; i++)
+		CHECK_EQ(r[i].status, PROTO_DUPLICATE);
+	tally_client_close(c);
+}
+
 static void test_auth(const char *base)
 {
 	struct server s;
@@ -660,6 +719,9 @@ int main(int argc, char **argv)
 	test_many_connections(&s, 2000);
 	test_kill9(&s);
 	test_sigterm(&s);
+	server_start(&s, NULL, NULL);
+	test_restart_shapes(&s);
+	CHECK_EQ(server_stop(&s, SIGTERM), 0);
 	test_auth(base);
 
 	long total = 0;
