@@ -63,9 +63,10 @@ static double cpu_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Bodies packed back to back and walked in order, as a WAL block's records are. */
 struct pool {
-	uint8_t *bodies; /* BENCH_POOL x TALLY_EVENT_BYTES_MAX */
-	size_t *len;
+	uint8_t *bodies;
+	size_t *off, *len;
 	struct tally_event *ev;
 };
 
@@ -78,7 +79,9 @@ static void make_pool(struct pool *p, uint32_t customers, int64_t t0)
 {
 	p->bodies = malloc((size_t)BENCH_POOL * 512);
 	p->len = malloc(BENCH_POOL * sizeof *p->len);
+	p->off = malloc(BENCH_POOL * sizeof *p->off);
 	p->ev = malloc(BENCH_POOL * sizeof *p->ev);
+	size_t at = 0;
 	static const char *models[] = {"gpt-4", "gpt-4o", "gpt-3.5"};
 	for (uint32_t i = 0; i < BENCH_POOL; i++) {
 		char key[40], cust[32];
@@ -92,10 +95,12 @@ static void make_pool(struct pool *p, uint32_t customers, int64_t t0)
 					    .name = sv(k == 0 ? "api.call" : k == 1 ? "ai.tokens" : "img.gen"),
 					    .event_time_us = t0 + (int64_t)(rng() % (25LL * 86400 * 1000000)),
 					    .prop_count = k == 1 ? 2 : 0, .props = props};
-		long n = event_encode(&in, p->bodies + (size_t)i * 512, 512);
-		if (n <= 0 || event_decode(p->bodies + (size_t)i * 512, (size_t)n, &p->ev[i]) != 0)
+		long n = event_encode(&in, p->bodies + at, 512);
+		if (n <= 0 || event_decode(p->bodies + at, (size_t)n, &p->ev[i]) != 0)
 			abort();
+		p->off[i] = at;
 		p->len[i] = (size_t)n;
+		at += (size_t)n;
 	}
 }
 
@@ -155,7 +160,7 @@ int main(int argc, char **argv)
 		int64_t ing = t0;
 		for (long i = 0; i < events; i++) {
 			uint32_t k = (uint32_t)(i % BENCH_POOL);
-			struct tally_view body = {p.bodies + (size_t)k * 512, (uint32_t)p.len[k]};
+			struct tally_view body = {p.bodies + p.off[k], (uint32_t)p.len[k]};
 			if (wal_append(wal_shard(w, (uint16_t)(i & 1)), sv("acme"), &body, ing += 20, NULL) != 0)
 				return 1;
 		}
@@ -219,6 +224,7 @@ int main(int argc, char **argv)
 	rate_config_free(cfg);
 	free(p.bodies);
 	free(p.len);
+	free(p.off);
 	free(p.ev);
 	return 0;
 }
