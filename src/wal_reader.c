@@ -489,6 +489,21 @@ int wal_reader_seek_latest(struct wal_reader *r)
 
 int wal_reader_next(struct wal_reader *r, struct wal_record *rec)
 {
+	if (r->n == 1 && !r->c[0].has_peek) {
+		/* One shard: decode straight into the caller's record (no peek, no copy). */
+		struct wal_cursor *c = &r->c[0];
+		if (c->bw.left == 0 || !c->positioned) {
+			int rc = cursor_load(c);
+			if (rc <= 0)
+				return rc;
+		}
+		const char *why = NULL;
+		if (blockwalk_next(&c->bw, rec, &why) < 0)
+			return corrupt(c, c->blk_pos, why);
+		rec->shard = c->shard;
+		c->next = rec->offset + 1;
+		return 1;
+	}
 	struct wal_cursor *best = NULL;
 	for (uint16_t i = 0; i < r->n; i++) {
 		struct wal_cursor *c = &r->c[i];
