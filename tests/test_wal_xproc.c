@@ -4,7 +4,8 @@
  *     data sits in the file) while this process follows with a reader: the reader never yields
  *     a record at or past the writer's sync target of the moment, sees every durable record
  *     exactly once and in order, with the right content; at the end the writer leaves written
- *     but unsynced blocks and dies: the reader stops exactly at the durable watermark;
+ *     but unsynced blocks and dies: the reader stops exactly at the durable watermark; halfway
+ *     the writer closes and reopens (recovery, republish) under the following reader;
  *   - kill -9 of a writer at random moments: recovery keeps at least every durable record;
  *   - kill -9 of a process saving consumer checkpoints in a loop: the file is always the old
  *     or the new version, never torn.
@@ -44,7 +45,15 @@ static void writer_child(const char *dir, uint64_t total, bool crash_tail)
 	struct wal_shard *s = wal_shard(w, 0);
 	uint8_t body[WT_BODY_MAX];
 	uint64_t r = 12345;
+	bool restarted = false;
 	while (wal_next_offset(s) < total) {
+		if (!restarted && total != UINT64_MAX && wal_next_offset(s) > total / 2) {
+			/* The writer restarts while the reader follows: recovery, republish. */
+			if (wal_close(w) != 0 || wal_open(dir, &o, &w) != 0)
+				_exit(8);
+			s = wal_shard(w, 0);
+			restarted = true;
+		}
 		r = wt_mix(r);
 		uint64_t batch = 1 + r % 300;
 		for (uint64_t k = 0; k < batch; k++) {
