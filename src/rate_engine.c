@@ -590,12 +590,12 @@ static int late_push(struct rate_engine *e, const struct rate_late *l)
 	return 0;
 }
 
-static int process_event(struct rate_engine *e, const struct rate_record *rec)
+/* h: XXH3-64 of the event's customer id. */
+static int process_event(struct rate_engine *e, const struct rate_record *rec, uint64_t h)
 {
 	const struct tally_event *ev = rec->ev;
 	const struct rate_config *cfg = e->cfg;
 	e->stats.events++;
-	uint64_t h = XXH3_64bits(ev->customer.ptr, ev->customer.len);
 	struct rate_cust *c = cust_find(e, ev->customer.ptr, ev->customer.len, h);
 	int rc;
 	if (!c && (rc = rate_cust_add(e, ev->customer.ptr, ev->customer.len, NULL, &c)) != 0)
@@ -1184,12 +1184,12 @@ void rate_engine_destroy(struct rate_engine *e)
 	free(e);
 }
 
-int rate_engine_feed(struct rate_engine *e, const struct rate_record *rec)
+static int feed_one(struct rate_engine *e, const struct rate_record *rec, uint64_t h)
 {
 	if (rec->shard >= e->nshards)
 		return -EINVAL;
 	if (rec->ev) {
-		int rc = process_event(e, rec);
+		int rc = process_event(e, rec, h);
 		if (rc != 0)
 			return rc;
 	}
@@ -1207,6 +1207,78 @@ int rate_engine_feed(struct rate_engine *e, const struct rate_record *rec)
 	if (w > e->next_close_us || (w != INT64_MIN && prev == INT64_MIN))
 		return close_due(e);
 	return 0;
+}
+
+static uint64_t customer_hash(const struct rate_record *rec)
+{
+	return rec->ev ? XXH3_64bits(rec->ev->customer.ptr, rec->ev->customer.len) : 0;
+}
+
+int rate_engine_feed(struct rate_engine *e, const struct rate_record *rec)
+{
+	return feed_one(e, rec, customer_hash(rec));
+}
+
+/* The customer whose slot matches hash h, without comparing ids (a prefetch hint only). */
+static struct rate_cust *cust_hint(const struct rate_engine *e, uint64_t h)
+{
+	for (uint32_t i = (uint32_t)h & e->ctab_mask;; i = (i + 1) & e->ctab_mask) {
+		const struct rate_cslot *sl = &e->ctab[i];
+		if (!sl->c || sl->hash == h)
+			return sl->c;
+	}
+}
+
+int rate_engine_feed_batch(struct rate_engine *e, const struct rate_record *recs, size_t n,
+			   size_t *fed)
+{
+	if (fed)
+		*fed = 0;
+	uint64_t h[RATE_BATCH_MAX];
+	struct rate_cust *hint[RATE_BATCH_MAX];
+	for (size_t base = 0; base < n; base += RATE_BATCH_MAX) {
+		size_t k = n - base < RATE_BATCH_MAX ? n - base : RATE_BATCH_MAX;
+		const struct rate_record *r = recs + base;
+		/* Three passes of prefetches, each using what the previous one brought in: the
+		 * table slots, then the customers, then the meters' slots of their current period.
+		 * The records are then fed exactly as one by one. */
+		for (size_t i = 0; i < k; i++) {
+			h[i] = customer_hash(&r[i]);
+			__builtin_prefetch(&e->ctab[(uint32_t)h[i] & e->ctab_mask]);
+		}
+		for (size_t i = 0; i < k; i++) {
+			hint[i] = r[i].ev ? cust_hint(e, h[i]) : NULL;
+			if (hint[i])
+				__builtin_prefetch(hint[i]);
+		}
+		for (size_t i = 0; i < k; i++) {
+			if (!hint[i] || !hint[i]->cache_slots)
+				continue;
+			const struct rate_name *nm = name_find(e, r[i].ev->name);
+			for (uint32_t m = 0; nm && m < nm->nm; m++)
+				__builtin_prefetch(rate_agg_at(e, hint[i]->cache_slots, nm->m[m]), 1);
+		}
+		for (size_t i = 0; i < k; i++) {
+			int rc = feed_one(e, &r[i], h[i]);
+			if (rc != 0)
+				return rc;
+			if (fed)
+				(*fed)++;
+		}
+	}
+	return 0;
+}
+
+void rate_event_rebase(struct tally_event *dst, const struct tally_event *src, uint8_t *body)
+{
+	const uint8_t *b = src->body.ptr;
+	memcpy(body, b, src->body.len);
+	*dst = *src;
+	dst->body.ptr = body;
+	dst->key.ptr = body + (src->key.ptr - b);
+	dst->customer.ptr = body + (src->customer.ptr - b);
+	dst->name.ptr = body + (src->name.ptr - b);
+	dst->props.ptr = body + (src->props.ptr - b);
 }
 
 int rate_engine_tick(struct rate_engine *e, uint32_t shard, int64_t ingest_time_us)

@@ -227,30 +227,51 @@ int main(int argc, char **argv)
 
 	int64_t last_ckpt = now_ms(), last_usage = 0;
 	uint64_t fed_since_ckpt = 0;
+	/* Records are copied out of the reader (its views die at its next call) into a batch
+	 * that the engine rates with prefetching; the batch is always empty when positions are
+	 * taken for a checkpoint, so positions and state match. */
+	static struct rate_record batch[RATE_BATCH_MAX];
+	static struct tally_event bevs[RATE_BATCH_MAX];
+	static uint8_t bodies[RATE_BATCH_MAX][TALLY_EVENT_BYTES_MAX];
+	static uint8_t tenants[RATE_BATCH_MAX][TALLY_TENANT_BYTES_MAX];
+	size_t nb = 0;
 	struct wal_record rec;
 	for (;;) {
-		if (g_stop)
-			break;
-		int got = wal_reader_next(c.rd, &rec); /* 1 record, 0 nothing durable now, <0 */
+		int got = g_stop ? 0 : wal_reader_next(c.rd, &rec); /* 1, 0 nothing durable, <0 */
 		if (got < 0) {
 			fprintf(stderr, "tally-rate: WAL read: %s %s\n", strerror(-got), wal_last_error());
 			goto out_rd;
 		}
 		if (got == 1) {
-			struct rate_record r = {.ev = rec.kind == WAL_RECORD_EVENT ? &rec.ev : NULL,
-						.tenant = rec.tenant,
-						.ingest_time_us = rec.ingest_time_us,
-						.shard = rec.shard,
-						.offset = rec.offset};
-			if ((rc = rate_engine_feed(c.eng, &r)) != 0) {
+			struct rate_record *x = &batch[nb];
+			*x = (struct rate_record){.ingest_time_us = rec.ingest_time_us,
+						  .shard = rec.shard,
+						  .offset = rec.offset};
+			if (rec.kind == WAL_RECORD_EVENT) {
+				rate_event_rebase(&bevs[nb], &rec.ev, bodies[nb]);
+				memcpy(tenants[nb], rec.tenant.ptr, rec.tenant.len);
+				x->ev = &bevs[nb];
+				x->tenant = (struct tally_view){tenants[nb], rec.tenant.len};
+			}
+			nb++;
+			if (nb < RATE_BATCH_MAX)
+				continue;
+		}
+		if (nb > 0) {
+			size_t fed = 0;
+			if ((rc = rate_engine_feed_batch(c.eng, batch, nb, &fed)) != 0) {
 				fprintf(stderr, "tally-rate: rating shard %u offset %llu: %s\n",
-					rec.shard, (unsigned long long)rec.offset, strerror(-rc));
+					batch[fed].shard, (unsigned long long)batch[fed].offset,
+					strerror(-rc));
 				goto out_rd;
 			}
-			fed_since_ckpt++;
-			if ((fed_since_ckpt & 4095) != 0)
-				continue; /* look at the clock only every 4096 records */
+			fed_since_ckpt += nb;
+			nb = 0;
 		}
+		if (g_stop)
+			break;
+		if (got == 1 && (fed_since_ckpt & 4095) >= RATE_BATCH_MAX)
+			continue; /* look at the clock about every 4096 records */
 		int64_t t = now_ms();
 		if (fed_since_ckpt && (got == 0 || t - last_ckpt >= ckpt_ms)) {
 			if (save_all(&c, false) != 0)
