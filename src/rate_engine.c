@@ -1009,8 +1009,14 @@ static int close_one(struct rate_engine *e, struct rate_cust *c, int64_t ord)
 			cp->closed = true;
 		return 0;
 	}
-	if (!cp && (rc = rate_cperiod_get(e, c, ord, &cp)) != 0)
-		return rc;
+	if (!cp && (rc = rate_cperiod_get(e, c, ord, &cp)) != 0) {
+		if (rc != -E2BIG)
+			return rc;
+		/* An idle customer past RATE_PERIODS_SPAN_MAX periods (tiny {"seconds": N}
+		 * periods): no base-fee-only invoice, counted, and rating goes on. */
+		e->stats.out_of_range++;
+		return 0;
+	}
 	/* Every source period of an adjustment gets its record now, so that committing below
 	 * cannot fail half-way. */
 	for (uint32_t i = 0; i < cp->nadj; i++) {

@@ -301,6 +301,43 @@ static void test_documented_invoices(void)
 	rate_config_free(cfg);
 }
 
+/* The live usage figures (usage.json) equal the invoice written at the close. */
+static void test_usage_matches_invoice(void)
+{
+	struct rate_config *cfg = base_cfg("adjust_next", "\"pro\"");
+	struct cap cap = {0};
+	struct rate_engine *e = engine(cfg, 1, &cap, NULL);
+	int64_t jan = T("2026-01-01");
+	struct tally_prop g = rate_t_int_prop("n", 130);
+	for (int i = 0; i < 1700; i++)
+		feed(e, "cus_abc", "api.call", jan + i, 0, (uint64_t)i, jan + i, 0, NULL);
+	feed(e, "cus_abc", "g", jan + 5, 0, 1700, jan + 1700, 1, &g);
+	char *json;
+	size_t len;
+	CHECK_EQ(rate_engine_usage_json(e, &json, &len), 0);
+	json_t *u = json_loads(json, 0, NULL);
+	free(json);
+	CHECK(u != NULL);
+	const char *live_total = NULL;
+	if (u) {
+		CHECK_EQ(jlen(u, "open_periods"), 1);
+		live_total = jstr(u, "open_periods[0].total");
+		CHECK_STR(live_total, "178.00"); /* 49 + 700 x 0.02 + 100 x 1 + 30 x 0.5 */
+	}
+	tick_all(e, 1, T("2026-02-04"));
+	json_t *inv = find_inv(&cap, "cus_abc", "2026-01-01");
+	CHECK(inv != NULL);
+	if (inv && live_total) {
+		CHECK_STR(jstr(inv, "total"), live_total);
+		CHECK_STR(jstr(inv, "lines[7].tiers[1].amount_exact"), "15.00");
+	}
+	json_decref(inv);
+	json_decref(u);
+	rate_engine_destroy(e);
+	cap_free(&cap);
+	rate_config_free(cfg);
+}
+
 static void test_million_events(void)
 {
 	/* 10^6 one-token events through decode-free feed of real decoded events: at $0.000003
@@ -905,6 +942,7 @@ static void test_arrival_order(void)
 int main(void)
 {
 	test_documented_invoices();
+	test_usage_matches_invoice();
 	test_million_events();
 	test_resolution_and_credits();
 	test_failed_close_retries();
