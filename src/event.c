@@ -27,6 +27,15 @@ bool event_utf8_valid(const uint8_t *s, size_t len)
 {
 	size_t i = 0;
 	while (i < len) {
+		/* Fast path: eight ASCII bytes at a time (ids and keys are nearly always ASCII). */
+		if (len - i >= 8) {
+			uint64_t w;
+			memcpy(&w, s + i, 8);
+			if (!(w & 0x8080808080808080ull)) {
+				i += 8;
+				continue;
+			}
+		}
 		uint8_t c = s[i];
 		if (c < 0x80) {
 			i++;
