@@ -13,6 +13,11 @@ if(TARGET tally_wal)
   tally_tool(tally-rate SOURCES tools/tally_rate.c DEPS tally_rate tally_wal)
   tally_test(test_rate_tool SOURCES tests/test_rate_tool.c DEPS tally_rate tally_wal TIMEOUT 300)
   add_dependencies(test_rate_tool tally-rate tally)
+  if(EXISTS ${PROJECT_SOURCE_DIR}/src/tallyd.c) # tallyd is declared by 70-broker.cmake, after us
+    tally_test(test_rate_e2e SOURCES tests/test_rate_e2e.c DEPS tally_rate tally_wal PkgConfig::JANSSON
+               TIMEOUT 120)
+    add_dependencies(test_rate_e2e tally-rate tally tallyd)
+  endif()
   tally_bench(bench_rate SOURCES bench/bench_rate.c DEPS tally_rate tally_wal)
   # tally usage / explain / invoice subcommands
   set_property(GLOBAL APPEND PROPERTY TALLY_CLI_SOURCES ${PROJECT_SOURCE_DIR}/tools/cmd_usage.c
