@@ -304,7 +304,7 @@ static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size
 	/* 2: probe; for hot misses, prefetch the bloom blocks of the newest generations. */
 	size_t gmin = d->gen_count > PREFETCH_GENS_MAX ? d->gen_count - PREFETCH_GENS_MAX : 0;
 	for (size_t i = 0; i < n; i++) {
-		hit[i] = dedup_hot_find(&d->hot, q[i].fp.lo, q[i].fp.hi);
+		hit[i] = dedup_hot_find_prefetch(&d->hot, q[i].fp.lo, q[i].fp.hi);
 		if (hit[i])
 			continue;
 		for (size_t k = d->gen_count; k-- > gmin;)

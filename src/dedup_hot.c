@@ -162,6 +162,33 @@ static void table_delete_at(struct dedup_table *t, uint64_t i)
 	t->count--;
 }
 
+/* As table_find; on a miss *end is the empty slot that ended the probe (where it would go). */
+static struct dedup_rec *table_find_end(const struct dedup_table *t, uint64_t lo, uint64_t hi,
+					uint64_t *end)
+{
+	uint16_t tag = dedup_tag_of(lo);
+	for (uint64_t i = lo & t->mask;; i = (i + 1) & t->mask) {
+		uint16_t g = t->tags[i];
+		if (g == 0) {
+			*end = i;
+			return NULL;
+		}
+		if (g == tag && t->slots[i].lo == lo && t->slots[i].hi == hi)
+			return &t->slots[i];
+	}
+}
+
+struct dedup_rec *dedup_hot_find_prefetch(struct dedup_hot *h, uint64_t lo, uint64_t hi)
+{
+	uint64_t end;
+	struct dedup_rec *r = table_find_end(&h->cur, lo, hi, &end);
+	if (!r && h->migrating)
+		r = table_find(&h->old, lo, hi);
+	if (!r) /* most likely a claim follows: it writes this record */
+		__builtin_prefetch(&h->cur.slots[end], 1, 3);
+	return r;
+}
+
 struct dedup_rec *dedup_hot_find(struct dedup_hot *h, uint64_t lo, uint64_t hi)
 {
 	struct dedup_rec *r = table_find(&h->cur, lo, hi);

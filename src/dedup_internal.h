@@ -65,6 +65,8 @@ int dedup_hot_init(struct dedup_hot *h, uint64_t expected_keys)
 void dedup_hot_free(struct dedup_hot *h);
 /* Pointer to the slot holding fp, or NULL. Valid until the next insert-with-migration/delete. */
 struct dedup_rec *dedup_hot_find(struct dedup_hot *h, uint64_t lo, uint64_t hi);
+/* As dedup_hot_find; on a miss also prefetches (for write) the slot an insert would take. */
+struct dedup_rec *dedup_hot_find_prefetch(struct dedup_hot *h, uint64_t lo, uint64_t hi);
 /* True if one more key fits without passing the hard load limit. */
 bool dedup_hot_has_room(const struct dedup_hot *h);
 /* Inserts a key known to be absent; dedup_hot_has_room() must be true. */
