@@ -1,0 +1,324 @@
+/*
+ * tests/torture/torture_check.c — the checker: compares the producers' ledgers with the WAL.
+ *
+ * Reads every DIR/ledger-*.txt (torture_lib.h), then every EVENT record of DATA's WAL (all
+ * shards, wal_reader), and checks:
+ *   lost              an ACCEPTED or DUPLICATE key that is not in the WAL
+ *   duplicated        a ledger key present more than once in the WAL
+ *   never_sent        a WAL key of a ledger's producer that the producer never sent
+ *   pos_mismatch      an ACCEPTED/DUPLICATE receipt whose (shard, offset) is not where the
+ *                     key is in the WAL
+ *   content_mismatch  a WAL event whose body is not byte-for-byte what the producer sent
+ *   wrong_tenant      a ledger key stored under another tenant than --tenant
+ *   conflict/rejected receipts the producer should never get (it always resends identically)
+ *   ledger_dup        two receipts for one key in a ledger
+ * Any of these non-zero is a failure (exit 1). Keys of other tags are counted as `foreign`
+ * (a failure only with --no-foreign). Unacknowledged keys (sent, no receipt) may be in the WAL
+ * at most once.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tally/protocol.h"
+#include "tally/wal.h"
+#include "torture_lib.h"
+
+#define LEDGERS_MAX 1024
+
+struct entry {
+	uint64_t offset;     /* from the receipt */
+	uint64_t wal_offset; /* where the WAL has it */
+	uint16_t shard, wal_shard;
+	uint8_t status; /* 0 = no receipt */
+	uint8_t wal_count;
+};
+
+struct ledger {
+	char tag[TORTURE_TAG_BYTES_MAX + 1];
+	char cprefix[32];
+	unsigned producer;
+	int64_t base_us;
+	uint64_t next_seq; /* from the end line; else one past the highest receipt */
+	bool ended;
+	struct entry *e;
+	uint64_t cap;
+};
+
+static struct ledger ledgers[LEDGERS_MAX];
+static unsigned nledgers;
+
+static struct {
+	uint64_t sent, acked, accepted, duplicate, conflict, rejected, unacked, unacked_present;
+	uint64_t in_wal, lost, duplicated, never_sent, pos_mismatch, content_mismatch;
+	uint64_t wrong_tenant, ledger_dup, foreign, unended, bad_lines;
+} st;
+
+static int grow(struct ledger *l, uint64_t n)
+{
+	if (n <= l->cap)
+		return 0;
+	uint64_t cap = l->cap ? l->cap : 4096;
+	while (cap < n)
+		cap *= 2;
+	struct entry *e = realloc(l->e, cap * sizeof *e);
+	if (!e)
+		return -ENOMEM;
+	memset(e + l->cap, 0, (cap - l->cap) * sizeof *e);
+	l->e = e;
+	l->cap = cap;
+	return 0;
+}
+
+static int load_ledger(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		fprintf(stderr, "torture_check: %s: %s\n", path, strerror(errno));
+		return -errno;
+	}
+	if (nledgers == LEDGERS_MAX) {
+		fclose(f);
+		return -E2BIG;
+	}
+	struct ledger *l = &ledgers[nledgers];
+	char line[512];
+	bool header = false;
+	uint64_t max_seq_plus1 = 0;
+	while (fgets(line, sizeof line, f)) {
+		if (!header) {
+			if (sscanf(line, "# ledger v1 tag=%32s producer=%u base_us=%" SCNd64
+					 " cprefix=%31s",
+				   l->tag, &l->producer, &l->base_us, l->cprefix) != 4) {
+				fprintf(stderr, "torture_check: %s: bad header\n", path);
+				fclose(f);
+				return -EBADMSG;
+			}
+			header = true;
+			continue;
+		}
+		uint64_t next;
+		unsigned un;
+		if (sscanf(line, "# end next_seq=%" SCNu64 " unacked=%u", &next, &un) == 2) {
+			l->next_seq = next;
+			l->ended = true;
+			continue;
+		}
+		uint64_t seq;
+		unsigned status, reason, shard;
+		long long off;
+		if (sscanf(line, "%" SCNu64 " %u %u %u %lld", &seq, &status, &reason, &shard, &off) !=
+		    5) {
+			st.bad_lines++; /* a torn last line if the producer itself died */
+			continue;
+		}
+		if (grow(l, seq + 1) < 0) {
+			fclose(f);
+			return -ENOMEM;
+		}
+		struct entry *e = &l->e[seq];
+		if (e->status) {
+			st.ledger_dup++;
+			continue;
+		}
+		e->status = (uint8_t)status;
+		e->shard = (uint16_t)shard;
+		e->offset = off < 0 ? PROTO_OFFSET_UNKNOWN : (uint64_t)off;
+		if (seq + 1 > max_seq_plus1)
+			max_seq_plus1 = seq + 1;
+	}
+	fclose(f);
+	if (!header)
+		return -EBADMSG;
+	if (!l->ended) {
+		st.unended++;
+		l->next_seq = max_seq_plus1;
+	}
+	if (grow(l, l->next_seq + 1) < 0)
+		return -ENOMEM;
+	nledgers++;
+	return 0;
+}
+
+static struct ledger *find_ledger(const char *tag, unsigned producer)
+{
+	for (unsigned i = 0; i < nledgers; i++)
+		if (ledgers[i].producer == producer && !strcmp(ledgers[i].tag, tag))
+			return &ledgers[i];
+	return NULL;
+}
+
+static bool tag_known(const char *tag)
+{
+	for (unsigned i = 0; i < nledgers; i++)
+		if (!strcmp(ledgers[i].tag, tag))
+			return true;
+	return false;
+}
+
+int main(int argc, char **argv)
+{
+	const char *data = NULL, *ledger_dir = NULL, *tenant = "default";
+	int no_foreign = 0, quiet = 0;
+	static const struct option lo[] = {{"data", 1, 0, 'd'},      {"ledger", 1, 0, 'l'},
+					   {"tenant", 1, 0, 't'},    {"no-foreign", 0, 0, 'F'},
+					   {"quiet", 0, 0, 'q'},     {"help", 0, 0, 'h'},
+					   {0, 0, 0, 0}};
+	int ch;
+	while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (ch) {
+		case 'd': data = optarg; break;
+		case 'l': ledger_dir = optarg; break;
+		case 't': tenant = optarg; break;
+		case 'F': no_foreign = 1; break;
+		case 'q': quiet = 1; break;
+		case 'h':
+		default:
+			printf("usage: torture_check --data DATA --ledger DIR [--tenant T] "
+			       "[--no-foreign] [--quiet]\n"
+			       "Checks the WAL of DATA against the ledgers DIR/ledger-*.txt: every\n"
+			       "acknowledged key exactly once at its receipt's position, nothing\n"
+			       "unsent, nothing twice. Exit 0 = all held, 1 = a violation.\n");
+			return ch == 'h' ? 0 : 1;
+		}
+	}
+	if (!data || !ledger_dir) {
+		fprintf(stderr, "torture_check: --data and --ledger are required\n");
+		return 1;
+	}
+	DIR *d = opendir(ledger_dir);
+	if (!d) {
+		fprintf(stderr, "torture_check: %s: %s\n", ledger_dir, strerror(errno));
+		return 1;
+	}
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		size_t n = strlen(de->d_name);
+		if (strncmp(de->d_name, "ledger-", 7) || n < 11 || strcmp(de->d_name + n - 4, ".txt"))
+			continue;
+		char path[TORTURE_PATH_BYTES_MAX];
+		snprintf(path, sizeof path, "%s/%s", ledger_dir, de->d_name);
+		if (load_ledger(path) < 0) {
+			closedir(d);
+			return 1;
+		}
+	}
+	closedir(d);
+
+	struct wal_reader *r;
+	int rc = wal_reader_open(data, -1, &r);
+	if (rc < 0) {
+		fprintf(stderr, "torture_check: wal_reader_open %s: %s %s\n", data, strerror(-rc),
+			wal_last_error());
+		return 1;
+	}
+	size_t tenant_len = strlen(tenant);
+	struct wal_record rec;
+	uint8_t body[TALLY_EVENT_BYTES_MAX];
+	while ((rc = wal_reader_next(r, &rec)) == 1) {
+		if (rec.kind != WAL_RECORD_EVENT)
+			continue;
+		char tag[TORTURE_TAG_BYTES_MAX + 1];
+		unsigned p;
+		uint64_t seq;
+		struct ledger *l = NULL;
+		if (!torture_key_parse(rec.ev.key.ptr, rec.ev.key.len, tag, &p, &seq) ||
+		    !(l = find_ledger(tag, p))) {
+			if (l == NULL && torture_key_parse(rec.ev.key.ptr, rec.ev.key.len, tag, &p, &seq) &&
+			    tag_known(tag))
+				st.never_sent++; /* a producer id of a known run that has no ledger */
+			else
+				st.foreign++;
+			continue;
+		}
+		st.in_wal++;
+		if (seq >= l->next_seq && l->ended) {
+			st.never_sent++;
+			if (!quiet)
+				fprintf(stderr, "never sent: %.*s\n", (int)rec.ev.key.len, rec.ev.key.ptr);
+			continue;
+		}
+		if (grow(l, seq + 1) < 0)
+			return 1;
+		struct entry *e = &l->e[seq];
+		if (e->wal_count < 255)
+			e->wal_count++;
+		if (e->wal_count == 2) {
+			st.duplicated++;
+			if (!quiet)
+				fprintf(stderr, "duplicated: %.*s at %u/%" PRIu64 " and %u/%" PRIu64 "\n",
+					(int)rec.ev.key.len, rec.ev.key.ptr, e->wal_shard,
+					e->wal_offset, rec.shard, rec.offset);
+		}
+		if (e->wal_count == 1) {
+			e->wal_shard = rec.shard;
+			e->wal_offset = rec.offset;
+		}
+		if (rec.tenant.len != tenant_len || memcmp(rec.tenant.ptr, tenant, tenant_len))
+			st.wrong_tenant++;
+		struct torture_event ev;
+		torture_event_make(&ev, l->tag, l->cprefix, p, seq, l->base_us);
+		long n = event_encode(&ev.in, body, sizeof body);
+		if (n < 0 || rec.ev.body.len != (uint32_t)n || memcmp(rec.ev.body.ptr, body, (size_t)n))
+			st.content_mismatch++;
+	}
+	wal_reader_close(r);
+	if (rc < 0) {
+		fprintf(stderr, "torture_check: wal_reader_next: %s %s\n", strerror(-rc),
+			wal_last_error());
+		return 1;
+	}
+	for (unsigned i = 0; i < nledgers; i++) {
+		struct ledger *l = &ledgers[i];
+		st.sent += l->next_seq;
+		for (uint64_t s = 0; s < l->next_seq; s++) {
+			struct entry *e = &l->e[s];
+			switch (e->status) {
+			case 0:
+				st.unacked++;
+				st.unacked_present += e->wal_count > 0;
+				continue;
+			case PROTO_ACCEPTED: st.accepted++; break;
+			case PROTO_DUPLICATE: st.duplicate++; break;
+			case PROTO_CONFLICT: st.conflict++; continue;
+			default: st.rejected++; continue;
+			}
+			st.acked++;
+			if (e->wal_count == 0) {
+				st.lost++;
+				if (!quiet)
+					fprintf(stderr, "lost: %s-p%u-%" PRIu64 " (receipt %s %u/%" PRIu64
+							")\n",
+						l->tag, l->producer, s, proto_status_str(e->status),
+						e->shard, e->offset);
+			} else if (e->offset != PROTO_OFFSET_UNKNOWN &&
+				   (e->shard != e->wal_shard || e->offset != e->wal_offset)) {
+				st.pos_mismatch++;
+				if (!quiet)
+					fprintf(stderr, "position: %s-p%u-%" PRIu64 " receipt %s %u/%" PRIu64
+							", WAL %u/%" PRIu64 "\n",
+						l->tag, l->producer, s, proto_status_str(e->status),
+						e->shard, e->offset, e->wal_shard, e->wal_offset);
+			}
+		}
+		free(l->e);
+	}
+	bool fail = st.lost || st.duplicated || st.never_sent || st.pos_mismatch ||
+		    st.content_mismatch || st.wrong_tenant || st.conflict || st.rejected ||
+		    st.ledger_dup || (no_foreign && st.foreign) || nledgers == 0;
+	printf("torture_check: ledgers=%u sent=%" PRIu64 " acked=%" PRIu64 " accepted=%" PRIu64
+	       " duplicate=%" PRIu64 " unacked=%" PRIu64 " (in wal %" PRIu64 ") in_wal=%" PRIu64
+	       " lost=%" PRIu64 " duplicated=%" PRIu64 " never_sent=%" PRIu64
+	       " pos_mismatch=%" PRIu64 " content_mismatch=%" PRIu64 " wrong_tenant=%" PRIu64
+	       " conflict=%" PRIu64 " rejected=%" PRIu64 " ledger_dup=%" PRIu64 " foreign=%" PRIu64
+	       " unended=%" PRIu64 " => %s\n",
+	       nledgers, st.sent, st.acked, st.accepted, st.duplicate, st.unacked,
+	       st.unacked_present, st.in_wal, st.lost, st.duplicated, st.never_sent,
+	       st.pos_mismatch, st.content_mismatch, st.wrong_tenant, st.conflict, st.rejected,
+	       st.ledger_dup, st.foreign, st.unended, fail ? "FAIL" : "OK");
+	return fail ? 1 : 0;
+}
