@@ -1023,7 +1023,8 @@ static void conn_accept_fd(struct worker *w, int fd)
 	if (atomic_fetch_add(&b->nconns, 1) >= b->cfg->max_conns) {
 		atomic_fetch_sub(&b->nconns, 1);
 		uint8_t buf[256];
-		long n = proto_encode_error(buf, sizeof buf, PROTO_E_TOO_MANY_CONNS, false, 0,
+		/* fatal = 1: we close now. The code itself is retryable: reconnect later. */
+		long n = proto_encode_error(buf, sizeof buf, PROTO_E_TOO_MANY_CONNS, true, 0,
 					    "too many connections; retry later");
 		if (n > 0) {
 			ssize_t rc = send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -1409,7 +1410,10 @@ static int listen_socket(const struct broker_config *cfg, uint16_t port, int *ou
 static bool uring_usable(char *why, size_t len)
 {
 	struct io_uring r;
-	int rc = io_uring_queue_init(8, &r, 0);
+	/* Test hook: behave as if the kernel refused io_uring (as with
+	   kernel.io_uring_disabled=2 or a seccomp filter), to exercise the fallback. */
+	const char *fake = getenv("TALLY_TEST_NO_URING");
+	int rc = fake && *fake == '1' ? -EPERM : io_uring_queue_init(8, &r, 0);
 	if (rc < 0) {
 		snprintf(why, len, "io_uring_queue_init: %s", strerror(-rc));
 		return false;

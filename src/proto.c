@@ -374,6 +374,8 @@ int proto_batch_add_raw(struct proto_batch_builder *b, const uint8_t *body, size
 
 long proto_batch_finish(struct proto_batch_builder *b)
 {
+	if (b->count == 0)
+		return -EINVAL; /* the parser refuses an empty BATCH (EMPTY_BATCH) */
 	if (b->cap < PROTO_HEADER_BYTES + PROTO_BATCH_HEADER_BYTES)
 		return -ENOSPC;
 	uint8_t *body = b->buf + PROTO_HEADER_BYTES;

@@ -978,8 +978,18 @@ static void test_tables_int_min(void)
 	CHECK(!proto_error_retryable(INT_MIN));
 }
 
+/* An empty BATCH would be refused by the parser (EMPTY_BATCH): the builder refuses first. */
+static void test_empty_batch_refused(void)
+{
+	uint8_t buf[64];
+	struct proto_batch_builder b;
+	proto_batch_start(&b, buf, sizeof buf, 1);
+	CHECK_EQ(proto_batch_finish(&b), -EINVAL);
+}
+
 int main(void)
 {
+	test_empty_batch_refused();
 	test_hello();
 	test_hello_ok();
 	test_batch();

@@ -629,6 +629,42 @@ static void test_restart_shapes(struct server *s)
 	tally_client_close(c);
 }
 
+/* io_uring refused by the kernel: tallyd says why and serves with epoll. */
+static void test_uring_fallback(const char *base)
+{
+	struct server s;
+	snprintf(s.dir, sizeof s.dir, "%s/fallback", base);
+	setenv("TALLY_TEST_NO_URING", "1", 1);
+	const char *saved = io_mode;
+	io_mode = "uring";
+	server_start(&s, NULL, NULL);
+	io_mode = saved;
+	unsetenv("TALLY_TEST_NO_URING");
+	struct tally_client *c = connect_as(&s, "k");
+	CHECK(c != NULL);
+	if (c) {
+		struct evbuf e;
+		struct proto_receipt r;
+		make_event(&e, "fallback-1", "cus_9", 1, now_us());
+		CHECK_EQ(tally_client_send_wait(c, &e.in, 1, &r), 0);
+		CHECK_EQ(r.status, PROTO_ACCEPTED);
+		tally_client_close(c);
+	}
+	CHECK_EQ(server_stop(&s, SIGTERM), 0);
+	char logf[400], line[512];
+	snprintf(logf, sizeof logf, "%s.log", s.dir);
+	FILE *f = fopen(logf, "r");
+	int said = 0, epoll = 0;
+	while (f && fgets(line, sizeof line, f)) {
+		said += strstr(line, "io_uring unavailable") != NULL;
+		epoll += strstr(line, "io epoll") != NULL;
+	}
+	if (f)
+		fclose(f);
+	CHECK_EQ(said, 1);
+	CHECK_EQ(epoll, 1);
+}
+
 static void test_auth(const char *base)
 {
 	struct server s;
@@ -723,6 +759,8 @@ int main(int argc, char **argv)
 	test_restart_shapes(&s);
 	CHECK_EQ(server_stop(&s, SIGTERM), 0);
 	test_auth(base);
+	if (!strcmp(io_mode, "uring"))
+		test_uring_fallback(base);
 
 	long total = 0;
 	CHECK_EQ(wal_count_key(s.dir, "r-1", &total), 1);

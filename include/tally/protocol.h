@@ -190,7 +190,7 @@ long proto_encode_ping(uint8_t *buf, size_t cap, uint8_t type, uint64_t nonce)
  *   proto_batch_start(&b, buf, cap, request_id);
  *   proto_batch_add(&b, &ev) ... (0, -ENOSPC when the frame would not fit, -EINVAL, -E2BIG
  *                                 past PROTO_BATCH_EVENTS_MAX)
- *   n = proto_batch_finish(&b);   frame size, header and checksum written
+ *   n = proto_batch_finish(&b);   frame size, header and checksum written; -EINVAL if empty
  * proto_batch_add_raw() appends an already-encoded event body (for fuzzing and tests, which
  * need to send invalid events).
  */
