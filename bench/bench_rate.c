@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -253,6 +254,24 @@ int main(int argc, char **argv)
 		double b = now_s(), cb = cpu_s();
 		struct rate_stats st;
 		rate_engine_stats(e, &st);
+		if (r == 0) {
+			/* What a state checkpoint of this engine costs (tally-rate saves one every
+			 * --checkpoint-ms while busy). */
+			char path[] = "/tmp/bench_rate_ckptXXXXXX";
+			int fd = mkstemp(path);
+			if (fd >= 0) {
+				close(fd);
+				uint64_t pos[2] = {0, 0};
+				double s0 = now_s();
+				int src = rate_engine_save(e, pos, 2, path);
+				double s1 = now_s();
+				struct stat sb;
+				if (src == 0 && stat(path, &sb) == 0)
+					printf("checkpoint: %.1f MB written in %.3f s (without fsync)\n",
+					       (double)sb.st_size / 1e6, s1 - s0);
+				unlink(path);
+			}
+		}
 		rate[r] = (double)fed / (b - a);
 		crate[r] = (double)fed / (cb - ca);
 		printf("run %ld: %ld records in %.3f s wall = %.2f M/s, %.3f s CPU = %.2f M/s "
