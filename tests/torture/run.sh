@@ -1,0 +1,305 @@
+#!/bin/bash
+# tests/torture/run.sh — the torture suite's long runs against a real tallyd (docs/reliability.md).
+#
+#   run.sh kill9      kill -9 loop: retrying producers at full rate, tallyd SIGKILLed at random
+#                     moments (0.1-5 s, seeded) and restarted, TORTURE_CYCLES times; then every
+#                     ledger is checked against the WAL (0 lost, 0 duplicated, positions match).
+#   run.sh faults     EIO on fdatasync, EIO/ENOSPC on write, via the LD_PRELOAD shim
+#   run.sh lostwrites crash with unsynced writes dropped/torn/reordered at every I/O op
+#   run.sh abuse      the abuse test program (connection flood, slowloris, 4 GiB frame, ...)
+#   run.sh all        all of them
+#
+# Env: TALLY_BIN (dir with tallyd, torture_producer, torture_check, libtorture_iofault.so;
+#      default build/bin), TORTURE_CYCLES (default 10), TORTURE_SEED (default 1),
+#      TORTURE_EPOCH (cycles per data directory; each epoch is checked then removed; default 50),
+#      TORTURE_RATE (events/s per producer, 0 = unlimited; default 0), TORTURE_PRODUCERS (4),
+#      TORTURE_MAX_MS (longest run between kills, default 5000), TORTURE_KEEP=1 keeps the data.
+# Exit 0 = every property held; 1 = a violation (the data directory is kept and named).
+set -u
+BIN=${TALLY_BIN:-build/bin}
+CYCLES=${TORTURE_CYCLES:-10}
+SEED=${TORTURE_SEED:-1}
+EPOCH=${TORTURE_EPOCH:-50}
+RATE=${TORTURE_RATE:-0}
+PRODUCERS=${TORTURE_PRODUCERS:-4}
+MAX_MS=${TORTURE_MAX_MS:-5000}
+KEEP=${TORTURE_KEEP:-0}
+for b in tallyd torture_producer torture_check; do
+	if [ ! -x "$BIN/$b" ]; then
+		echo "SKIP: $BIN/$b is not built"
+		exit 77
+	fi
+done
+WORK=$(mktemp -d /tmp/torture.XXXXXX)
+TPID=
+PPID_=
+cleanup() {
+	[ -n "$PPID_" ] && kill -TERM "$PPID_" 2>/dev/null && wait "$PPID_" 2>/dev/null
+	[ -n "$TPID" ] && kill -KILL "$TPID" 2>/dev/null && wait "$TPID" 2>/dev/null
+	if [ "$KEEP" = 1 ] || [ -f "$WORK/FAILED" ]; then
+		echo "data kept in $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+RNG=$SEED
+rand() { # rand N -> 0..N-1 (LCG, reproducible from TORTURE_SEED)
+	RNG=$(((RNG * 1103515245 + 12345) % 2147483648))
+	echo $(((RNG / 65536) % $1))
+}
+
+# start_tallyd DIR [extra flags...]: starts tallyd on DIR/data, sets TPID; returns 1 if it died.
+start_tallyd() {
+	local dir=$1
+	shift
+	rm -f "$dir/port"
+	"$BIN/tallyd" --listen 127.0.0.1:0 --data "$dir/data" --port-file "$dir/port" \
+		--threads 2 --expected-keys 65536 --log-level warn "$@" >>"$dir/tallyd.log" 2>&1 &
+	TPID=$!
+	for _ in $(seq 1 1000); do
+		[ -s "$dir/port" ] && return 0
+		kill -0 "$TPID" 2>/dev/null || { wait "$TPID" 2>/dev/null; echo "tallyd died at start (exit $?)"; TPID=; return 1; }
+		sleep 0.02
+	done
+	echo "tallyd did not listen within 20 s"
+	return 1
+}
+
+TOT_ACKED=0 TOT_LOST=0 TOT_DUP=0 TOT_KILLS=0
+# add_check LINE: accumulates a torture_check summary line.
+add_check() {
+	local a l d
+	a=$(sed -n 's/.* acked=\([0-9]*\).*/\1/p' <<<"$1")
+	l=$(sed -n 's/.* lost=\([0-9]*\).*/\1/p' <<<"$1")
+	d=$(sed -n 's/.* duplicated=\([0-9]*\).*/\1/p' <<<"$1")
+	TOT_ACKED=$((TOT_ACKED + ${a:-0}))
+	TOT_LOST=$((TOT_LOST + ${l:-0}))
+	TOT_DUP=$((TOT_DUP + ${d:-0}))
+}
+
+fail() {
+	echo "FAIL: $*"
+	touch "$WORK/FAILED"
+	exit 1
+}
+
+# wait_either: waits until tallyd ($TPID) or the producer ($PPID_) exits; prints which.
+wait_either() {
+	while :; do
+		if ! kill -0 "$TPID" 2>/dev/null; then echo tallyd; return; fi
+		if ! kill -0 "$PPID_" 2>/dev/null; then echo producer; return; fi
+		sleep 0.02
+	done
+}
+
+# finish_check DIR LABEL: drains the producer, stops tallyd, checks; accumulates totals.
+finish_check() {
+	local dir=$1 label=$2
+	touch "$dir/stop"
+	wait "$PPID_"
+	local prc=$?
+	PPID_=
+	[ "$prc" = 0 ] || fail "$label: producer exit $prc ($dir/producer.err)"
+	kill -TERM "$TPID"
+	wait "$TPID"
+	local trc=$?
+	TPID=
+	[ "$trc" = 0 ] || fail "$label: tallyd exit $trc on SIGTERM"
+	local out
+	out=$("$BIN/torture_check" --data "$dir/data" --ledger "$dir/ledger" --no-foreign 2>"$dir/check.err")
+	local crc=$?
+	add_check "$out"
+	[ "$crc" = 0 ] || { echo "$out"; head -20 "$dir/check.err"; fail "$label: check ($dir)"; }
+	LAST_CHECK=$out
+}
+
+SHIM=
+find_shim() {
+	SHIM=$(cd "$BIN" && pwd)/libtorture_iofault.so
+	[ -f "$SHIM" ] || { echo "SKIP: $SHIM is not built"; exit 77; }
+}
+
+# Lost unsynced writes: a power loss at op N of a workload (group commits and segment rolls on
+# one shard, then on two), for every N from 1 to the workload's op count (TORTURE_LW_OPS, or
+# measured with a trace run), step TORTURE_LW_STEP (default 1). After each crash tallyd restarts
+# without the shim, the producer drains, and the ledger is checked.
+run_lostwrites() {
+	find_shim
+	local shards=${TORTURE_LW_SHARDS:-1} events=${TORTURE_LW_EVENTS:-3000}
+	local step=${TORTURE_LW_STEP:-1} first=${TORTURE_LW_FIRST:-1}
+	local flags=(--shards "$shards" --threads 1 --segment-bytes 65536)
+	local pflags=(--producers 1 --batch 50 --window 1 --events "$events" --quiet --drain-timeout-s 60)
+	local ops=${TORTURE_LW_OPS:-}
+	if [ -z "$ops" ]; then
+		local dir=$WORK/lw-trace
+		mkdir -p "$dir"
+		LD_PRELOAD=$SHIM TORTURE_FAULT_DIR=$dir/data/wal TORTURE_FAULT_MODE=trace \
+			TORTURE_FAULT_LOG=$dir/ops start_tallyd "$dir" "${flags[@]}" || fail "trace start"
+		"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" "${pflags[@]}" \
+			>/dev/null 2>&1 || fail "trace producer"
+		kill -TERM "$TPID"; wait "$TPID"; TPID=
+		ops=$(wc -l <"$dir/ops")
+		echo "lostwrites: workload = $events events, $shards shard(s): $ops I/O ops ($(grep -c pwrite "$dir/ops") pwrite, $(grep -c fdatasync "$dir/ops") fdatasync, $(grep -c 'create' "$dir/ops") create, rolls: $(grep -c 'create .*[1-9][0-9]*\.log' "$dir/ops"))"
+		[ "$KEEP" = 1 ] || rm -rf "$dir"
+	fi
+	local crashed=0 points=0 n
+	for ((n = first; n <= ops; n += step)); do
+		local dir=$WORK/lw-$n
+		mkdir -p "$dir"
+		LD_PRELOAD=$SHIM TORTURE_FAULT_DIR=$dir/data/wal TORTURE_FAULT_MODE=crash \
+			TORTURE_FAULT_AT=$n TORTURE_FAULT_SEED=$((SEED * 100003 + n)) \
+			TORTURE_FAULT_LOG=$dir/faults start_tallyd "$dir" "${flags[@]}"
+		if [ -z "$TPID" ]; then
+			# crashed while creating the data directory, before listening
+			crashed=$((crashed + 1))
+			start_tallyd "$dir" "${flags[@]}" || fail "lostwrites op $n: restart ($dir/tallyd.log)"
+		fi
+		"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" "${pflags[@]}" \
+			>"$dir/producer.out" 2>"$dir/producer.err" &
+		PPID_=$!
+		if [ "$(wait_either)" = tallyd ]; then
+			wait "$TPID" 2>/dev/null
+			local st=$?
+			TPID=
+			[ "$st" = 137 ] || fail "lostwrites op $n: tallyd exit $st, expected the simulated crash"
+			crashed=$((crashed + 1))
+			start_tallyd "$dir" "${flags[@]}" || fail "lostwrites op $n: restart after crash ($dir/tallyd.log)"
+		fi
+		finish_check "$dir" "lostwrites op $n"
+		points=$((points + 1))
+		printf 'op %d: %s | %s\n' "$n" "$(grep -m1 'fault at' "$dir/faults" 2>/dev/null | cut -d' ' -f6-)" "$(sed 's/.*acked=\([0-9]*\).* lost=\([0-9]*\) duplicated=\([0-9]*\).*/acked=\1 lost=\2 duplicated=\3/' <<<"$LAST_CHECK")"
+		[ "$KEEP" = 1 ] || rm -rf "$dir"
+	done
+	echo "lostwrites RESULT: points=$points crashed=$crashed acked=$TOT_ACKED lost=$TOT_LOST duplicated=$TOT_DUP"
+}
+
+# I/O faults on the whole broker (TORTURE_FAULT_RUNS runs of each, fault op chosen by the seed).
+run_faults() {
+	find_shim
+	local runs=${TORTURE_FAULT_RUNS:-3} r
+	local flags=(--shards 4 --threads 2)
+	local pflags=(--producers 3 --batch 64 --window 4 --quiet --drain-timeout-s 60)
+	for ((r = 0; r < runs; r++)); do
+		# 1. EIO on fdatasync, the unsynced pages dropped: tallyd must exit non-zero by itself.
+		local at=$((5 + $(rand 60))) dir=$WORK/fsync-$r
+		mkdir -p "$dir"
+		LD_PRELOAD=$SHIM TORTURE_FAULT_DIR=$dir/data/wal TORTURE_FAULT_OP=fdatasync \
+			TORTURE_FAULT_AT=$at TORTURE_FAULT_DROP=1 TORTURE_FAULT_LOG=$dir/faults \
+			start_tallyd "$dir" "${flags[@]}" || fail "fsync-eio start"
+		"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" "${pflags[@]}" \
+			>"$dir/producer.out" 2>"$dir/producer.err" &
+		PPID_=$!
+		local t0=$SECONDS
+		while kill -0 "$TPID" 2>/dev/null && [ $((SECONDS - t0)) -lt 30 ]; do sleep 0.05; done
+		kill -0 "$TPID" 2>/dev/null && fail "fsync-eio #$r: tallyd still running 30 s after fdatasync #$at failed"
+		wait "$TPID"
+		local st=$?
+		TPID=
+		{ [ "$st" != 0 ] && [ "$st" -lt 128 ]; } || fail "fsync-eio #$r: tallyd exit status $st (want non-zero exit)"
+		start_tallyd "$dir" "${flags[@]}" || fail "fsync-eio #$r: restart ($dir/tallyd.log)"
+		sleep 0.5
+		finish_check "$dir" "fsync-eio #$r"
+		echo "fsync EIO at fdatasync #$at: tallyd exit $st; $LAST_CHECK"
+		[ "$KEEP" = 1 ] || rm -rf "$dir"
+		# 2. ENOSPC then EIO on 30 pwrites in a row: retryable errors, tallyd stays up.
+		local e
+		for e in ENOSPC EIO; do
+			at=$((5 + $(rand 60)))
+			dir=$WORK/write-$e-$r
+			mkdir -p "$dir"
+			LD_PRELOAD=$SHIM TORTURE_FAULT_DIR=$dir/data/wal TORTURE_FAULT_OP=pwrite \
+				TORTURE_FAULT_AT=$at TORTURE_FAULT_COUNT=30 TORTURE_FAULT_ERRNO=$e \
+				TORTURE_FAULT_LOG=$dir/faults start_tallyd "$dir" "${flags[@]}" || fail "write-$e start"
+			"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" "${pflags[@]}" \
+				--duration-s 3 >"$dir/producer.out" 2>"$dir/producer.err" &
+			PPID_=$!
+			wait "$PPID_"
+			local prc=$?
+			PPID_=
+			kill -0 "$TPID" 2>/dev/null || fail "write-$e #$r: tallyd died ($dir/tallyd.log)"
+			[ "$prc" = 0 ] || fail "write-$e #$r: producer exit $prc"
+			local errs
+			errs=$(sed -n 's/.*server_errors=\([0-9]*\).*/\1/p' "$dir/producer.out")
+			[ "${errs:-0}" -gt 0 ] || fail "write-$e #$r: no retryable error reached the clients ($(grep -c fault "$dir/faults" 2>/dev/null) faults injected)"
+			# the producer has drained: restart it (new tag) to see writing resumes
+			"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" --tag r \
+				--producers 1 --events 1000 --quiet >"$dir/producer2.out" 2>&1 ||
+				fail "write-$e #$r: writing did not resume"
+			PPID_=$(sh -c 'echo $$') # nothing left to drain
+			touch "$dir/stop"
+			kill -TERM "$TPID"; wait "$TPID"; local trc=$?; TPID=; PPID_=
+			[ "$trc" = 0 ] || fail "write-$e #$r: tallyd exit $trc on SIGTERM"
+			local out
+			out=$("$BIN/torture_check" --data "$dir/data" --ledger "$dir/ledger" --no-foreign 2>"$dir/check.err")
+			local crc=$?
+			add_check "$out"
+			[ "$crc" = 0 ] || { echo "$out"; head "$dir/check.err"; fail "write-$e #$r: check"; }
+			echo "write $e x30 from pwrite #$at: server errors seen by clients=$errs; $out"
+			[ "$KEEP" = 1 ] || rm -rf "$dir"
+		done
+	done
+	echo "faults RESULT: runs=$runs acked=$TOT_ACKED lost=$TOT_LOST duplicated=$TOT_DUP"
+}
+
+run_kill9() {
+	local done_cycles=0 epoch=0
+	echo "kill9: cycles=$CYCLES seed=$SEED epoch=$EPOCH rate=$RATE producers=$PRODUCERS bin=$BIN"
+	while [ "$done_cycles" -lt "$CYCLES" ]; do
+		local dir=$WORK/kill9-$epoch n=$EPOCH
+		[ $((CYCLES - done_cycles)) -lt "$n" ] && n=$((CYCLES - done_cycles))
+		mkdir -p "$dir"
+		start_tallyd "$dir" || fail "tallyd start ($dir)"
+		"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" \
+			--tag "k$epoch" --producers "$PRODUCERS" --batch 64 --window 4 \
+			--rate "$RATE" --stop-file "$dir/stop" --quiet >"$dir/producer.out" \
+			2>"$dir/producer.err" &
+		PPID_=$!
+		for c in $(seq 1 "$n"); do
+			local ms=$((100 + $(rand $((MAX_MS - 99)))))
+			sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
+			kill -KILL "$TPID"
+			wait "$TPID" 2>/dev/null
+			TPID=
+			TOT_KILLS=$((TOT_KILLS + 1))
+			start_tallyd "$dir" || fail "restart after kill -9 #$((done_cycles + c)) ($dir/tallyd.log)"
+		done
+		touch "$dir/stop"
+		wait "$PPID_"
+		local prc=$?
+		PPID_=
+		cat "$dir/producer.out"
+		[ "$prc" = 0 ] || fail "producer exit $prc ($dir/producer.err)"
+		kill -TERM "$TPID"
+		wait "$TPID"
+		local trc=$?
+		TPID=
+		[ "$trc" = 0 ] || fail "tallyd exit $trc on SIGTERM"
+		local out
+		out=$("$BIN/torture_check" --data "$dir/data" --ledger "$dir/ledger" --no-foreign 2>"$dir/check.err")
+		local crc=$?
+		echo "epoch $epoch ($n kills): $out"
+		add_check "$out"
+		[ "$crc" = 0 ] || { head -20 "$dir/check.err"; fail "check ($dir)"; }
+		[ "$KEEP" = 1 ] || rm -rf "$dir"
+		done_cycles=$((done_cycles + n))
+		epoch=$((epoch + 1))
+	done
+	echo "kill9 RESULT: kills=$TOT_KILLS acked=$TOT_ACKED lost=$TOT_LOST duplicated=$TOT_DUP"
+}
+
+case "${1:-kill9}" in
+kill9) run_kill9 ;;
+lostwrites) run_lostwrites ;;
+faults) run_faults ;;
+abuse) "$BIN/torture_abuse" ;;
+all)
+	run_kill9 && run_lostwrites && run_faults && { [ ! -x "$BIN/torture_abuse" ] || "$BIN/torture_abuse"; }
+	;;
+*)
+	echo "usage: run.sh kill9|faults|lostwrites|abuse|all"
+	exit 1
+	;;
+esac
