@@ -284,14 +284,15 @@ static void prepare(struct dedup_hot *h, uint64_t bytes)
 #define MIGRATE_SLOTS_PER_KEY 4  /* > 1.25 needed to finish a move before the next grow */
 #define MIGRATE_SLOTS_PER_CALL 8 /* so that lookups alone finish it too */
 
-/* Pace: fault in twice the bytes per insert that would just finish at the grow load. */
+/* Pace: fault in 5/4 of the bytes per insert that would just finish at the grow load (the
+ * page faults are the cost of a grow: spread them thin, but finish before the switch). */
 static uint64_t prepare_bytes(const struct dedup_hot *h, uint64_t inserted)
 {
 	uint64_t left = table_bytes(&h->next) - h->next_touched;
 	uint64_t count = dedup_hot_count(h), grow_at = grow_limit(h->cur.mask + 1);
 	if (inserted == UINT64_MAX || count >= grow_at)
 		return left;
-	uint64_t per_key = left / (grow_at - count) * 2 + 64;
+	uint64_t per_key = left / (grow_at - count) / 4 * 5 + 64;
 	return inserted > left / per_key ? left : inserted * per_key + 4096;
 }
 
