@@ -629,6 +629,70 @@ static void test_restart_shapes(struct server *s)
 	tally_client_close(c);
 }
 
+/* Sends keys cold-0..n-1 in batches; counts receipts by status into st[5]. */
+static void send_cold(struct server *s, int n, int64_t t, long st[5])
+{
+	struct tally_client *c = connect_as(s, "k");
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	static struct evbuf e[500];
+	struct tally_event_in in[500];
+	struct proto_receipt r[500];
+	for (int base = 0; base < n; base += 500) {
+		for (int i = 0; i < 500; i++) {
+			char key[32];
+			snprintf(key, sizeof key, "cold-%d", base + i);
+			make_event(&e[i], key, "cus_10", base + i, t);
+			/* A less compressible model string, so that 64 KiB segments roll. */
+			snprintf(e[i].model, sizeof e[i].model, "m%08x",
+				 (unsigned)((base + i) * 2654435761u));
+			e[i].props[1].str.len = 9;
+			in[i] = e[i].in;
+		}
+		if (tally_client_send_wait(c, in, 500, r) != 0) {
+			CHECK(!"send_wait failed");
+			break;
+		}
+		for (int i = 0; i < 500; i++)
+			st[r[i].status & 3]++;
+	}
+	tally_client_close(c);
+}
+
+/* Keys of sealed segments live in the cold tier (.keys runs + blooms): after kill -9 they are
+   still duplicates, and a deleted run is rebuilt from the WAL at start. */
+static void test_cold_tier(const char *base)
+{
+	struct server s;
+	snprintf(s.dir, sizeof s.dir, "%s/cold", base);
+	server_start(&s, "--segment-bytes", "65536");
+	int64_t t = now_us();
+	enum { N = 40000 };
+	long st[5] = {0};
+	send_cold(&s, N, t, st);
+	CHECK_EQ(st[PROTO_ACCEPTED], N);
+	CHECK_EQ(server_stop(&s, SIGKILL), 128 + SIGKILL);
+
+	char path[600];
+	snprintf(path, sizeof path, "%s/dedup/shard-00/00000000000000000000.keys", s.dir);
+	CHECK_EQ(access(path, F_OK), 0); /* segment 0 of shard 0 was sealed into a run */
+	server_start(&s, "--segment-bytes", "65536");
+	memset(st, 0, sizeof st);
+	send_cold(&s, N, t, st);
+	CHECK_EQ(st[PROTO_DUPLICATE], N);
+	CHECK_EQ(server_stop(&s, SIGKILL), 128 + SIGKILL);
+
+	CHECK_EQ(unlink(path), 0);
+	server_start(&s, "--segment-bytes", "65536");
+	memset(st, 0, sizeof st);
+	send_cold(&s, N, t, st);
+	CHECK_EQ(st[PROTO_DUPLICATE], N);
+	CHECK_EQ(access(path, F_OK), 0); /* rebuilt */
+	CHECK_EQ(server_stop(&s, SIGTERM), 0);
+	CHECK_EQ(wal_count_key(s.dir, "cold-0", NULL), 1);
+}
+
 /* io_uring refused by the kernel: tallyd says why and serves with epoll. */
 static void test_uring_fallback(const char *base)
 {
@@ -759,6 +823,7 @@ int main(int argc, char **argv)
 	test_restart_shapes(&s);
 	CHECK_EQ(server_stop(&s, SIGTERM), 0);
 	test_auth(base);
+	test_cold_tier(base);
 	if (!strcmp(io_mode, "uring"))
 		test_uring_fallback(base);
 
