@@ -57,7 +57,7 @@ start_tallyd() {
 	shift
 	rm -f "$dir/port"
 	"$BIN/tallyd" --listen 127.0.0.1:0 --data "$dir/data" --port-file "$dir/port" \
-		--threads 2 --expected-keys 65536 --log-level warn "$@" >>"$dir/tallyd.log" 2>&1 &
+		--threads 2 --expected-keys 65536 "$@" >>"$dir/tallyd.log" 2>&1 &
 	TPID=$!
 	for _ in $(seq 1 1000); do
 		[ -s "$dir/port" ] && return 0
@@ -99,6 +99,10 @@ wait_either() {
 finish_check() {
 	local dir=$1 label=$2
 	touch "$dir/stop"
+	if [ "$(wait_either)" = tallyd ]; then
+		wait "$TPID" 2>/dev/null
+		fail "$label: tallyd died (status $?) while the producer drained ($dir/tallyd.log)"
+	fi
 	wait "$PPID_"
 	local prc=$?
 	PPID_=
@@ -170,7 +174,7 @@ run_lostwrites() {
 		fi
 		finish_check "$dir" "lostwrites op $n"
 		points=$((points + 1))
-		printf 'op %d: %s | %s\n' "$n" "$(grep -m1 'fault at' "$dir/faults" 2>/dev/null | cut -d' ' -f6-)" "$(sed 's/.*acked=\([0-9]*\).* lost=\([0-9]*\) duplicated=\([0-9]*\).*/acked=\1 lost=\2 duplicated=\3/' <<<"$LAST_CHECK")"
+		printf 'op %d: %s | %s\n' "$n" "$(grep -m1 'fault at' "$dir/faults" 2>/dev/null | cut -d' ' -f6-)" "$(sed 's/.* acked=\([0-9]*\).* lost=\([0-9]*\) duplicated=\([0-9]*\).*/acked=\1 lost=\2 duplicated=\3/' <<<"$LAST_CHECK")"
 		[ "$KEEP" = 1 ] || rm -rf "$dir"
 	done
 	echo "lostwrites RESULT: points=$points crashed=$crashed acked=$TOT_ACKED lost=$TOT_LOST duplicated=$TOT_DUP"
