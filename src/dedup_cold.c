@@ -167,9 +167,21 @@ void dedup_sort_recs(struct dedup_rec *recs, struct dedup_rec *tmp, size_t n)
 		pos[k] = start[k];
 	for (size_t i = 0; i < n; i++)
 		tmp[pos[recs[i].lo >> 48]++] = recs[i];
-	for (size_t k = 0; k < BUCKETS; k++)
-		if (start[k + 1] - start[k] > 1)
-			qsort(tmp + start[k], start[k + 1] - start[k], sizeof(*tmp), rec_cmp);
+	for (size_t k = 0; k < BUCKETS; k++) {
+		size_t len = start[k + 1] - start[k];
+		struct dedup_rec *b = tmp + start[k];
+		if (len > 24) {
+			qsort(b, len, sizeof(*b), rec_cmp);
+			continue;
+		}
+		for (size_t i = 1; i < len; i++) { /* buckets hold n / 65536 on average */
+			struct dedup_rec x = b[i];
+			size_t j = i;
+			for (; j > 0 && rec_cmp(&b[j - 1], &x) > 0; j--)
+				b[j] = b[j - 1];
+			b[j] = x;
+		}
+	}
 	memcpy(recs, tmp, n * sizeof(*recs));
 	free(pos);
 	free(start);
@@ -277,7 +289,7 @@ void dedup_run_header(uint8_t h[DEDUP_RUN_HEADER_BYTES], uint16_t shard, uint16_
 }
 
 int dedup_run_write(const char *dir, uint16_t shard, uint64_t base, uint64_t next,
-		    int64_t max_event_time_us, const struct dedup_rec *recs, size_t n)
+		    int64_t max_event_time_us, const struct dedup_rec *recs, size_t n, bool sync)
 {
 	char sdir[4096], path[4096], tmp[4200];
 	int rc = dedup_shard_dir(sdir, sizeof(sdir), dir, shard);
@@ -300,7 +312,7 @@ int dedup_run_write(const char *dir, uint16_t shard, uint64_t base, uint64_t nex
 	if (rc == 0)
 		rc = dedup_write_all(fd, recs, n * sizeof(*recs));
 	/* fdatasync failing is fatal for this run: report it, never claim the run is durable. */
-	if (rc == 0 && fdatasync(fd) != 0)
+	if (rc == 0 && sync && fdatasync(fd) != 0)
 		rc = -errno;
 	if (close(fd) != 0 && rc == 0)
 		rc = -errno;
@@ -310,14 +322,14 @@ int dedup_run_write(const char *dir, uint16_t shard, uint64_t base, uint64_t nex
 		rc = -errno;
 		goto out_unlink_tmp;
 	}
-	return dedup_fsync_dir(sdir);
+	return sync ? dedup_fsync_dir(sdir) : 0;
 
 out_unlink_tmp:
 	unlink(tmp);
 	return rc;
 }
 
-static int build_index(struct dedup_gen *g)
+static int build_index(struct dedup_gen *g, const struct dedup_rec *recs)
 {
 	uint32_t bits = 0;
 	while (bits < 24 && (g->count >> (bits + 8)) > 0) /* ~128..256 records per bucket */
@@ -329,7 +341,7 @@ static int build_index(struct dedup_gen *g)
 	g->index_bits = bits;
 	uint64_t i = 0;
 	for (size_t t = 0; t + 1 < entries; t++) {
-		while (i < g->count && bits > 0 && (g->recs[i].lo >> (64 - bits)) < t)
+		while (i < g->count && bits > 0 && (recs[i].lo >> (64 - bits)) < t)
 			i++;
 		g->index[t] = (uint32_t)i;
 	}
@@ -398,7 +410,7 @@ int dedup_gen_load(struct dedup_gen *g, const char *path, uint16_t shard, uint64
 		}
 		dedup_bloom_add(&g->bloom, r->lo, r->hi);
 	}
-	rc = build_index(g);
+	rc = build_index(g, g->recs);
 	if (rc != 0)
 		goto out_bloom;
 	/* From now on the run is only searched at random: no readahead. */
@@ -413,6 +425,43 @@ out_unmap:
 out_close:
 	close(fd);
 	memset(g, 0, sizeof(*g));
+	return rc;
+}
+
+int dedup_gen_from_sorted(struct dedup_gen *g, const char *path, uint64_t base, uint64_t next,
+			  int64_t max_event_time_us, uint16_t level, const struct dedup_rec *recs,
+			  size_t n, uint32_t fp_per_million)
+{
+	memset(g, 0, sizeof(*g));
+	size_t bytes = DEDUP_RUN_HEADER_BYTES + n * sizeof(struct dedup_rec);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	void *map = mmap(NULL, bytes, PROT_READ, MAP_SHARED, fd, 0);
+	int rc = map == MAP_FAILED ? -errno : 0;
+	close(fd);
+	if (rc != 0)
+		return rc;
+	(void)madvise(map, bytes, MADV_RANDOM);
+	g->map = map;
+	g->map_bytes = bytes;
+	g->base = base;
+	g->next = next;
+	g->max_event_time_us = max_event_time_us;
+	g->level = level;
+	g->count = n;
+	g->recs = (const struct dedup_rec *)((const uint8_t *)map + DEDUP_RUN_HEADER_BYTES);
+	rc = dedup_bloom_init(&g->bloom, dedup_bloom_blocks_for(n, fp_per_million));
+	if (rc == 0) {
+		for (size_t i = 0; i < n; i++) {
+			if (i + 16 < n)
+				dedup_bloom_prefetch(&g->bloom, recs[i + 16].lo);
+			dedup_bloom_add(&g->bloom, recs[i].lo, recs[i].hi);
+		}
+		rc = build_index(g, recs);
+	}
+	if (rc != 0)
+		dedup_gen_free(g);
 	return rc;
 }
 

@@ -358,6 +358,58 @@ uint64_t dedup_hot_bytes(const struct dedup_hot *h)
 	return b;
 }
 
+/* Moves the keys of t with an offset in [base, next) into *buf (grown by realloc). One pass:
+ * a backward shift at i only pulls keys into i from above (or, across the end of the table,
+ * keys already looked at and kept), so looking at i again until it holds a kept key or nothing
+ * sees every key exactly once. */
+static int table_extract(struct dedup_table *t, uint64_t from, uint64_t base, uint64_t next,
+			 struct dedup_rec **buf, size_t *n, size_t *cap)
+{
+	for (uint64_t i = from; i <= t->mask; i++) {
+		if (i + 64 <= t->mask)
+			__builtin_prefetch(&t->slots[i + 64], 0, 0);
+		while (t->tags[i] != 0 && t->slots[i].offset >= base && t->slots[i].offset < next) {
+			if (*n == *cap) {
+				size_t c = *cap ? *cap * 2 : 65536;
+				struct dedup_rec *p = realloc(*buf, c * sizeof(*p));
+				if (!p)
+					return -ENOMEM;
+				*buf = p;
+				*cap = c;
+			}
+			(*buf)[(*n)++] = t->slots[i];
+			table_delete_at(t, i);
+		}
+	}
+	return 0;
+}
+
+int dedup_hot_extract(struct dedup_hot *h, uint64_t base, uint64_t next, struct dedup_rec **out,
+		      size_t *n_out)
+{
+	struct dedup_rec *buf = NULL;
+	size_t n = 0, cap = 0;
+	if (next == DEDUP_OFFSET_NONE) /* NONE (pending, not appended) is never in a range */
+		next--;
+	int rc = table_extract(&h->cur, 0, base, next, &buf, &n, &cap);
+	if (rc == 0 && h->migrating)
+		rc = table_extract(&h->old, h->cursor, base, next, &buf, &n, &cap);
+	if (rc != 0) {
+		dedup_hot_reinsert(h, buf, n);
+		free(buf);
+		return rc;
+	}
+	*out = buf;
+	*n_out = n;
+	return 0;
+}
+
+void dedup_hot_reinsert(struct dedup_hot *h, const struct dedup_rec *recs, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		table_insert(&h->cur, &recs[i]);
+}
+
 void dedup_hot_foreach(const struct dedup_hot *h, void (*fn)(const struct dedup_rec *, void *),
 		       void *arg)
 {

@@ -80,6 +80,13 @@ void dedup_hot_maintain(struct dedup_hot *h, uint64_t inserted);
 void dedup_hot_prefetch(const struct dedup_hot *h, uint64_t lo);
 uint64_t dedup_hot_count(const struct dedup_hot *h);
 uint64_t dedup_hot_bytes(const struct dedup_hot *h);
+/* Removes every key with an offset in [base, next) (never a pending NONE) from the table(s)
+ * into a malloc'd array *out of *n (caller frees; may be NULL when *n is 0). One sequential
+ * pass. 0 or -ENOMEM (then nothing was removed). */
+int dedup_hot_extract(struct dedup_hot *h, uint64_t base, uint64_t next, struct dedup_rec **out,
+		      size_t *n) __attribute__((warn_unused_result));
+/* Puts back keys taken out by dedup_hot_extract (they are absent, and their room is free). */
+void dedup_hot_reinsert(struct dedup_hot *h, const struct dedup_rec *recs, size_t n);
 /* Calls fn for every hot key (both tables). */
 void dedup_hot_foreach(const struct dedup_hot *h, void (*fn)(const struct dedup_rec *, void *),
 		       void *arg);
@@ -129,15 +136,22 @@ struct dedup_gen {
 
 /* Sorts recs[0..n) by (lo, hi); tmp is scratch of n records. */
 void dedup_sort_recs(struct dedup_rec *recs, struct dedup_rec *tmp, size_t n);
-/* Writes a run file for sorted recs (tmp, fdatasync, rename, dir fsync). 0 or -errno. */
+/* Writes a run file for sorted recs (tmp, [fdatasync], rename, [dir fsync]). 0 or -errno.
+ * Without sync the run may be lost or torn by a crash: fine for a run that can be rebuilt
+ * from the durable WAL (a torn run fails its checksum at open and is reported bad). */
 int dedup_run_write(const char *dir, uint16_t shard, uint64_t base, uint64_t next,
-		    int64_t max_event_time_us, const struct dedup_rec *recs, size_t n)
+		    int64_t max_event_time_us, const struct dedup_rec *recs, size_t n, bool sync)
 	__attribute__((warn_unused_result));
 /* The 64-byte header of a run, with its checksum field zero; and the checksum of a run. */
 void dedup_run_header(uint8_t h[DEDUP_RUN_HEADER_BYTES], uint16_t shard, uint16_t level,
 		      uint64_t base, uint64_t next, int64_t max_event_time_us, uint64_t count);
 int dedup_fsync_dir(const char *path) __attribute__((warn_unused_result));
 int dedup_write_all(int fd, const void *buf, size_t len) __attribute__((warn_unused_result));
+/* A generation for a run just written from recs[0..n) (sorted): maps the file without
+ * re-reading it, builds bloom + index from recs. 0 or -errno. */
+int dedup_gen_from_sorted(struct dedup_gen *g, const char *path, uint64_t base, uint64_t next,
+			  int64_t max_event_time_us, uint16_t level, const struct dedup_rec *recs,
+			  size_t n, uint32_t fp_per_million) __attribute__((warn_unused_result));
 /* Maps and verifies a run file, builds bloom + index. 0, -EBADMSG (bad run) or -errno. */
 int dedup_gen_load(struct dedup_gen *g, const char *path, uint16_t shard, uint64_t base,
 		   uint32_t fp_per_million) __attribute__((warn_unused_result));

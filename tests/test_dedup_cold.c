@@ -296,7 +296,7 @@ static void test_search_edges(void)
 		if (n > 3)
 			recs[3].lo = recs[2].lo; /* same lo, different hi */
 		dedup_sort_recs(recs, recs + n, n);
-		CHECK(dedup_run_write(dir, 0, 1000, 1000 + n, 5, recs, n) == 0);
+		CHECK(dedup_run_write(dir, 0, 1000, 1000 + n, 5, recs, n, n % 2 == 0) == 0);
 		char path[1024];
 		CHECK(dedup_run_path(path, sizeof(path), dir, 0, 1000) == 0);
 		struct dedup_gen g;
