@@ -319,6 +319,35 @@ static void test_search_edges(void)
 	}
 }
 
+/* A seal whose run cannot be written leaves every key hot and answered as before. */
+static void test_seal_failure(void)
+{
+	enum { SEG = 3000 };
+	char dir[600], p[1024], tmp[1100];
+	snprintf(dir, sizeof(dir), "%s/sealfail", g_dir);
+	struct dedup_options o = {.dir = dir};
+	struct dedup_shard *d = NULL;
+	CHECK(dedup_shard_open(&o, 3, &d) == 0);
+	claim_range(d, 50, 0, 2 * SEG);
+	dedup_set_durable(d, 2 * SEG);
+	CHECK(dedup_run_path(p, sizeof(p), dir, 3, 0) == 0);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", p);
+	CHECK(mkdir(tmp, 0755) == 0); /* open(O_CREAT|O_WRONLY) of the tmp file fails: EISDIR */
+	CHECK(dedup_seal_generation(d, 0, SEG, 5) == -EISDIR);
+	struct dedup_stats st;
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.hot_keys, 2 * SEG);
+	CHECK_EQ_U(st.generations, 0);
+	expect_stored(d, 50, 0, 2 * SEG);
+	CHECK(rmdir(tmp) == 0);
+	CHECK(dedup_seal_generation(d, 0, SEG, 5) == 0);
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.hot_keys, SEG);
+	CHECK_EQ_U(st.cold_keys, SEG);
+	expect_stored(d, 50, 0, 2 * SEG);
+	dedup_shard_close(d);
+}
+
 static void *compact_thread(void *arg)
 {
 	(void)dedup_compact_run(arg); /* the result is finish's */
@@ -414,6 +443,7 @@ int main(void)
 	test_bloom_fp(50000, 300000);
 	test_seal_restart_rebuild();
 	test_search_edges();
+	test_seal_failure();
 	test_expiry();
 	test_compaction();
 	rm_rf(g_dir);
