@@ -58,6 +58,7 @@
 #define NET_URING_BUF_BYTES (32u << 10)
 #define NET_URING_BGID     7
 #define NET_SHUTDOWN_SEND_MS 2000
+#define NET_SLOT_MSG_BYTES 256 /* room for a failed batch's ERROR message */
 
 #define TAG_CHUNK  0u /* from -> to: events to run */
 #define TAG_RETURN 1u /* to -> from: chunk run, reusable */
@@ -198,8 +199,8 @@ static struct broker_slot *slot_alloc(struct worker *w, struct conn *c, uint32_t
 {
 	/* Room for the ACK, or for an ERROR frame with a short message, whichever is larger. */
 	size_t cap = proto_ack_size(n);
-	if (cap < PROTO_HEADER_BYTES + 14 + 160)
-		cap = PROTO_HEADER_BYTES + 14 + 160;
+	if (cap < PROTO_HEADER_BYTES + 14 + NET_SLOT_MSG_BYTES)
+		cap = PROTO_HEADER_BYTES + 14 + NET_SLOT_MSG_BYTES;
 	struct broker_slot *s = malloc(sizeof *s + cap);
 	if (!s)
 		return NULL;
@@ -276,11 +277,10 @@ static void slot_complete_local(struct worker *w, struct broker_slot *s)
 	uint16_t err = atomic_load_explicit(&s->error, memory_order_acquire);
 	long n;
 	if (err) {
-		char msg[128];
-		snprintf(msg, sizeof msg, "batch %llu not stored; retry it with the same keys",
-			 (unsigned long long)s->request_id);
-		char text[200];
-		snprintf(text, sizeof text, "%s: %s", proto_error_str(err), msg);
+		/* Bounded by the slot's reserved room, so the ERROR always fits. */
+		char text[NET_SLOT_MSG_BYTES];
+		snprintf(text, sizeof text, "%s: batch %llu not stored; retry it with the same keys",
+			 proto_error_str(err), (unsigned long long)s->request_id);
 		n = proto_encode_error(s->frame, s->cap, err, false, s->request_id, text);
 	} else {
 		struct proto_ack_builder ab = {.buf = s->frame, .cap = s->cap,
@@ -288,7 +288,11 @@ static void slot_complete_local(struct worker *w, struct broker_slot *s)
 		n = proto_ack_finish(&ab);
 	}
 	if (n <= 0) {
+		/* Cannot happen (the slot has room for both); never leave a batch unanswered. */
+		broker_log(LOG_ERROR, "conn %llu: could not encode the answer to batch %llu; closing",
+			   (unsigned long long)c->id, (unsigned long long)s->request_id);
 		slot_free(w, s);
+		conn_close(w, c);
 		return;
 	}
 	s->len = (uint32_t)n;
@@ -1649,6 +1653,22 @@ int broker_wait(struct broker *b)
 {
 	for (uint16_t i = 0; i < b->nworkers; i++)
 		pthread_join(b->workers[i].th, NULL);
+	/* Chunks sent back just before their owner stopped are still in the rings. */
+	for (uint16_t i = 0; i < b->nworkers; i++) {
+		void *msgs[NET_DRAIN_MAX];
+		size_t n;
+		while ((n = ring_drain(b->mesh, i, msgs, NET_DRAIN_MAX)) > 0)
+			for (size_t k = 0; k < n; k++) {
+				unsigned tag = (unsigned)((uintptr_t)msgs[k] & TAG_MASK);
+				struct chunk *ch = (void *)((uintptr_t)msgs[k] & ~(uintptr_t)TAG_MASK);
+				if (tag == TAG_RETURN) {
+					ch->next_free = b->workers[i].free_chunks[ch->to];
+					b->workers[i].free_chunks[ch->to] = ch;
+				} else if (tag == TAG_CHUNK) {
+					chunk_free(ch); /* only after a fatal stop */
+				}
+			}
+	}
 	int fatal = atomic_load(&b->fatal);
 	int rc = fatal;
 	for (uint16_t s = 0; s < b->nshards; s++) {
