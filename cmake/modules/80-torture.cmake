@@ -18,3 +18,6 @@ target_link_options(torture_iofault PRIVATE -fno-sanitize=all)
 target_link_libraries(torture_iofault PRIVATE ${CMAKE_DL_LIBS} Threads::Threads)
 set_target_properties(torture_iofault PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin
                       OUTPUT_NAME torture_iofault)
+
+tally_tool(torture_abuse SOURCES tests/torture/torture_abuse.c
+  DEPS tally_torturelib tally_client tally_wal Threads::Threads)
