@@ -27,6 +27,7 @@
 #define RATE_CKPT_INTERVAL_MS_DEFAULT 1000
 #define RATE_USAGE_INTERVAL_MS        1000
 #define RATE_POLL_MS                  200
+#define RATE_WAL_WAIT_MS              60000
 
 static volatile sig_atomic_t g_stop;
 
@@ -172,10 +173,29 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	int status = 1;
-	if ((rc = wal_stored_shard_count(c.data, &c.nshards)) != 0) {
-		fprintf(stderr, "tally-rate: %s: no WAL (%s) %s\n", c.data, strerror(-rc),
-			wal_last_error());
-		goto out_cfg;
+	/* Started beside a fresh tallyd (make run), the WAL may not exist yet: wait for it
+	 * (tailing mode only; --once has nothing to rate without it). */
+	struct sigaction sa = {.sa_handler = on_signal};
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	for (int waited_ms = 0;; waited_ms += RATE_POLL_MS) {
+		rc = wal_stored_shard_count(c.data, &c.nshards);
+		if (rc == 0 || once || g_stop || waited_ms >= RATE_WAL_WAIT_MS) {
+			if (rc != 0 && g_stop) {
+				status = 0; /* stopped while waiting: nothing was rated */
+				goto out_cfg;
+			}
+			if (rc != 0) {
+				fprintf(stderr, "tally-rate: %s: no WAL (%s) %s\n", c.data,
+					strerror(-rc), wal_last_error());
+				goto out_cfg;
+			}
+			break;
+		}
+		if (waited_ms == 0)
+			fprintf(stderr, "tally-rate: waiting for a WAL in %s\n", c.data);
+		struct timespec ts = {0, RATE_POLL_MS * 1000000L};
+		nanosleep(&ts, NULL);
 	}
 	if (scratch && !dir_empty_or_absent(c.out)) {
 		fprintf(stderr, "tally-rate: --from-scratch needs a new or empty --out (%s has "
@@ -221,10 +241,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "tally-rate: WAL seek: %s\n", strerror(-rc));
 		goto out_rd;
 	}
-	struct sigaction sa = {.sa_handler = on_signal};
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-
 	int64_t last_ckpt = now_ms(), last_usage = 0;
 	uint64_t fed_since_ckpt = 0;
 	/* Records are copied out of the reader (its views die at its next call) into a batch
