@@ -324,7 +324,9 @@ void rate_engine_destroy(struct rate_engine *eng);
  * Feeds one record (an event, or a tick when rec->ev is NULL): meters it, advances the
  * shard's latest ingest time, and closes every customer period the new watermark makes due
  * (writing invoices). Allocation-free per event in the steady state. Returns 0, -EINVAL
- * (shard out of range) or the error of an invoice write (-EIO, -ENOSPC...).
+ * (shard out of range), -ENOSPC (RATE_CUSTOMERS_MAX reached), -ENOMEM, or the error of an
+ * invoice write or callback (-EIO, -ENOSPC...); after an error nothing of the failed close
+ * was committed, and a later record retries it.
  */
 int rate_engine_feed(struct rate_engine *eng, const struct rate_record *rec)
 	__attribute__((warn_unused_result));
