@@ -325,8 +325,10 @@ void rate_engine_destroy(struct rate_engine *eng);
  * shard's latest ingest time, and closes every customer period the new watermark makes due
  * (writing invoices). Allocation-free per event in the steady state. Returns 0, -EINVAL
  * (shard out of range), -ENOSPC (RATE_CUSTOMERS_MAX reached), -ENOMEM, or the error of an
- * invoice write or callback (-EIO, -ENOSPC...); after an error nothing of the failed close
- * was committed, and a later record retries it.
+ * invoice write or callback (-EIO, -ENOSPC...). An invoice error comes after the record
+ * itself was rated (do not feed it again); nothing of the failed close was committed, and
+ * the next record that advances the watermark retries it. tally-rate instead exits and
+ * resumes from its last checkpoint.
  */
 int rate_engine_feed(struct rate_engine *eng, const struct rate_record *rec)
 	__attribute__((warn_unused_result));
