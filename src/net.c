@@ -1612,8 +1612,7 @@ int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker
 			return rc;
 		}
 	}
-	*out = b;
-	return 0;
+	return 0; /* *out was set before the threads started */
 out_free:
 	for (uint16_t s = 0; s < b->nshards; s++)
 		if (b->shards[s])
