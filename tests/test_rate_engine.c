@@ -841,6 +841,105 @@ static void test_crash_replay(struct gen_ev *evs, size_t n)
 	rate_config_free(cfg);
 }
 
+/*
+ * Model check: for every (customer, period, meter), the amount on the period's own invoice
+ * plus every adjustment later made for that period must equal the price of ALL its events'
+ * usage (on time and late), computed here independently of the engine's bookkeeping.
+ */
+struct model_row {
+	char customer[16];
+	int64_t start;
+	int meter;
+	rate_i128 qty;      /* RATE_QTY_SCALE */
+	bool has;           /* for max */
+	rate_i128 billed;   /* minor units, from the invoices */
+};
+
+static struct model_row *model_get(struct model_row *rows, size_t *n, const char *cust,
+				   int64_t start, int meter)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (rows[i].start == start && rows[i].meter == meter && !strcmp(rows[i].customer, cust))
+			return &rows[i];
+	struct model_row *r = &rows[(*n)++];
+	memset(r, 0, sizeof *r);
+	snprintf(r->customer, sizeof r->customer, "%s", cust);
+	r->start = start;
+	r->meter = meter;
+	return r;
+}
+
+static void model_check(const struct gen_ev *evs, size_t n, const struct cap *cap)
+{
+	struct rate_config *cfg = base_cfg("adjust_next", "\"pro\"");
+	static struct model_row rows[4096];
+	size_t nrows = 0;
+	int m_calls = rate_config_meter(cfg, "api_calls"), m_g = rate_config_meter(cfg, "g"),
+	    m_seats = rate_config_meter(cfg, "seats");
+	for (size_t i = 0; i < n; i++) {
+		const struct gen_ev *g = &evs[i];
+		int m = !strcmp(g->name, "api.call") ? m_calls : !strcmp(g->name, "g") ? m_g
+			: !strcmp(g->name, "seats")   ? m_seats : -1;
+		if (m < 0)
+			continue; /* storage: the events carry no "gb", so nothing is metered */
+		int64_t start, end;
+		rate_period_bounds(cfg, 1, g->t, &start, &end);
+		struct model_row *r = model_get(rows, &nrows, g->customer, start, m);
+		rate_i128 v = (rate_i128)g->n * rate_pow10(RATE_QTY_SCALE);
+		if (m == m_calls)
+			r->qty += rate_pow10(RATE_QTY_SCALE);
+		else if (m == m_g)
+			r->qty += v;
+		else if (!r->has || v > r->qty)
+			r->qty = v;
+		r->has = true;
+	}
+	for (size_t k = 0; k < cap->n; k++) {
+		json_t *inv = json_loads(cap->v[k].json, 0, NULL);
+		const char *cust = json_string_value(json_object_get(inv, "customer"));
+		const char *lists[2] = {"lines", "adjustments"};
+		for (int li = 0; li < 2; li++) {
+			size_t i;
+			json_t *l;
+			json_array_foreach(json_object_get(inv, lists[li]), i, l)
+			{
+				int m = rate_config_meter(cfg, json_string_value(json_object_get(l, "meter")));
+				if (m != m_calls && m != m_g && m != m_seats)
+					continue;
+				int64_t start = li == 0 ? cap->v[k].start
+						       : T(json_string_value(json_object_get(l, "late_period_start")));
+				struct model_row *r = model_get(rows, &nrows, cust, start, m);
+				const char *a = json_string_value(json_object_get(l, "amount"));
+				r->billed += rate_t_dec(a, 2);
+			}
+		}
+		json_decref(inv);
+	}
+	size_t ok = 0;
+	for (size_t i = 0; i < nrows; i++) {
+		const struct rate_price *p = NULL; /* every generated customer is on plan "pro" */
+		for (uint32_t k = 0; k < cfg->plans[0].prices.count; k++)
+			if ((int)cfg->plans[0].prices.prices[k].meter == rows[i].meter)
+				p = &cfg->plans[0].prices.prices[k];
+		CHECK(p != NULL);
+		if (!p)
+			continue;
+		struct rate_charge ch;
+		CHECK_EQ(rate_charge_compute(p, rows[i].qty, 2, RATE_ROUND_HALF_EVEN, &ch), 0);
+		if (ch.amount == rows[i].billed)
+			ok++;
+		else
+			fprintf(stderr, "model: %s %lld meter %d: billed %s, usage costs %s\n",
+				rows[i].customer, (long long)rows[i].start, rows[i].meter,
+				rate_t_fmt(rows[i].billed, 2), rate_t_fmt(ch.amount, 2));
+	}
+	printf("model check: %zu of %zu (customer, period, meter) totals equal the price of all "
+	       "their usage\n", ok, nrows);
+	CHECK_EQ(ok, nrows);
+	CHECK(nrows > 50);
+	rate_config_free(cfg);
+}
+
 static int inv_cmp(const void *a, const void *b)
 {
 	const struct inv *x = a, *y = b;
@@ -931,6 +1030,7 @@ static void test_arrival_order(void)
 		rate_engine_destroy(e);
 		rate_config_free(cfg);
 	}
+	model_check(evs, GEN_N, &a);
 	test_crash_replay(evs, GEN_N);
 	snprintf(path, sizeof path, "rm -rf %s", g_ckpt_dir);
 	CHECK_EQ(system(path), 0);
