@@ -20,6 +20,7 @@
 # before the load, divided by the unique events), fsync+fdatasync calls made by the server
 # process tree while the load ran (perf stat on the syscall tracepoints, when perf works), and
 # whether the stored count equals the unique count (tally: tally-bench --verify-wal).
+# Exit status: 0 all ok, 1 a run failed or a stored count was wrong, 2 usage, 77 nothing to run.
 set -u
 
 BIN=build-release/bin
@@ -80,12 +81,12 @@ have() {
 	esac
 }
 
-SYNC_EVENTS="syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync"
+PERF_EVENTS="task-clock,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync"
 PERF_OK=0
-if command -v perf >/dev/null && perf stat -e "$SYNC_EVENTS" -x, -o /dev/null -- true 2>/dev/null; then
+if command -v perf >/dev/null && perf stat -e "$PERF_EVENTS" -x, -o /dev/null -- true 2>/dev/null; then
 	PERF_OK=1
 else
-	log "perf cannot count syscalls here: fsync counts will not be measured"
+	log "perf cannot count syscalls here: fsync calls and server CPU will not be measured"
 fi
 
 NEXT_PORT=$((20000 + $$ % 20000))
@@ -108,12 +109,13 @@ wait_ready() {
 	return 1
 }
 
-# start_server DIR CMD...: runs CMD (under perf stat counting sync syscalls when possible).
+# start_server DIR CMD...: runs CMD (under perf stat counting CPU time and sync syscalls of the
+# whole process tree, every 100 ms, when possible).
 start_server() {
 	local dir=$1; shift
 	SERVER_T0=$(now_ms)
 	if [ $PERF_OK = 1 ]; then
-		perf stat -e "$SYNC_EVENTS" -I 100 -x, -o "$dir/perf.csv" -- "$@" >"$dir/server.log" 2>&1 &
+		perf stat -e "$PERF_EVENTS" -I 100 -x, -o "$dir/perf.csv" -- "$@" >"$dir/server.log" 2>&1 &
 	else
 		"$@" >"$dir/server.log" 2>&1 &
 	fi
@@ -139,13 +141,14 @@ stop_server() {
 	SERVER_PID=""; SERVER_REAL=""
 }
 
-# sync_calls DIR T1 T2: fsync+fdatasync calls counted between wall-clock ms T1 and T2
-sync_calls() {
+# perf_sum DIR T1 T2 EVENT_REGEX: sum of the counts of the matching events in the 100 ms
+# intervals that overlap wall-clock ms [T1, T2] (task-clock is in ms of CPU)
+perf_sum() {
 	[ -s "$1/perf.csv" ] || { echo "-"; return; }
-	awk -F, -v a="$(( $2 - SERVER_T0 ))" -v b="$(( $3 - SERVER_T0 ))" '
+	awk -F, -v a="$(( $2 - SERVER_T0 ))" -v b="$(( $3 - SERVER_T0 ))" -v ev="$4" '
 		/^#/ || NF < 4 { next }
-		{ t = $1 * 1000; if (t > a && t - 100 < b && $2 ~ /^[0-9]+$/) s += $2 }
-		END { print s + 0 }' "$1/perf.csv"
+		$4 ~ ev { t = $1 * 1000; if (t > a && t - 100 < b && $2 ~ /^[0-9.]+$/) s += $2 }
+		END { printf "%d\n", s + 0.5 }' "$1/perf.csv"
 }
 
 du_bytes() { du -s -B1 "$1" 2>/dev/null | awk '{print $1}'; }
@@ -166,12 +169,14 @@ record() {
 	eps=$(jnum "$json" events_per_s); p99=$(jlat "$json" p99)
 	uniq=$(jnum "$json" unique); [ -n "$uniq" ] || uniq=$(jnum "$json" ACCEPTED)
 	batches=$(jlat "$json" batches)
-	syncs=$(sync_calls "$4" "$5" "$6")
+	syncs=$(perf_sum "$4" "$5" "$6" "sys_enter_f")
+	local cpu
+	cpu=$(perf_sum "$4" "$5" "$6" "^task-clock$")
 	local bpe="-"
 	if [ -n "$uniq" ] && [ "$uniq" -gt 0 ]; then bpe=$(( ($8 - $7) / uniq )); fi
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "${eps:--}" "${p99:--}" "$bpe" \
-		"$syncs" "$(( $6 - $5 ))" "${batches:-0}" "$9" >>"$RESULTS"
-	log "run $1 $2: ${eps:-?} events/s, p99 ${p99:-?} us, $bpe B/event, $syncs sync calls, check $9"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "${eps:--}" "${p99:--}" \
+		"$bpe" "$syncs" "$(( $6 - $5 ))" "${batches:-0}" "$9" "$cpu" "${uniq:-0}" >>"$RESULTS"
+	log "run $1 $2: ${eps:-?} events/s, p99 ${p99:-?} us, $bpe B/event, $syncs sync calls, server CPU $cpu ms, check $9"
 }
 
 # ------------------------------------------------------------------ one system
@@ -280,15 +285,15 @@ machine() {
 	dd if=/dev/zero of="$ROOT/syncprobe" bs=4096 count=256 2>/dev/null
 	local t0 t1
 	t0=$(date +%s%6N)
-	dd if=/dev/zero of="$ROOT/syncprobe" bs=4096 count=2000 oflag=dsync conv=notrunc 2>/dev/null
+	dd if=/dev/zero of="$ROOT/syncprobe" bs=4096 count=500 oflag=dsync conv=notrunc 2>/dev/null
 	t1=$(date +%s%6N)
-	lat=$(( (t1 - t0) / 2000 ))
+	lat=$(( (t1 - t0) / 500 ))
 	rm -f "$ROOT/syncprobe"
 	echo "- CPU: $(nproc) online CPU(s), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 	echo "- memory: $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
 	echo "- kernel: $(uname -sr)"
 	echo "- disk: $fs on $dev (driver ${drv:-?}, rotational=$rot as the kernel reports it)"
-	echo "- 4 KiB write + fdatasync (dd oflag=dsync, 2000 writes): $lat µs each"
+	echo "- 4 KiB write + fdatasync (dd oflag=dsync, 500 writes): $lat µs each"
 	echo "- versions: $(nats-server --version 2>/dev/null | head -1 || echo 'nats-server -'), $(redis-server --version 2>/dev/null | awk '{print $1, $3}' | sed 's/v=//'), PostgreSQL $("$PGBIN/postgres" --version 2>/dev/null | awk '{print $3}')"
 }
 
@@ -299,7 +304,7 @@ ACTIVE=""
 for s in $SYSTEMS; do
 	if have "$s"; then ACTIVE="$ACTIVE $s"; else log "$s: server or driver not found: skipped"; fi
 done
-[ -n "$ACTIVE" ] || { log "nothing to run"; exit 1; }
+[ -n "$ACTIVE" ] || { log "nothing to run"; exit 77; }
 
 MACHINE=$(machine)
 for r in $(seq 1 "$RUNS"); do
@@ -312,7 +317,10 @@ for r in $(seq 1 "$RUNS"); do
 		redis-always) run_redis "$r" "$d" always ;;
 		redis-everysec) run_redis "$r" "$d" everysec ;;
 		pg) run_pg "$r" "$d" ;;
-		esac || log "run $r $s failed"
+		esac || {
+			log "run $r $s failed"
+			printf '%s\t%s\t-\t-\t-\t-\t0\t0\tFAILED\t-\t0\n' "$r" "$s" >>"$RESULTS"
+		}
 		[ "${KEEP:-0}" = 1 ] || rm -rf "$d"
 	done
 done
@@ -356,22 +364,25 @@ report() {
 	echo
 	echo "$MACHINE"
 	echo
-	echo "| system | durability when the ACK arrives | events/s | p99 ack | bytes on disk / event | fsync calls during the load (per s; per ACKed batch) | stored = unique | tally events/s ÷ this | this p99 ÷ tally p99 |"
-	echo "|---|---|---|---|---|---|---|---|---|"
+	echo "| system | durability when the ACK arrives | events/s | p99 ack | bytes on disk / event | fsync calls during the load (per s; per ACKed batch) | server CPU per 1000 events | stored = unique | tally events/s ÷ this | this p99 ÷ tally p99 |"
+	echo "|---|---|---|---|---|---|---|---|---|---|"
 	for s in $ACTIVE; do
-		local eps p99 bpe syncs ms nb sps spb ok rx rl
+		local eps p99 bpe sps spb cpk ok rx rl
 		eps=$(col "$s" 3 | median); p99=$(col "$s" 4 | median); bpe=$(col "$s" 5 | median)
-		sps=$(awk -F'\t' -v s="$s" '$2 == s && $6 != "-" && $7 > 0 {print $6 * 1000 / $7}' "$RESULTS" | median)
+		# per second of load: calls x events/s / events (the driver's own load time)
+		sps=$(awk -F'\t' -v s="$s" -v n="$EVENTS" '$2 == s && $6 != "-" && $3 > 0 {print $6 * $3 / n}' "$RESULTS" | median)
 		spb=$(awk -F'\t' -v s="$s" '$2 == s && $6 != "-" && $8 > 0 {print $6 / $8}' "$RESULTS" | median)
+		cpk=$(awk -F'\t' -v s="$s" -v n="$EVENTS" '$2 == s && $10 != "-" {print $10 * 1000 / n}' "$RESULTS" | median)
 		ok=$(awk -F'\t' -v s="$s" '$2 == s {n++; if ($9 == "ok") k++} END {printf "%d/%d runs", k, n}' "$RESULTS")
 		rx=$(ratio "$s" 3 0); rl=$(ratio "$s" 4 1)
 		[ "$s" = tally ] && { rx=1; rl=1; }
 		local syn="not measured"
 		[ "$sps" != "-" ] && syn="$(fmt_int "$sps")/s; $(awk -v v="$spb" 'BEGIN{printf "%.2f", v}')"
-		echo "| $(label "$s") | $(durability "$s") | $(fmt_int "$eps") | $(fmt_ms "$p99") | $(fmt_int "$bpe") | $syn | $ok | $(fmt_x "$rx") | $(fmt_x "$rl") |"
+		echo "| $(label "$s") | $(durability "$s") | $(fmt_int "$eps") | $(fmt_ms "$p99") | $(fmt_int "$bpe") | $syn | $(awk -v v="$cpk" 'BEGIN { if (v == "-") print "-"; else printf "%.1f ms", v }') | $ok | $(fmt_x "$rx") | $(fmt_x "$rl") |"
 	done
 	echo
-	echo "Raw rows (run, system, events/s, p99 µs, bytes/event, sync calls, load ms, batches, check):"
+	echo "Raw rows (run, system, events/s, p99 µs, bytes/event, sync calls, load ms, batches, check,"
+	echo "server CPU ms, unique events):"
 	echo
 	echo '```'
 	cat "$RESULTS"

@@ -45,3 +45,11 @@ function(_peers_late_deps)
   endforeach()
 endfunction()
 cmake_language(DEFER DIRECTORY ${PROJECT_SOURCE_DIR} CALL _peers_late_deps)
+
+# Smoke run of the comparison: 2000 events through every system that is installed (tally
+# always), checking stored = unique counts; a few seconds per system. Exit 77 (skipped) only
+# when nothing can run.
+add_test(NAME test_peers_smoke
+         COMMAND bash ${PROJECT_SOURCE_DIR}/bench/peers/compare.sh ${CMAKE_BINARY_DIR}/bin
+                 --events 2000 --runs 1)
+set_tests_properties(test_peers_smoke PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 240 LABELS bench)
