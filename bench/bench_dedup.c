@@ -259,7 +259,7 @@ int main(int argc, char **argv)
 	CHECK_EQ_U(st.cold_keys, n);
 	CHECK_EQ_U(st.hot_keys, 0);
 	printf("seal %" PRIu64 " generations of %" PRIu64 " keys: %.0f ms per million keys (slowest "
-	       "seal %.0f ms; scan + sort + write + fdatasync + reload)\n",
+	       "seal %.0f ms; extract + sort + write + bloom/index)\n",
 	       gens, per, t_seal * 1e3 / ((double)n / 1e6), worst_seal * 1e3);
 	printf("cold RAM: %" PRIu64 " bytes for %" PRIu64 " keys = %.2f bytes/key; disk %.0f "
 	       "bytes/key\n",

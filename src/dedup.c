@@ -176,15 +176,17 @@ static int load_runs(struct dedup_shard *d)
 	while ((de = readdir(dh)) != NULL) {
 		uint64_t base;
 		size_t len = strlen(de->d_name);
+		/* sdir is < 4096 bytes and the names we act on are 29 or 25 bytes: no truncation. */
 		if (len == 29 && strcmp(de->d_name + 20, ".keys.tmp") == 0) {
 			/* A seal that crashed before its rename: the hot keys were never dropped. */
-			snprintf(path, sizeof(path), "%s/%s", sdir, de->d_name);
-			unlink(path);
+			if (snprintf(path, sizeof(path), "%s/%.29s", sdir, de->d_name) > 0)
+				unlink(path);
 			continue;
 		}
-		if (!parse_run_name(de->d_name, &base))
+		if (len != 25 || !parse_run_name(de->d_name, &base))
 			continue;
-		snprintf(path, sizeof(path), "%s/%s", sdir, de->d_name);
+		if (snprintf(path, sizeof(path), "%s/%.25s", sdir, de->d_name) < 0)
+			continue;
 		struct dedup_gen g;
 		rc = dedup_gen_load(&g, path, d->shard, base, d->fp_per_million);
 		if (rc == 0)

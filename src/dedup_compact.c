@@ -242,7 +242,7 @@ int dedup_compact(struct dedup_shard *d)
 		int rc = dedup_compact_begin(d, &c);
 		if (rc <= 0)
 			return rc < 0 ? rc : merges;
-		(void)dedup_compact_run(c); /* its result is finish's */
+		rc = dedup_compact_run(c); /* its result is also finish's */
 		rc = dedup_compact_finish(d, c);
 		if (rc != 0)
 			return rc;

@@ -83,7 +83,7 @@ static void expect_state(struct dedup_shard *d)
 
 int main(void)
 {
-	char root[512], data[600], keysdir[700], cmd[800];
+	char root[512], data[600], keysdir[700], cmd[2048];
 	const char *t = getenv("TMPDIR");
 	snprintf(root, sizeof(root), "%s/tally-test-dedup-wal-%d", t ? t : "/tmp", (int)getpid());
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", root, root);
