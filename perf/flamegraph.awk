@@ -2,8 +2,8 @@
 # perf/flamegraph.awk — renders folded stacks ("a;b;c COUNT" per line, SORTED, as written by
 # perf/stackcollapse.awk | sort) into a self-contained SVG flame graph: x = share of samples,
 # y = stack depth (the root at the bottom), one box per frame; hovering shows name, samples, %.
-# Colours are a stable hash of the name (warm for our code and libraries, blue for kernel
-# frames) and carry no meaning beyond telling neighbours apart.
+# Colours are a stable hash of the name (warm for user space, blue for kernel frames, which
+# perf/stackcollapse.awk marks with "_[k]") and carry no meaning beyond telling neighbours apart.
 #
 # Variables (-v): title="...", width=1200 (pixels), minwidth=0.1 (pixels; narrower boxes are
 # dropped). Works with mawk and gawk. Layout is the usual flame graph "flow": frames shared by
@@ -82,7 +82,7 @@ END {
 		by = height - 10 - (bdepth[i] + 1) * fh
 		nm = bname[i]
 		h = hash(nm)
-		if (nm ~ /^(entry_|do_syscall|__x64_sys|__sys_|sys_|asm_|common_interrupt|__irq|handle_softirq|_raw_spin|ext4_|jbd2|blk_|io_uring|__io_|io_|futex|schedule|__schedule|try_to_wake|tcp_|ip_|__tcp|sock_|__sock|net_|__netif|__dev|dev_|skb_|__skb)/) {
+		if (nm ~ /_\[k\]$/) {
 			r = 80 + h % 60; g = 130 + h % 70; b = 200 + h % 55
 		} else {
 			r = 205 + h % 50; g = 80 + (h / 7) % 150; b = 30 + (h / 13) % 40

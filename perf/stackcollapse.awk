@@ -5,7 +5,7 @@
 #
 # A sample is a header line "COMM TID PERIOD" (COMM may contain spaces) followed by one line per
 # frame, innermost first: "ADDR SYMBOL (DSO)"; a blank line ends it. Frames perf could not name
-# ("[unknown]") are shown as "[dso]". Offsets ("+0x1f") are dropped; inlined frames stay (perf
+# ("[unknown]") are shown as "[dso]"; kernel frames get the suffix "_[k]". Offsets ("+0x1f") are dropped; inlined frames stay (perf
 # prints them as separate frames at the same address), so a flame graph shows inlined callers.
 # Works with mawk and gawk.
 
@@ -47,6 +47,8 @@ function flush(   s, i) {
 		sub(/.*\//, "", d)
 		line = "[" (d == "" ? "unknown" : d) "]"
 	}
+	if (dso ~ /^\[kernel/)
+		line = line "_[k]" # kernel frame, as the usual flame graph tools mark them
 	gsub(/;/, ":", line)
 	f[++n] = line
 }
