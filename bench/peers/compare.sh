@@ -291,7 +291,7 @@ machine() {
 	rm -f "$ROOT/syncprobe"
 	echo "- CPU: $(nproc) online CPU(s), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 	echo "- memory: $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
-	echo "- kernel: $(uname -sr)"
+	echo "- kernel: $(uname -sr); load average when the comparison started: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "- disk: $fs on $dev (driver ${drv:-?}, rotational=$rot as the kernel reports it)"
 	echo "- 4 KiB write + fdatasync (dd oflag=dsync, 500 writes): $lat µs each"
 	echo "- versions: $(nats-server --version 2>/dev/null | head -1 || echo 'nats-server -'), $(redis-server --version 2>/dev/null | awk '{print $1, $3}' | sed 's/v=//'), PostgreSQL $("$PGBIN/postgres" --version 2>/dev/null | awk '{print $3}')"
@@ -389,6 +389,8 @@ report() {
 	echo '```'
 }
 
+MACHINE="$MACHINE
+- load average when it ended: $(cut -d' ' -f1-3 /proc/loadavg)"
 REPORT=$(report)
 echo "$REPORT"
 if [ -n "$OUT" ]; then echo "$REPORT" >"$OUT"; fi
