@@ -16,3 +16,8 @@ if(TARGET tally_wal)
   tally_library(tally_dedup_wal SOURCES src/dedup_wal.c DEPS tally_dedup tally_wal tally_core)
   tally_test(test_dedup_wal SOURCES tests/test_dedup_wal.c DEPS tally_dedup_wal TIMEOUT 120)
 endif()
+
+# The .keys run loader is a parser of on-disk bytes: fuzzed (clang only).
+tally_fuzz(fuzz_dedup_run SOURCES tests/fuzz/fuzz_dedup_run.c src/dedup.c src/dedup_hot.c
+  src/dedup_cold.c src/dedup_compact.c DEPS PkgConfig::XXHASH m
+  CORPUS ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/dedup_run)
