@@ -50,6 +50,7 @@ struct broker_config {
 	uint64_t expected_keys;     /* per shard, dedup hot-table preallocation */
 	uint64_t segment_bytes_max;
 	uint32_t tick_idle_ms;
+	uint64_t rbuf_budget_bytes; /* all connections' receive buffers above their initial size */
 };
 
 struct broker_tenant {

@@ -82,6 +82,8 @@ struct conn {
 	bool want_write;
 	bool in_parse;     /* conn_parse() is on the stack: nested calls only ask for another pass */
 	bool reparse;
+	bool budget_waited;  /* logged once */
+	bool budget_waiting; /* counted in broker.budget_waiters */
 	uint32_t hold;     /* callers on the stack using this struct: it is not freed meanwhile */
 	bool recv_armed;   /* io_uring: the multishot recv is outstanding */
 	bool send_armed;   /* io_uring: a sendmsg is outstanding */
@@ -170,6 +172,8 @@ struct broker {
 	struct shard *shards[BROKER_SHARDS_MAX];
 	_Atomic uint32_t nconns;
 	_Atomic int64_t slots_live;  /* batch slots not yet freed, all workers */
+	_Atomic int64_t rbuf_extra;  /* receive-buffer bytes above NET_RBUF_INITIAL, all conns */
+	_Atomic int32_t budget_waiters; /* connections waiting for receive-buffer budget */
 	_Atomic bool stopping;
 	_Atomic int fatal;
 	uint64_t conn_ids;
@@ -190,6 +194,19 @@ static void conn_release(struct worker *w, struct conn *c)
 {
 	c->hold--;
 	conn_maybe_free(w, c);
+}
+
+/* Gives an empty receive buffer's memory above the initial size back to the budget. */
+static void conn_shrink_rbuf(struct worker *w, struct conn *c)
+{
+	if (c->rlen != 0 || c->rcap <= NET_RBUF_INITIAL)
+		return;
+	uint8_t *nb = realloc(c->rbuf, NET_RBUF_INITIAL);
+	if (!nb)
+		return;
+	atomic_fetch_sub(&w->b->rbuf_extra, (int64_t)c->rcap - NET_RBUF_INITIAL);
+	c->rbuf = nb;
+	c->rcap = NET_RBUF_INITIAL;
 }
 
 /* ------------------------------------------------------------------ slots */
@@ -630,9 +647,37 @@ static void conn_parse_pass(struct worker *w, struct conn *c)
 					   cfg->batch_events_max, &f, &need);
 		if (n == 0) {
 			if (need > c->rcap) {
-				/* Grow to the frame's size: bounded by the negotiated maximum. */
+				/* Grow to the frame's size: bounded by the negotiated maximum, and
+				   all connections together by the buffer budget. Over budget, the
+				   connection waits (reading paused) until others release memory. */
+				int64_t delta = (int64_t)need - c->rcap;
+				int64_t was = atomic_fetch_add(&w->b->rbuf_extra, delta);
+				if (was + delta > (int64_t)cfg->rbuf_budget_bytes) {
+					atomic_fetch_sub(&w->b->rbuf_extra, delta);
+					if (!c->budget_waiting) {
+						c->budget_waiting = true;
+						atomic_fetch_add(&w->b->budget_waiters, 1);
+					}
+					if (!c->budget_waited) {
+						c->budget_waited = true;
+						broker_log(LOG_INFO, "conn %llu: waits for receive-buffer "
+							   "budget (--max-buffer-mb)",
+							   (unsigned long long)c->id);
+					}
+					if (!c->stalled) {
+						c->stalled = true;
+						c->next_stalled = w->stalled;
+						w->stalled = c;
+					}
+					break;
+				}
+				if (c->budget_waiting) {
+					c->budget_waiting = false;
+					atomic_fetch_sub(&w->b->budget_waiters, 1);
+				}
 				uint8_t *nb = realloc(c->rbuf, need);
 				if (!nb) {
+					atomic_fetch_sub(&w->b->rbuf_extra, delta);
 					conn_send_error(w, c, PROTO_E_UNAVAILABLE, true, 0,
 							"out of memory");
 					break;
@@ -684,6 +729,11 @@ static void conn_parse_pass(struct worker *w, struct conn *c)
 		memmove(c->rbuf, c->rbuf + off, c->rlen - off);
 		c->rlen -= off;
 	}
+	/* An empty big buffer goes back to the initial size when the budget is half used or
+	   someone waits for it (idle connections also give theirs back, see worker_timers). */
+	if (!c->closed && (atomic_load(&w->b->budget_waiters) > 0 ||
+			   atomic_load(&w->b->rbuf_extra) > (int64_t)(cfg->rbuf_budget_bytes / 2)))
+		conn_shrink_rbuf(w, c);
 	if (!c->closed) {
 		c->partial_since_us = c->rlen > 0 ? (c->partial_since_us ? c->partial_since_us
 									  : w->now_us)
@@ -1118,6 +1168,9 @@ static void conn_maybe_free(struct worker *w, struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	w->nconns--;
+	atomic_fetch_sub(&w->b->rbuf_extra, (int64_t)c->rcap - NET_RBUF_INITIAL);
+	if (c->budget_waiting)
+		atomic_fetch_sub(&w->b->budget_waiters, 1);
 	free(c->rbuf);
 	free(c);
 }
@@ -1141,7 +1194,10 @@ static void worker_timers(struct worker *w)
 {
 	const struct broker_config *cfg = w->b->cfg;
 	int64_t now = w->now_us;
+	bool pressure = atomic_load(&w->b->budget_waiters) > 0;
 	for (struct conn *c = w->conns, *next; c; c = next) {
+		if (pressure && !c->closed)
+			conn_shrink_rbuf(w, c);
 		if (c->closed) {
 			next = c->next;
 			continue;

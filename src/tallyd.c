@@ -57,6 +57,7 @@ static void usage(FILE *f)
 		"  --max-inflight N       un-acknowledged batches per connection (default 64)\n"
 		"  --idle-timeout S       close idle connections after S seconds (default 300)\n"
 		"  --read-timeout S       a started frame must complete within S seconds (default 10)\n"
+		"  --max-buffer-mb N      receive buffers of all connections together (default 1024)\n"
 		"  --segment-bytes N      WAL segment roll size (default 128 MiB)\n"
 		"  --expected-keys N      dedup hot-table keys to preallocate per shard (default 1Mi)\n"
 		"  --sync-delay-us N      inject N us of latency per fdatasync (benchmarks)\n"
@@ -121,12 +122,13 @@ int main(int argc, char **argv)
 		.auth_fail_delay_ms = 500,
 		.expected_keys = 0,
 		.tick_idle_ms = 1000,
+		.rbuf_budget_bytes = 1024ull << 20,
 	};
 	const char *port_file = NULL;
 	enum {
 		O_LISTEN = 256, O_DATA, O_THREADS, O_SHARDS, O_IO, O_FSYNC, O_WINDOW, O_MAXAGE,
 		O_FUTURE, O_AUTH, O_INSECURE, O_CONNS, O_FRAME, O_BATCH, O_INFLIGHT, O_IDLE,
-		O_READ, O_SEGMENT, O_KEYS, O_SYNCDELAY, O_PORTFILE, O_LOG, O_HELP
+		O_READ, O_BUFMB, O_SEGMENT, O_KEYS, O_SYNCDELAY, O_PORTFILE, O_LOG, O_HELP
 	};
 	static const struct option opts[] = {
 		{"listen", 1, 0, O_LISTEN},       {"data", 1, 0, O_DATA},
@@ -138,6 +140,7 @@ int main(int argc, char **argv)
 		{"max-frame", 1, 0, O_FRAME},     {"max-batch", 1, 0, O_BATCH},
 		{"max-inflight", 1, 0, O_INFLIGHT}, {"idle-timeout", 1, 0, O_IDLE},
 		{"read-timeout", 1, 0, O_READ},   {"segment-bytes", 1, 0, O_SEGMENT},
+		{"max-buffer-mb", 1, 0, O_BUFMB},
 		{"expected-keys", 1, 0, O_KEYS},  {"sync-delay-us", 1, 0, O_SYNCDELAY},
 		{"port-file", 1, 0, O_PORTFILE},  {"log-level", 1, 0, O_LOG},
 		{"help", 0, 0, O_HELP},           {0, 0, 0, 0},
@@ -235,6 +238,11 @@ int main(int argc, char **argv)
 			if (parse_u64(optarg, 3600, &v) < 0 || v == 0)
 				bad = "--read-timeout wants 1..3600 seconds";
 			cfg.read_timeout_ms = (uint32_t)v * 1000;
+			break;
+		case O_BUFMB:
+			if (parse_u64(optarg, 1u << 20, &v) < 0 || v < 2)
+				bad = "--max-buffer-mb wants 2..1048576";
+			cfg.rbuf_budget_bytes = v << 20;
 			break;
 		case O_SEGMENT:
 			if (parse_u64(optarg, 1ull << 40, &v) < 0 || v < WAL_SEGMENT_BYTES_MIN)
