@@ -405,6 +405,20 @@ static void test_compaction(void)
 	CHECK(access(second, F_OK) != 0);
 	expect_stored(d, 40, 0, SEGS * SEG);
 
+	/* A merge whose output cannot be written changes nothing (its inputs stay, unbusy). */
+	CHECK_EQ_U(dedup_compact_begin(d, &c), 1);
+	char third_tmp[1100], third[1024];
+	CHECK(dedup_run_path(third, sizeof(third), dir, 3, 4 * SEG) == 0); /* next group: 4..7 */
+	snprintf(third_tmp, sizeof(third_tmp), "%s.tmp", third);
+	CHECK(mkdir(third_tmp, 0755) == 0);
+	CHECK(dedup_compact_run(c) == -EISDIR);
+	CHECK(dedup_compact_finish(d, c) == -EISDIR);
+	CHECK(rmdir(third_tmp) == 0);
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.generations, SEGS - 3);
+	CHECK(access(third, F_OK) == 0);
+	expect_stored(d, 40, 0, SEGS * SEG);
+
 	/* The rest synchronously: 4 more level-1 merges, then one level-2 merge of the first 4. */
 	int merges = dedup_compact(d);
 	CHECK(merges >= 4);

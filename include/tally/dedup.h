@@ -122,10 +122,11 @@ bool dedup_is_pending(const struct dedup_shard *d, uint64_t offset);
 
 /*
  * WAL segment [base_offset, next_offset) of this shard was sealed and is durable
- * (next_offset <= durable watermark, else -EINVAL). Writes its hot keys as the sorted run
- * <dir>/shard-NN/<20-digit base>.keys (tmp file, fdatasync, rename, dir fsync), builds its
- * bloom filter and sparse index, then drops the keys from the hot table. Owning thread only.
- * Cost: a scan of the hot table plus an O(k) sort and write of the k keys (see docs).
+ * (next_offset <= durable watermark, else -EINVAL). Takes its keys out of the hot table (one
+ * pass), writes them as the sorted run <dir>/shard-NN/<20-digit base>.keys (tmp file, rename;
+ * not synced: the run can be rebuilt from the WAL, a torn one fails verification at open) and
+ * installs its bloom filter and sparse index. On failure the keys go back into the hot table.
+ * Owning thread only; it stalls that thread ~150-220 ms per million keys (docs/dedup.md).
  * Returns 0 or -errno (-EEXIST if the range overlaps a loaded generation, -EINVAL without dir).
  */
 int dedup_seal_generation(struct dedup_shard *d, uint64_t base_offset, uint64_t next_offset,
