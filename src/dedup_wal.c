@@ -112,7 +112,7 @@ int dedup_recover_from_wal(struct dedup_shard *d, const char *data_dir, uint16_t
 				st->runs_rebuilt++;
 			}
 		}
-		if (max_t < stop_before)
+		if (max_t != INT64_MIN && max_t < stop_before) /* INT64_MIN: no events, no clue */
 			break;
 	}
 
