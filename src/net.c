@@ -59,6 +59,7 @@
 #define NET_URING_BGID     7
 #define NET_SHUTDOWN_SEND_MS 2000
 #define NET_SLOT_MSG_BYTES 256 /* room for a failed batch's ERROR message */
+#define NET_LINGER_MS      2000
 
 #define TAG_CHUNK  0u /* from -> to: events to run */
 #define TAG_RETURN 1u /* to -> from: chunk run, reusable */
@@ -69,7 +70,8 @@ enum conn_state {
 	CONN_HELLO = 0,  /* only HELLO accepted */
 	CONN_READY,      /* authenticated */
 	CONN_AUTHFAIL,   /* bad key: the ERROR goes out after auth_fail_delay_ms */
-	CONN_DRAIN,      /* fatal error queued: send what is queued, then close */
+	CONN_DRAIN,      /* fatal error queued: send what is queued, then linger */
+	CONN_LINGER,     /* FIN sent: input is read and dropped until EOF or close_at_us */
 };
 
 struct conn {
@@ -155,6 +157,7 @@ struct worker {
 	int64_t now_us;
 	int64_t last_timer_us;
 	bool stopping_seen;
+	bool lingering;
 	int64_t stop_deadline_us;
 };
 
@@ -184,6 +187,7 @@ static void conn_close(struct worker *w, struct conn *c);
 static void conn_try_send(struct worker *w, struct conn *c);
 static void conn_parse(struct worker *w, struct conn *c);
 static void conn_update_read(struct worker *w, struct conn *c);
+static void conn_linger(struct worker *w, struct conn *c);
 
 static void conn_hold(struct conn *c)
 {
@@ -232,8 +236,19 @@ static struct broker_slot *slot_alloc(struct worker *w, struct conn *c, uint32_t
 	s->len = 0;
 	s->sent = 0;
 	s->cap = (uint32_t)cap;
+	/*
+	 * seq_cst increment, then seq_cst load of `stopping`: a worker that stops after seeing
+	 * stopping == true and then slots_live == 0 can never miss a batch slot, because a slot
+	 * counted after that load sees stopping == true here and is refused (Dekker). So no
+	 * batch can send events to a worker that has already stopped.
+	 */
+	atomic_fetch_add(&w->b->slots_live, 1);
+	if (n > 0 && atomic_load(&w->b->stopping)) {
+		atomic_fetch_sub(&w->b->slots_live, 1);
+		free(s);
+		return NULL;
+	}
 	c->inflight++;
-	atomic_fetch_add_explicit(&w->b->slots_live, 1, memory_order_relaxed);
 	return s;
 }
 
@@ -555,8 +570,12 @@ static bool handle_batch(struct worker *w, struct conn *c, const struct proto_ba
 	for (uint16_t to = 0; to < nw; to++)
 		if (to != w->id && !chunk_reserve(w, to, bt->event_count, bt->events.len))
 			return false;
+	if (atomic_load(&b->stopping))
+		return false; /* shutting down: not taken, no ACK; the client resends it */
 	struct broker_slot *s = slot_alloc(w, c, bt->event_count, bt->request_id);
 	if (!s) {
+		if (atomic_load(&b->stopping))
+			return false;
 		conn_send_error(w, c, PROTO_E_UNAVAILABLE, false, bt->request_id, "out of memory");
 		return true;
 	}
@@ -706,7 +725,7 @@ static void conn_parse_pass(struct worker *w, struct conn *c)
 			handle_hello(w, c, &f.u.hello);
 		} else if (f.type == PROTO_BATCH) {
 			if (!handle_batch(w, c, &f.u.batch)) {
-				if (!c->stalled) {
+				if (!c->stalled && !atomic_load(&w->b->stopping)) {
 					c->stalled = true;
 					c->next_stalled = w->stalled;
 					w->stalled = c;
@@ -747,7 +766,11 @@ static void conn_parse_pass(struct worker *w, struct conn *c)
 /* Should the connection be reading right now? */
 static bool conn_wants_read(struct worker *w, const struct conn *c)
 {
-	if (c->closed || c->stalled || atomic_load(&w->b->stopping))
+	if (c->closed)
+		return false;
+	if (c->state == CONN_LINGER)
+		return true; /* read and drop until EOF */
+	if (c->stalled || atomic_load(&w->b->stopping))
 		return false;
 	if (c->state != CONN_HELLO && c->state != CONN_READY)
 		return false;
@@ -796,7 +819,28 @@ static void conn_update_read(struct worker *w, struct conn *c)
 static void conn_on_input(struct worker *w, struct conn *c)
 {
 	c->last_rx_us = w->now_us;
+	if (c->state == CONN_LINGER) {
+		c->rlen = 0;
+		conn_update_read(w, c);
+		return;
+	}
 	conn_parse(w, c);
+}
+
+/*
+ * Closes gracefully: FIN after every queued frame, then input is read and dropped until the
+ * client closes or NET_LINGER_MS pass. Closing with unread input would make the kernel reset
+ * the connection and discard frames it had not yet delivered (an ACK, an ERROR).
+ */
+static void conn_linger(struct worker *w, struct conn *c)
+{
+	if (c->closed || c->state == CONN_LINGER)
+		return;
+	shutdown(c->fd, SHUT_WR);
+	c->state = CONN_LINGER;
+	c->close_at_us = w->now_us + NET_LINGER_MS * 1000LL;
+	c->rlen = 0;
+	conn_update_read(w, c);
 }
 
 static void conn_try_send(struct worker *w, struct conn *c)
@@ -843,7 +887,7 @@ static void conn_try_send(struct worker *w, struct conn *c)
 		epoll_update(w, c);
 	}
 	if (!c->sq_head && c->state == CONN_DRAIN) {
-		conn_close(w, c);
+		conn_linger(w, c);
 		return;
 	}
 	/* Sending freed slots: the connection may take frames again. */
@@ -1009,7 +1053,7 @@ static void uring_on_send(struct worker *w, struct conn *c, int res)
 		slot_free(w, s);
 	}
 	if (!c->sq_head && c->state == CONN_DRAIN) {
-		conn_close(w, c);
+		conn_linger(w, c);
 		return;
 	}
 	uring_arm_send(w, c);
@@ -1207,7 +1251,8 @@ static void worker_timers(struct worker *w)
 			conn_send_error(w, c, PROTO_E_TIMEOUT, true, 0, "no HELLO in time");
 		} else if (c->state == CONN_AUTHFAIL && now >= c->close_at_us) {
 			conn_send_error(w, c, PROTO_E_AUTH, true, 0, "unknown API key");
-		} else if (c->state == CONN_DRAIN && now >= c->close_at_us) {
+		} else if ((c->state == CONN_DRAIN || c->state == CONN_LINGER) &&
+			   now >= c->close_at_us) {
 			conn_close(w, c);
 		} else if (c->partial_since_us && c->state == CONN_READY && !c->stalled &&
 			   c->inflight < cfg->inflight_max &&
@@ -1291,9 +1336,25 @@ static bool worker_turn(struct worker *w)
 		for (struct conn *c = w->conns; c; c = c->next)
 			if (!c->closed && c->sq_head)
 				sends_pending = true;
-		if (atomic_load(&b->slots_live) == 0 && worker_quiet(w) && !sends_pending)
-			return false;
-		if (w->now_us > w->stop_deadline_us) {
+		if (!w->lingering && atomic_load(&b->slots_live) == 0 && worker_quiet(w) &&
+		    !sends_pending) {
+			/* Everything answered: close every connection gracefully, then stop. */
+			w->lingering = true;
+			w->stop_deadline_us = w->now_us + (NET_LINGER_MS + 500) * 1000LL;
+			for (struct conn *c = w->conns, *next; c; c = next) {
+				next = c->next;
+				conn_hold(c);
+				conn_linger(w, c);
+				conn_release(w, c);
+			}
+		}
+		if (w->lingering) {
+			bool open = false;
+			for (struct conn *c = w->conns; c; c = c->next)
+				open |= !c->closed;
+			if (!open || w->now_us > w->stop_deadline_us)
+				return false;
+		} else if (w->now_us > w->stop_deadline_us) {
 			broker_log(LOG_WARN, "worker %u: shutdown deadline passed with batches in "
 					     "flight (clients will retry them)", w->id);
 			return false;
