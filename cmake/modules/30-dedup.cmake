@@ -9,6 +9,7 @@ tally_library(tally_dedup SOURCES src/dedup.c src/dedup_hot.c src/dedup_cold.c s
 tally_test(test_dedup SOURCES tests/test_dedup.c DEPS tally_dedup TIMEOUT 120)
 tally_test(test_dedup_cold SOURCES tests/test_dedup_cold.c DEPS tally_dedup Threads::Threads
   TIMEOUT 120 LABELS tsan)
+tally_test(test_dedup_model SOURCES tests/test_dedup_model.c DEPS tally_dedup TIMEOUT 120)
 tally_bench(bench_dedup SOURCES bench/bench_dedup.c DEPS tally_dedup)
 
 # Restart wiring with the WAL (dedup_recover_from_wal), apart so tally_dedup needs no WAL.
