@@ -40,8 +40,8 @@ struct peer_worker {
 	struct bench_gen gen;
 	struct bench_gen_event ev;
 	struct peer_ev *evs;
-	char *keys;       /* batch x (BENCH_GEN_KEY_BYTES + 1) */
-	uint8_t *bodies;  /* batch x TALLY_EVENT_BYTES_MAX */
+	char *keys;      /* batch x (BENCH_GEN_KEY_BYTES + 1) */
+	uint8_t *bodies; /* batch x TALLY_EVENT_BYTES_MAX */
 	struct bench_hist hist;
 	uint64_t quota;
 	uint64_t sent, accepted, fresh, dups_planned;
@@ -124,23 +124,23 @@ static void *worker_main(void *arg)
 static void usage(const struct peer_ops *ops, FILE *f)
 {
 	fprintf(f,
-		"usage: peer-%s [options]\n"
-		"Sends tally-bench's generated events to %s (closed loop, one batch in flight per\n"
-		"connection, deduplicated by idempotency key), then checks the stored count.\n\n"
-		"  --target T          %s\n"
-		"  --connections N     connections, one thread each (default 4, max %u)\n"
-		"  --batch N           events per batch (default 100, max %u)\n"
-		"  --events N          events in total (default 200000)\n"
-		"  --seed N            generator seed (default 1; as tally-bench --seed)\n"
-		"  --customers N       customer population (default 10000)\n"
-		"  --payload-bytes N   encoded body size (default 150)\n"
-		"  --dup-rate X        exact resends: 0.1, 10%%, 1000ppm (default 0)\n"
-		"  --base-time-us T    event time of the first event (default: now)\n"
-		"  --json              one JSON object on stdout\n"
-		"  --help              this text\n\n"
-		"Exit status: 0 ok, 1 stored/accepted count differs from the unique count,\n"
-		"2 usage, 3 could not set up or connect, 4 a batch failed.\n",
-		ops->name, ops->name, ops->target_help, PEER_CONNS_MAX, PEER_BATCH_MAX);
+	        "usage: peer-%s [options]\n"
+	        "Sends tally-bench's generated events to %s (closed loop, one batch in flight per\n"
+	        "connection, deduplicated by idempotency key), then checks the stored count.\n\n"
+	        "  --target T          %s\n"
+	        "  --connections N     connections, one thread each (default 4, max %u)\n"
+	        "  --batch N           events per batch (default 100, max %u)\n"
+	        "  --events N          events in total (default 200000)\n"
+	        "  --seed N            generator seed (default 1; as tally-bench --seed)\n"
+	        "  --customers N       customer population (default 10000)\n"
+	        "  --payload-bytes N   encoded body size (default 150)\n"
+	        "  --dup-rate X        exact resends: 0.1, 10%%, 1000ppm (default 0)\n"
+	        "  --base-time-us T    event time of the first event (default: now)\n"
+	        "  --json              one JSON object on stdout\n"
+	        "  --help              this text\n\n"
+	        "Exit status: 0 ok, 1 stored/accepted count differs from the unique count,\n"
+	        "2 usage, 3 could not set up or connect, 4 a batch failed.\n",
+	        ops->name, ops->name, ops->target_help, PEER_CONNS_MAX, PEER_BATCH_MAX);
 }
 
 static int parse_u64(const char *s, uint64_t *out)
@@ -156,8 +156,19 @@ static int parse_u64(const char *s, uint64_t *out)
 
 static int parse_args(const struct peer_ops *ops, int argc, char **argv, struct peer_opts *o)
 {
-	enum { O_TARGET = 1, O_CONNS, O_BATCH, O_EVENTS, O_SEED, O_CUST, O_PAYLOAD, O_DUP,
-	       O_BASE, O_JSON, O_HELP };
+	enum {
+		O_TARGET = 1,
+		O_CONNS,
+		O_BATCH,
+		O_EVENTS,
+		O_SEED,
+		O_CUST,
+		O_PAYLOAD,
+		O_DUP,
+		O_BASE,
+		O_JSON,
+		O_HELP
+	};
 	static const struct option lo[] = {
 	    {"target", required_argument, 0, O_TARGET},
 	    {"connections", required_argument, 0, O_CONNS},
@@ -191,8 +202,12 @@ static int parse_args(const struct peer_ops *ops, int argc, char **argv, struct 
 			bad = parse_u64(a, &u) || u == 0 || u > PEER_BATCH_MAX;
 			o->batch = (uint32_t)u;
 			break;
-		case O_EVENTS: bad = parse_u64(a, &o->events) || o->events == 0; break;
-		case O_SEED: bad = parse_u64(a, &o->seed); break;
+		case O_EVENTS:
+			bad = parse_u64(a, &o->events) || o->events == 0;
+			break;
+		case O_SEED:
+			bad = parse_u64(a, &o->seed);
+			break;
 		case O_CUST:
 			bad = parse_u64(a, &u) || u == 0 || u > BENCH_GEN_CUSTOMERS_MAX;
 			o->customers = (uint32_t)u;
@@ -201,18 +216,26 @@ static int parse_args(const struct peer_ops *ops, int argc, char **argv, struct 
 			bad = parse_u64(a, &u) || u > BENCH_GEN_PAYLOAD_BYTES_MAX;
 			o->payload_bytes = (uint32_t)u;
 			break;
-		case O_DUP: bad = bench_gen_parse_rate(a, &o->dup_ppm) != 0; break;
+		case O_DUP:
+			bad = bench_gen_parse_rate(a, &o->dup_ppm) != 0;
+			break;
 		case O_BASE:
 			bad = parse_u64(a, &u) || u == 0 || u > (uint64_t)INT64_MAX;
 			o->base_time_us = (int64_t)u;
 			break;
-		case O_JSON: o->json = 1; break;
-		case O_HELP: usage(ops, stdout); exit(0);
-		default: usage(ops, stderr); return -1;
+		case O_JSON:
+			o->json = 1;
+			break;
+		case O_HELP:
+			usage(ops, stdout);
+			exit(0);
+		default:
+			usage(ops, stderr);
+			return -1;
 		}
 		if (bad) {
 			fprintf(stderr, "peer-%s: bad value for --%s: '%s'\n", ops->name,
-				lo[c - 1].name, a);
+			        lo[c - 1].name, a);
 			return -1;
 		}
 	}
@@ -226,6 +249,126 @@ static int parse_args(const struct peer_ops *ops, int argc, char **argv, struct 
 static double ms(uint64_t us)
 {
 	return (double)us / 1000.0; /* display only */
+}
+
+/* The load and the report; ws[] and all are allocated by the caller (and freed by it). */
+static int peer_run(const struct peer_ops *ops, struct peer_opts *o, struct peer_worker *ws,
+                    struct bench_hist *all)
+{
+	char err[PEER_ERR_BYTES] = "";
+	pthread_barrier_t barrier;
+	if (pthread_barrier_init(&barrier, NULL, o->connections + 1)) {
+		fprintf(stderr, "peer-%s: cannot create a barrier\n", ops->name);
+		return 3;
+	}
+	for (uint32_t i = 0; i < o->connections; i++) {
+		struct peer_worker *w = &ws[i];
+		w->id = i;
+		w->ops = ops;
+		w->o = o;
+		w->barrier = &barrier;
+		w->quota = o->events / o->connections + (i < o->events % o->connections ? 1 : 0);
+		w->evs = calloc(o->batch, sizeof(*w->evs));
+		w->keys = malloc((size_t)o->batch * (BENCH_GEN_KEY_BYTES + 1));
+		w->bodies = malloc((size_t)o->batch * TALLY_EVENT_BYTES_MAX);
+		struct bench_gen_config gc = {
+		    .seed = o->seed,
+		    .stream = i,
+		    .customers = o->customers,
+		    .payload_bytes = o->payload_bytes,
+		    .dup_ppm = o->dup_ppm,
+		    .skew_us = PEER_SKEW_US_DEF,
+		    .base_time_us = o->base_time_us,
+		    .time_step_us = 1,
+		    .ref_lag = 2 * o->batch, /* as tally-bench --inflight 1 */
+		};
+		if (!w->evs || !w->keys || !w->bodies ||
+		    bench_hist_init(&w->hist, BENCH_HIST_HIGHEST_US_DEF) ||
+		    bench_gen_init(&w->gen, &gc)) {
+			fprintf(stderr, "peer-%s: cannot initialise connection %u\n", ops->name, i);
+			return 3;
+		}
+	}
+	for (uint32_t i = 0; i < o->connections; i++) {
+		if (pthread_create(&ws[i].thread, NULL, worker_main, &ws[i])) {
+			/* The threads already started wait at the barrier: nothing to unwind. */
+			fprintf(stderr, "peer-%s: cannot start thread\n", ops->name);
+			exit(3);
+		}
+	}
+	pthread_barrier_wait(&barrier); /* all connected */
+	int64_t t_start = now_ns();
+	pthread_barrier_wait(&barrier); /* go */
+	for (uint32_t i = 0; i < o->connections; i++)
+		pthread_join(ws[i].thread, NULL);
+	pthread_barrier_destroy(&barrier);
+
+	uint64_t sent = 0, accepted = 0, fresh = 0, dups_planned = 0;
+	int64_t t_end = t_start;
+	int failed = 0;
+	for (uint32_t i = 0; i < o->connections; i++) {
+		struct peer_worker *w = &ws[i];
+		if (w->failed) {
+			fprintf(stderr, "peer-%s: connection %u: %s\n", ops->name, i, w->err);
+			failed = w->conn ? 4 : 3;
+		}
+		if (bench_hist_merge(all, &w->hist))
+			return 3;
+		sent += w->sent;
+		accepted += w->accepted;
+		fresh += w->fresh;
+		dups_planned += w->dups_planned;
+		if (w->last_ack_ns > t_end)
+			t_end = w->last_ack_ns;
+	}
+	if (failed)
+		return failed;
+
+	uint64_t stored = 0;
+	if (ops->stored_count(o, &stored, err, sizeof(err))) {
+		fprintf(stderr, "peer-%s: cannot count stored events: %s\n", ops->name, err);
+		return 3;
+	}
+	uint64_t wall_us_run = (uint64_t)(t_end - t_start) / 1000;
+	if (!wall_us_run)
+		wall_us_run = 1;
+	uint64_t eps = (uint64_t)((unsigned __int128)sent * 1000000u / wall_us_run);
+	bool ok = stored == fresh && accepted == fresh;
+	uint64_t p50 = bench_hist_percentile(all, 500000), p90 = bench_hist_percentile(all, 900000),
+	         p99 = bench_hist_percentile(all, 990000),
+	         p999 = bench_hist_percentile(all, 999000);
+
+	if (o->json) {
+		printf("{\"peer\":\"%s\",\"connections\":%u,\"batch\":%u,\"inflight\":1,\"seed\":"
+		       "%" PRIu64 ",\"payload_bytes\":%u,\"dup_ppm\":%u,\"events\":%" PRIu64
+		       ",\"wall_ms\":%" PRIu64 ",\"events_per_s\":%" PRIu64
+		       ",\"latency_us\":{\"batches\":%" PRIu64 ",\"p50\":%" PRIu64
+		       ",\"p90\":%" PRIu64 ",\"p99\":%" PRIu64 ",\"p999\":%" PRIu64
+		       ",\"max\":%" PRIu64 ",\"mean\":%" PRIu64 "},\"unique\":%" PRIu64
+		       ",\"accepted\":%" PRIu64 ",\"duplicates\":%" PRIu64
+		       ",\"dups_planned\":%" PRIu64 ",\"stored\":%" PRIu64 ",\"ok\":%s}\n",
+		       ops->name, o->connections, o->batch, o->seed, o->payload_bytes, o->dup_ppm,
+		       sent, wall_us_run / 1000, eps, all->total, p50, p90, p99, p999, all->max,
+		       bench_hist_mean(all), fresh, accepted, sent - accepted, dups_planned, stored,
+		       ok ? "true" : "false");
+	} else {
+		printf("peer-%s: %u connection(s), batch %u, 1 batch in flight per connection\n"
+		       "  events       %" PRIu64 " in %.3f s: %" PRIu64 " events/s\n"
+		       "  ack latency  %" PRIu64 " batches: p50 %.3f ms p90 %.3f ms p99 %.3f ms "
+		       "p99.9 %.3f ms max %.3f ms\n"
+		       "  receipts     new %" PRIu64 ", duplicate %" PRIu64
+		       " (planned resends %" PRIu64 ")\n"
+		       "  stored       %" PRIu64 ", unique events sent %" PRIu64 ": %s\n",
+		       ops->name, o->connections, o->batch, sent, (double)wall_us_run / 1e6, eps,
+		       all->total, ms(p50), ms(p90), ms(p99), ms(p999), ms(all->max), accepted,
+		       sent - accepted, dups_planned, stored, fresh, ok ? "ok" : "MISMATCH");
+	}
+	if (!ok)
+		fprintf(stderr,
+		        "peer-%s: stored %" PRIu64 ", acknowledged as new %" PRIu64
+		        ", unique %" PRIu64 ": MISMATCH\n",
+		        ops->name, stored, accepted, fresh);
+	return ok ? 0 : 1;
 }
 
 int peer_main(const struct peer_ops *ops, int argc, char **argv)
@@ -251,115 +394,21 @@ int peer_main(const struct peer_ops *ops, int argc, char **argv)
 	}
 
 	struct peer_worker *ws = calloc(o.connections, sizeof(*ws));
-	pthread_barrier_t barrier;
-	if (!ws || pthread_barrier_init(&barrier, NULL, o.connections + 1)) {
+	struct bench_hist all = {0};
+	int rc = 3;
+	if (!ws || bench_hist_init(&all, BENCH_HIST_HIGHEST_US_DEF)) {
 		fprintf(stderr, "peer-%s: out of memory\n", ops->name);
-		return 3;
+		goto out_free;
 	}
-	for (uint32_t i = 0; i < o.connections; i++) {
-		struct peer_worker *w = &ws[i];
-		w->id = i;
-		w->ops = ops;
-		w->o = &o;
-		w->barrier = &barrier;
-		w->quota = o.events / o.connections + (i < o.events % o.connections ? 1 : 0);
-		w->evs = calloc(o.batch, sizeof(*w->evs));
-		w->keys = malloc((size_t)o.batch * (BENCH_GEN_KEY_BYTES + 1));
-		w->bodies = malloc((size_t)o.batch * TALLY_EVENT_BYTES_MAX);
-		struct bench_gen_config gc = {
-		    .seed = o.seed,
-		    .stream = i,
-		    .customers = o.customers,
-		    .payload_bytes = o.payload_bytes,
-		    .dup_ppm = o.dup_ppm,
-		    .skew_us = PEER_SKEW_US_DEF,
-		    .base_time_us = o.base_time_us,
-		    .time_step_us = 1,
-		    .ref_lag = 2 * o.batch, /* as tally-bench --inflight 1 */
-		};
-		if (!w->evs || !w->keys || !w->bodies ||
-		    bench_hist_init(&w->hist, BENCH_HIST_HIGHEST_US_DEF) ||
-		    bench_gen_init(&w->gen, &gc)) {
-			fprintf(stderr, "peer-%s: cannot initialise connection %u\n", ops->name, i);
-			return 3;
-		}
+	rc = peer_run(ops, &o, ws, &all);
+out_free:
+	for (uint32_t i = 0; ws && i < o.connections; i++) {
+		free(ws[i].evs);
+		free(ws[i].keys);
+		free(ws[i].bodies);
+		bench_hist_free(&ws[i].hist);
 	}
-	for (uint32_t i = 0; i < o.connections; i++) {
-		if (pthread_create(&ws[i].thread, NULL, worker_main, &ws[i])) {
-			fprintf(stderr, "peer-%s: cannot start thread\n", ops->name);
-			return 3;
-		}
-	}
-	pthread_barrier_wait(&barrier); /* all connected */
-	int64_t t_start = now_ns();
-	pthread_barrier_wait(&barrier); /* go */
-	for (uint32_t i = 0; i < o.connections; i++)
-		pthread_join(ws[i].thread, NULL);
-
-	struct bench_hist all;
-	if (bench_hist_init(&all, BENCH_HIST_HIGHEST_US_DEF))
-		return 3;
-	uint64_t sent = 0, accepted = 0, fresh = 0, dups_planned = 0;
-	int64_t t_end = t_start;
-	int failed = 0;
-	for (uint32_t i = 0; i < o.connections; i++) {
-		struct peer_worker *w = &ws[i];
-		if (w->failed) {
-			fprintf(stderr, "peer-%s: connection %u: %s\n", ops->name, i, w->err);
-			failed = w->conn ? 4 : 3;
-		}
-		if (bench_hist_merge(&all, &w->hist))
-			return 3;
-		sent += w->sent;
-		accepted += w->accepted;
-		fresh += w->fresh;
-		dups_planned += w->dups_planned;
-		if (w->last_ack_ns > t_end)
-			t_end = w->last_ack_ns;
-	}
-	if (failed)
-		return failed;
-
-	uint64_t stored = 0;
-	if (ops->stored_count(&o, &stored, err, sizeof(err))) {
-		fprintf(stderr, "peer-%s: cannot count stored events: %s\n", ops->name, err);
-		return 3;
-	}
-	uint64_t wall_us_run = (uint64_t)(t_end - t_start) / 1000;
-	if (!wall_us_run)
-		wall_us_run = 1;
-	uint64_t eps = (uint64_t)((unsigned __int128)sent * 1000000u / wall_us_run);
-	bool ok = stored == fresh && accepted == fresh;
-	uint64_t p50 = bench_hist_percentile(&all, 500000), p90 = bench_hist_percentile(&all, 900000),
-		 p99 = bench_hist_percentile(&all, 990000), p999 = bench_hist_percentile(&all, 999000);
-
-	if (o.json) {
-		printf("{\"peer\":\"%s\",\"connections\":%u,\"batch\":%u,\"inflight\":1,\"seed\":%" PRIu64
-		       ",\"payload_bytes\":%u,\"dup_ppm\":%u,\"events\":%" PRIu64
-		       ",\"wall_ms\":%" PRIu64 ",\"events_per_s\":%" PRIu64
-		       ",\"latency_us\":{\"batches\":%" PRIu64 ",\"p50\":%" PRIu64 ",\"p90\":%" PRIu64
-		       ",\"p99\":%" PRIu64 ",\"p999\":%" PRIu64 ",\"max\":%" PRIu64 ",\"mean\":%" PRIu64
-		       "},\"unique\":%" PRIu64 ",\"accepted\":%" PRIu64 ",\"duplicates\":%" PRIu64
-		       ",\"dups_planned\":%" PRIu64 ",\"stored\":%" PRIu64 ",\"ok\":%s}\n",
-		       ops->name, o.connections, o.batch, o.seed, o.payload_bytes, o.dup_ppm, sent,
-		       wall_us_run / 1000, eps, all.total, p50, p90, p99, p999, all.max,
-		       bench_hist_mean(&all), fresh, accepted, sent - accepted, dups_planned, stored,
-		       ok ? "true" : "false");
-	} else {
-		printf("peer-%s: %u connection(s), batch %u, 1 batch in flight per connection\n"
-		       "  events       %" PRIu64 " in %.3f s: %" PRIu64 " events/s\n"
-		       "  ack latency  %" PRIu64 " batches: p50 %.3f ms p90 %.3f ms p99 %.3f ms "
-		       "p99.9 %.3f ms max %.3f ms\n"
-		       "  receipts     new %" PRIu64 ", duplicate %" PRIu64 " (planned resends %" PRIu64
-		       ")\n"
-		       "  stored       %" PRIu64 ", unique events sent %" PRIu64 ": %s\n",
-		       ops->name, o.connections, o.batch, sent, (double)wall_us_run / 1e6, eps,
-		       all.total, ms(p50), ms(p90), ms(p99), ms(p999), ms(all.max), accepted,
-		       sent - accepted, dups_planned, stored, fresh, ok ? "ok" : "MISMATCH");
-	}
-	if (!ok)
-		fprintf(stderr, "peer-%s: stored %" PRIu64 ", acknowledged as new %" PRIu64
-				", unique %" PRIu64 ": MISMATCH\n",
-			ops->name, stored, accepted, fresh);
-	return ok ? 0 : 1;
+	free(ws);
+	bench_hist_free(&all);
+	return rc;
 }

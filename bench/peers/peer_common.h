@@ -21,14 +21,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PEER_CONNS_MAX   64u
-#define PEER_BATCH_MAX   1000u
-#define PEER_TARGET_MAX  512u
-#define PEER_ERR_BYTES   256u
+#define PEER_CONNS_MAX  64u
+#define PEER_BATCH_MAX  1000u
+#define PEER_TARGET_MAX 512u
+#define PEER_ERR_BYTES  256u
 
 /* One event of a batch: views into the driver's per-connection buffers. */
 struct peer_ev {
-	const char *key;     /* NUL-terminated idempotency key */
+	const char *key; /* NUL-terminated idempotency key */
 	uint32_t key_len;
 	const uint8_t *body; /* canonical event body (include/tally/event.h) */
 	uint32_t body_len;
@@ -48,8 +48,8 @@ struct peer_opts {
 };
 
 struct peer_ops {
-	const char *name;          /* "nats", "redis", "pg" */
-	const char *target_help;   /* what --target means, with the default */
+	const char *name;        /* "nats", "redis", "pg" */
+	const char *target_help; /* what --target means, with the default */
 	const char *target_def;
 	/* Creates the stream/table/script. Returns 0 or -1 with a message in err. */
 	int (*setup)(const struct peer_opts *o, char *err, size_t err_len);
@@ -61,11 +61,11 @@ struct peer_ops {
 	 * a message in err.
 	 */
 	int (*send_batch)(void *conn, const struct peer_ev *evs, uint32_t n, uint32_t *accepted_out,
-			  char *err, size_t err_len);
+	                  char *err, size_t err_len);
 	void (*conn_close)(void *conn);
 	/* Events stored by the peer in total. Returns 0 or -1 with a message in err. */
 	int (*stored_count)(const struct peer_opts *o, uint64_t *count_out, char *err,
-			    size_t err_len);
+	                    size_t err_len);
 };
 
 /* Runs the benchmark for `ops` with the command line; returns the process exit status. */

@@ -35,9 +35,9 @@ struct nats_conn {
 	jsCtx *js;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	uint32_t acks;       /* acks (or errors) seen for the current batch */
-	uint32_t added;      /* non-duplicate acks of the current batch */
-	uint32_t errors;     /* error acks of the current batch */
+	uint32_t acks;   /* acks (or errors) seen for the current batch */
+	uint32_t added;  /* non-duplicate acks of the current batch */
+	uint32_t errors; /* error acks of the current batch */
 	char err[PEER_ERR_BYTES];
 };
 
@@ -51,8 +51,9 @@ static void nats_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, vo
 	} else {
 		c->errors++;
 		if (pae && !c->err[0])
-			snprintf(c->err, sizeof(c->err), "publish ack error %d: %s", (int)pae->ErrCode,
-				 pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
+			snprintf(c->err, sizeof(c->err), "publish ack error %d: %s",
+			         (int)pae->ErrCode,
+			         pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
 	}
 	c->acks++;
 	pthread_cond_signal(&c->cv);
@@ -95,8 +96,8 @@ static int nats_setup(const struct peer_opts *o, char *err, size_t err_len)
 	jsErrCode jerr = 0;
 	s = js_AddStream(&si, js, &cfg, NULL, &jerr);
 	if (s != NATS_OK) {
-		snprintf(err, err_len, "add stream: %s (JetStream error %d): %s", natsStatus_GetText(s),
-			 (int)jerr, nats_GetLastError(NULL));
+		snprintf(err, err_len, "add stream: %s (JetStream error %d): %s",
+		         natsStatus_GetText(s), (int)jerr, nats_GetLastError(NULL));
 		goto out_js;
 	}
 	jsStreamInfo_Destroy(si);
@@ -140,7 +141,7 @@ out_free:
 }
 
 static int nats_send(void *conn, const struct peer_ev *evs, uint32_t n, uint32_t *accepted_out,
-		     char *err, size_t err_len)
+                     char *err, size_t err_len)
 {
 	struct nats_conn *c = conn;
 	pthread_mutex_lock(&c->mu);
@@ -151,8 +152,8 @@ static int nats_send(void *conn, const struct peer_ev *evs, uint32_t n, uint32_t
 		jsPubOptions_Init(&po);
 		po.MsgId = evs[i].key;
 		po.MaxWait = NATS_ACK_WAIT_MS;
-		natsStatus s = js_PublishAsync(c->js, NATS_SUBJECT, evs[i].body, (int)evs[i].body_len,
-					       &po);
+		natsStatus s =
+		    js_PublishAsync(c->js, NATS_SUBJECT, evs[i].body, (int)evs[i].body_len, &po);
 		if (s != NATS_OK) {
 			snprintf(err, err_len, "publish: %s", natsStatus_GetText(s));
 			return -1;

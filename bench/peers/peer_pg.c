@@ -35,7 +35,7 @@ static PGconn *pg_connect(const struct peer_opts *o, char *err, size_t err_len)
 	PGconn *pg = PQconnectdb(o->target);
 	if (!pg || PQstatus(pg) != CONNECTION_OK) {
 		snprintf(err, err_len, "connect '%s': %s", o->target,
-			 pg ? PQerrorMessage(pg) : "no memory");
+		         pg ? PQerrorMessage(pg) : "no memory");
 		if (pg)
 			PQfinish(pg);
 		return NULL;
@@ -62,9 +62,9 @@ static int pg_setup(const struct peer_opts *o, char *err, size_t err_len)
 	if (!pg)
 		return -1;
 	int rv = pg_exec(pg,
-			 "CREATE TABLE IF NOT EXISTS tally_events (key text PRIMARY KEY, "
-			 "body bytea NOT NULL)",
-			 err, err_len);
+	                 "CREATE TABLE IF NOT EXISTS tally_events (key text PRIMARY KEY, "
+	                 "body bytea NOT NULL)",
+	                 err, err_len);
 	PQfinish(pg);
 	return rv;
 }
@@ -121,10 +121,11 @@ static const char *pg_stmt(struct pg_conn *c, uint32_t n, char *err, size_t err_
 			return NULL;
 		c->prepared_n[slot] = 0;
 	}
-	size_t off = (size_t)snprintf(c->sql, c->sql_cap, "INSERT INTO tally_events (key, body) VALUES ");
+	size_t off =
+	    (size_t)snprintf(c->sql, c->sql_cap, "INSERT INTO tally_events (key, body) VALUES ");
 	for (uint32_t i = 0; i < n; i++)
 		off += (size_t)snprintf(c->sql + off, c->sql_cap - off, "%s($%u,$%u)", i ? "," : "",
-					2 * i + 1, 2 * i + 2);
+		                        2 * i + 1, 2 * i + 2);
 	snprintf(c->sql + off, c->sql_cap - off, " ON CONFLICT (key) DO NOTHING");
 	PGresult *r = PQprepare(c->pg, names[slot], c->sql, 0, NULL);
 	int st = PQresultStatus(r);
@@ -138,7 +139,7 @@ static const char *pg_stmt(struct pg_conn *c, uint32_t n, char *err, size_t err_
 }
 
 static int pg_send(void *conn, const struct peer_ev *evs, uint32_t n, uint32_t *accepted_out,
-		   char *err, size_t err_len)
+                   char *err, size_t err_len)
 {
 	struct pg_conn *c = conn;
 	const char *stmt = pg_stmt(c, n, err, err_len);
@@ -150,7 +151,8 @@ static int pg_send(void *conn, const struct peer_ev *evs, uint32_t n, uint32_t *
 		c->values[2 * i + 1] = (const char *)evs[i].body;
 		c->lengths[2 * i + 1] = (int)evs[i].body_len;
 	}
-	PGresult *r = PQexecPrepared(c->pg, stmt, (int)(2 * n), c->values, c->lengths, c->formats, 0);
+	PGresult *r =
+	    PQexecPrepared(c->pg, stmt, (int)(2 * n), c->values, c->lengths, c->formats, 0);
 	int rv = -1;
 	if (PQresultStatus(r) != PGRES_COMMAND_OK) {
 		snprintf(err, err_len, "INSERT: %s", PQerrorMessage(c->pg));
@@ -200,7 +202,7 @@ static int pg_count(const struct peer_opts *o, uint64_t *count_out, char *err, s
 static const struct peer_ops pg_ops = {
     .name = "pg",
     .target_help = "libpq conninfo (default \"host=127.0.0.1 port=5432 dbname=postgres "
-		   "user=postgres\")",
+                   "user=postgres\")",
     .target_def = "host=127.0.0.1 port=5432 dbname=postgres user=postgres",
     .setup = pg_setup,
     .conn_open = pg_open,

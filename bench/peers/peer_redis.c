@@ -21,8 +21,8 @@
 
 #include "peer_common.h"
 
-#define REDIS_STREAM        "tally:events"
-#define REDIS_DEDUP_TTL_S   "3024000" /* 35 days: tally's default dedup window */
+#define REDIS_STREAM      "tally:events"
+#define REDIS_DEDUP_TTL_S "3024000" /* 35 days: tally's default dedup window */
 
 static const char redis_script[] =
     "local added = 0\n"
@@ -83,7 +83,7 @@ static int redis_load(redisContext *rc, char *sha, char *err, size_t err_len)
 		snprintf(err, err_len, "SCRIPT LOAD: %s", rc->errstr);
 	else if (r->type != REDIS_REPLY_STRING || r->len >= 48)
 		snprintf(err, err_len, "SCRIPT LOAD: unexpected reply: %s",
-			 r->type == REDIS_REPLY_ERROR ? r->str : "?");
+		         r->type == REDIS_REPLY_ERROR ? r->str : "?");
 	else {
 		memcpy(sha, r->str, (size_t)r->len + 1);
 		rv = 0;
@@ -133,7 +133,7 @@ out_free:
 }
 
 static int redis_send(void *conn, const struct peer_ev *evs, uint32_t n, uint32_t *accepted_out,
-		      char *err, size_t err_len)
+                      char *err, size_t err_len)
 {
 	struct redis_conn *c = conn;
 	char numkeys[16];
@@ -155,7 +155,7 @@ static int redis_send(void *conn, const struct peer_ev *evs, uint32_t n, uint32_
 	int rv = 0;
 	if (r->type != REDIS_REPLY_INTEGER || r->integer < 0 || (uint64_t)r->integer > n) {
 		snprintf(err, err_len, "EVALSHA: unexpected reply: %s",
-			 r->type == REDIS_REPLY_ERROR ? r->str : "?");
+		         r->type == REDIS_REPLY_ERROR ? r->str : "?");
 		rv = -1;
 	} else {
 		*accepted_out = (uint32_t)r->integer;
