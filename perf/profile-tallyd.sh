@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
 	--freq) FREQ=$2; shift 2 ;;
 	--callgraph) CALLGRAPH=$2; shift 2 ;;
 	--tallyd-args) TALLYD_ARGS=$2; shift 2 ;;
-	--help|-h) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--help|-h) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
 	--) shift; BENCH_ARGS=("$@"); break ;;
 	-*) echo "profile-tallyd: unknown option $1" >&2; exit 2 ;;
 	*) BIN=$1; shift ;;

@@ -17,8 +17,9 @@
 #
 # Measured per system: events/s and p99 ack latency (the driver's, one sample per batch), bytes
 # on disk per stored event (allocated size of its data dir after a clean stop, minus the size
-# before the load, divided by the unique events), fsync+fdatasync calls made by the server
-# process tree while the load ran (perf stat on the syscall tracepoints, when perf works), and
+# before the load, divided by the unique events), fsync+fdatasync calls and CPU time of the
+# server's process tree while the load ran (perf stat: syscall tracepoints and task-clock, when
+# perf works here), and
 # whether the stored count equals the unique count (tally: tally-bench --verify-wal; with
 # --fsync interval: durable records after a clean stop, from `tally wal stats`).
 # Exit status: 0 all ok, 1 a run failed or a stored count was wrong, 2 usage, 77 nothing to run.
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
 	--runs) RUNS=$2; shift 2 ;;
 	--systems) SYSTEMS=$2; shift 2 ;;
 	--out) OUT=$2; shift 2 ;;
-	--help|-h) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--help|-h) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
 	-*) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
 	*) BIN=$1; shift ;;
 	esac
