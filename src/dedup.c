@@ -28,6 +28,8 @@
 #include "dedup_internal.h"
 
 #define PREFETCH_GENS_MAX 64 /* bloom blocks prefetched per missing key */
+#define EVICT_PER_INSERT 4   /* sealed keys leave the hot table faster than new ones come */
+#define EVICT_PER_CALL 64
 
 
 const char *dedup_verdict_str(enum dedup_verdict v)
@@ -94,7 +96,7 @@ static int bad_add(struct dedup_shard *d, uint64_t base)
 	return 0;
 }
 
-static void bad_remove(struct dedup_shard *d, uint64_t base)
+void dedup_bad_remove(struct dedup_shard *d, uint64_t base)
 {
 	for (size_t i = 0; i < d->bad_count; i++)
 		if (d->bad[i] == base)
@@ -247,6 +249,8 @@ void dedup_shard_close(struct dedup_shard *d)
 	if (!d)
 		return;
 	assert(!d->compacting); /* dedup_compact_finish() first: the job reads our runs */
+	assert(!d->sealing);    /* dedup_seal_finish() first */
+	free(d->evict);
 	for (size_t i = 0; i < d->gen_count; i++)
 		dedup_gen_free(&d->gens[i]);
 	free(d->gens);
@@ -363,6 +367,8 @@ static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size
 	}
 	/* Bounded rehash work, and a grow if the table passed its load limit. */
 	dedup_hot_maintain(&d->hot, inserted);
+	if (d->evict)
+		dedup_evict_step(d, EVICT_PER_INSERT * inserted + EVICT_PER_CALL);
 }
 
 void dedup_check_claim(struct dedup_shard *d, const struct dedup_query *q, size_t n,
@@ -410,8 +416,27 @@ static int install_generation(struct dedup_shard *d, uint64_t base, uint64_t nex
 		dedup_gen_free(&g);
 		return rc;
 	}
-	bad_remove(d, base);
+	dedup_bad_remove(d, base);
 	return 0;
+}
+
+void dedup_evict_step(struct dedup_shard *d, uint64_t budget)
+{
+	while (budget-- > 0 && d->evict_pos < d->evict_n) {
+		const struct dedup_rec *k = &d->evict[d->evict_pos++];
+		if (d->evict_pos + 8 < d->evict_n)
+			dedup_hot_prefetch(&d->hot, d->evict[d->evict_pos + 8].lo);
+		/* Only the very entry that was sealed: same fp, same offset. */
+		struct dedup_rec *h = dedup_hot_find(&d->hot, k->lo, k->hi);
+		if (h && h->offset == k->offset)
+			dedup_hot_delete(&d->hot, k->lo, k->hi);
+	}
+	if (d->evict && d->evict_pos == d->evict_n) {
+		free(d->evict);
+		d->evict = NULL;
+		d->evict_n = d->evict_pos = 0;
+		d->hot.grow_failed = false; /* room was made: a later grow may be tried again */
+	}
 }
 
 int dedup_seal_generation(struct dedup_shard *d, uint64_t base_offset, uint64_t next_offset,
@@ -419,6 +444,8 @@ int dedup_seal_generation(struct dedup_shard *d, uint64_t base_offset, uint64_t 
 {
 	if (!d->dir || base_offset >= next_offset || next_offset > d->durable_next)
 		return -EINVAL;
+	if (d->sealing)
+		return -EBUSY;
 	if (dedup_gens_overlap(d, base_offset, next_offset))
 		return -EEXIST;
 	/* Take the keys out of the hot table in one pass; put them back if anything fails. */

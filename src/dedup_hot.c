@@ -404,6 +404,46 @@ int dedup_hot_extract(struct dedup_hot *h, uint64_t base, uint64_t next, struct 
 	return 0;
 }
 
+static int table_copy(const struct dedup_table *t, uint64_t from, uint64_t base, uint64_t next,
+		      struct dedup_rec **buf, size_t *n, size_t *cap)
+{
+	for (uint64_t i = from; i <= t->mask; i++) {
+		if (i + 64 <= t->mask)
+			__builtin_prefetch(&t->slots[i + 64], 0, 0);
+		if (t->tags[i] == 0 || t->slots[i].offset < base || t->slots[i].offset >= next)
+			continue;
+		if (*n == *cap) {
+			size_t c = *cap ? *cap * 2 : 65536;
+			struct dedup_rec *p = realloc(*buf, c * sizeof(*p));
+			if (!p)
+				return -ENOMEM;
+			*buf = p;
+			*cap = c;
+		}
+		(*buf)[(*n)++] = t->slots[i];
+	}
+	return 0;
+}
+
+int dedup_hot_copy_range(const struct dedup_hot *h, uint64_t base, uint64_t next,
+			 struct dedup_rec **out, size_t *n_out)
+{
+	struct dedup_rec *buf = NULL;
+	size_t n = 0, cap = 0;
+	if (next == DEDUP_OFFSET_NONE)
+		next--;
+	int rc = table_copy(&h->cur, 0, base, next, &buf, &n, &cap);
+	if (rc == 0 && h->migrating)
+		rc = table_copy(&h->old, h->cursor, base, next, &buf, &n, &cap);
+	if (rc != 0) {
+		free(buf);
+		return rc;
+	}
+	*out = buf;
+	*n_out = n;
+	return 0;
+}
+
 void dedup_hot_reinsert(struct dedup_hot *h, const struct dedup_rec *recs, size_t n)
 {
 	for (size_t i = 0; i < n; i++)

@@ -85,6 +85,9 @@ uint64_t dedup_hot_bytes(const struct dedup_hot *h);
  * pass. 0 or -ENOMEM (then nothing was removed). */
 int dedup_hot_extract(struct dedup_hot *h, uint64_t base, uint64_t next, struct dedup_rec **out,
 		      size_t *n) __attribute__((warn_unused_result));
+/* Copies (without removing) every key with an offset in [base, next) into a malloc'd *out. */
+int dedup_hot_copy_range(const struct dedup_hot *h, uint64_t base, uint64_t next,
+			 struct dedup_rec **out, size_t *n) __attribute__((warn_unused_result));
 /* Puts back keys taken out by dedup_hot_extract (they are absent, and their room is free). */
 void dedup_hot_reinsert(struct dedup_hot *h, const struct dedup_rec *recs, size_t n);
 /* Calls fn for every hot key (both tables). */
@@ -184,7 +187,16 @@ struct dedup_shard {
 	uint64_t bloom_checks, run_searches;
 	uint32_t compact_fan_in, compact_level_max;
 	bool compacting; /* a struct dedup_compaction is out */
+	bool sealing;    /* a struct dedup_sealing is out */
+	/* Keys of the last generation sealed in three steps, still also in the hot table: removed
+	 * from it a bounded number per dedup_check_claim call (same answer from either tier). */
+	struct dedup_rec *evict;
+	size_t evict_n, evict_pos;
 };
+
+/* Removes up to `budget` keys of the eviction list from the hot table (UINT64_MAX: all). */
+void dedup_evict_step(struct dedup_shard *d, uint64_t budget);
+void dedup_bad_remove(struct dedup_shard *d, uint64_t base);
 
 bool dedup_gens_overlap(const struct dedup_shard *d, uint64_t base, uint64_t next);
 int dedup_gens_add(struct dedup_shard *d, struct dedup_gen *g) __attribute__((warn_unused_result));

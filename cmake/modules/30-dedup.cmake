@@ -5,7 +5,7 @@ if(TARGET tally_core)
   list(PREPEND _dedup_deps tally_core)
 endif()
 tally_library(tally_dedup SOURCES src/dedup.c src/dedup_hot.c src/dedup_cold.c src/dedup_compact.c
-  DEPS ${_dedup_deps})
+  src/dedup_seal.c DEPS ${_dedup_deps})
 tally_test(test_dedup SOURCES tests/test_dedup.c DEPS tally_dedup TIMEOUT 120)
 tally_test(test_dedup_cold SOURCES tests/test_dedup_cold.c DEPS tally_dedup Threads::Threads
   TIMEOUT 120 LABELS tsan)
@@ -20,5 +20,5 @@ endif()
 
 # The .keys run loader is a parser of on-disk bytes: fuzzed (clang only).
 tally_fuzz(fuzz_dedup_run SOURCES tests/fuzz/fuzz_dedup_run.c src/dedup.c src/dedup_hot.c
-  src/dedup_cold.c src/dedup_compact.c DEPS PkgConfig::XXHASH m
+  src/dedup_cold.c src/dedup_compact.c src/dedup_seal.c DEPS PkgConfig::XXHASH m
   CORPUS ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/dedup_run)

@@ -133,6 +133,26 @@ int dedup_seal_generation(struct dedup_shard *d, uint64_t base_offset, uint64_t 
 			  int64_t max_event_time_us) __attribute__((warn_unused_result));
 
 /*
+ * Sealing off the owning thread: the same as dedup_seal_generation() in three steps.
+ *   begin  (owning thread) checks as dedup_seal_generation does and copies the segment's keys out
+ *          of the hot table — a read-only pass, the only part that stays on this thread; the keys
+ *          stay hot and keep being answered. -EBUSY while another sealing job is out.
+ *   run    (any thread; touches only the job) sorts, writes the run, builds bloom and index.
+ *   finish (owning thread) installs the generation and frees the job; from then on the sealed
+ *          keys leave the hot table a bounded number per dedup_check_claim() call (the same
+ *          answer comes from either tier meanwhile; dedup_stats counts them in both). Returns
+ *          run's result, or -EEXIST if a rebuild installed that range meanwhile; on error
+ *          nothing changed. dedup_shard_close() must not be called while a job is out.
+ */
+struct dedup_sealing;
+int dedup_seal_begin(struct dedup_shard *d, uint64_t base_offset, uint64_t next_offset,
+		     int64_t max_event_time_us, struct dedup_sealing **out)
+	__attribute__((warn_unused_result));
+int dedup_seal_run(struct dedup_sealing *s) __attribute__((warn_unused_result));
+int dedup_seal_finish(struct dedup_shard *d, struct dedup_sealing *s)
+	__attribute__((warn_unused_result));
+
+/*
  * Drops (and unlinks the runs of) every generation whose max_event_time_us is older than
  * now_us - window. Queries with an event time before that cutoff are answered DEDUP_TOO_OLD
  * from then on. Returns the number of generations expired, or -errno of the first unlink that
