@@ -348,6 +348,45 @@ static void test_seal_failure(void)
 	dedup_shard_close(d);
 }
 
+static void *seal_thread(void *arg)
+{
+	static int rc;
+	rc = dedup_seal_run(arg); /* the result is also finish's */
+	return &rc;
+}
+
+/* The three-step seal with its middle step on another thread while lookups go on. */
+static void test_seal_three_steps(void)
+{
+	enum { SEG = 4000 };
+	char dir[600];
+	snprintf(dir, sizeof(dir), "%s/seal3", g_dir);
+	struct dedup_options o = {.dir = dir};
+	struct dedup_shard *d = NULL;
+	CHECK(dedup_shard_open(&o, 3, &d) == 0);
+	claim_range(d, 60, 0, 2 * SEG);
+	dedup_set_durable(d, 2 * SEG);
+	struct dedup_sealing *job;
+	CHECK(dedup_seal_begin(d, 0, SEG, 5, &job) == 0);
+	pthread_t th;
+	CHECK(pthread_create(&th, NULL, seal_thread, job) == 0);
+	expect_stored(d, 60, 0, 2 * SEG); /* the sealed keys are still hot */
+	expect_new(d, 61, 0, 2000);
+	CHECK(pthread_join(th, NULL) == 0);
+	CHECK(dedup_seal_finish(d, job) == 0);
+	struct dedup_stats st;
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.cold_keys, SEG);
+	CHECK(st.hot_keys >= SEG + 2000); /* the hot copies leave gradually */
+	expect_stored(d, 60, 0, 2 * SEG);
+	for (int i = 0; i < 200; i++)
+		expect_stored(d, 60, 0, 1); /* each call evicts a few */
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.hot_keys, SEG + 2000);
+	expect_stored(d, 60, 0, 2 * SEG);
+	dedup_shard_close(d);
+}
+
 static void *compact_thread(void *arg)
 {
 	static int rc;
@@ -459,6 +498,7 @@ int main(void)
 	test_seal_restart_rebuild();
 	test_search_edges();
 	test_seal_failure();
+	test_seal_three_steps();
 	test_expiry();
 	test_compaction();
 	rm_rf(g_dir);
