@@ -5,14 +5,18 @@
 #   make bench    Release build, then the benchmarks under bench/
 #   make fuzz     Each fuzz target for FUZZ_SECONDS (default 600)
 #   make tsan     ThreadSanitizer build of the threaded tests
+#   make bench-compare  tally against NATS JetStream, Redis and PostgreSQL (docs/benchmarks.md)
+#   make profile  perf flame graph of tallyd under tally-bench load (perf/)
 CLANG := $(shell command -v clang 2>/dev/null)
 TEST_CC ?= $(if $(CLANG),clang,gcc)
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 WERROR ?= $(if $(CI),ON,OFF)
 FUZZ_SECONDS ?= 600
-CTEST_ARGS ?=
+# The peer smoke test starts real NATS/Redis/PostgreSQL servers: `make bench-compare` runs
+# those comparisons; `make test` leaves them out.
+CTEST_ARGS ?= -LE peers
 
-.PHONY: all deps build release test run bench fuzz tsan clean
+.PHONY: all deps build release test run bench fuzz tsan clean bench-compare profile
 all: build
 
 deps:
@@ -41,6 +45,12 @@ fuzz: build
 	  echo "== $$n for $(FUZZ_SECONDS)s"; \
 	  sh ../tests/fuzz/run-fuzzer.sh $$f ../tests/fuzz/corpus/$${n#fuzz_} $(FUZZ_SECONDS) || exit 1; \
 	done
+
+bench-compare: release
+	@bash bench/peers/compare.sh build-release/bin --out build-release/bench-compare.md
+
+profile: release
+	@bash perf/profile-tallyd.sh build-release/bin
 
 tsan: deps
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Tsan -DCMAKE_C_COMPILER=$(TEST_CC) >/dev/null

@@ -52,4 +52,4 @@ cmake_language(DEFER DIRECTORY ${PROJECT_SOURCE_DIR} CALL _peers_late_deps)
 add_test(NAME test_peers_smoke
          COMMAND bash ${PROJECT_SOURCE_DIR}/bench/peers/compare.sh ${CMAKE_BINARY_DIR}/bin
                  --events 2000 --runs 1)
-set_tests_properties(test_peers_smoke PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 240 LABELS bench)
+set_tests_properties(test_peers_smoke PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 240 LABELS peers)
