@@ -46,9 +46,11 @@ fuzz: build
 	  sh ../tests/fuzz/run-fuzzer.sh $$f ../tests/fuzz/corpus/$${n#fuzz_} $(FUZZ_SECONDS) || exit 1; \
 	done
 
+bench-compare: export TALLY_EXTRA_PKGS = nats-server libnats-dev redis-server libhiredis-dev postgresql libpq-dev linux-perf
 bench-compare: release
 	@bash bench/peers/compare.sh build-release/bin --out build-release/bench-compare.md
 
+profile: export TALLY_EXTRA_PKGS = linux-perf
 profile: release
 	@bash perf/profile-tallyd.sh build-release/bin
 
