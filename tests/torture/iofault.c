@@ -17,6 +17,9 @@
  *                        writes (the "fsyncgate" page cache behaviour)
  *   TORTURE_FAULT_SEED   crash mode: seeds the power-loss choices (default 1)
  *   TORTURE_FAULT_LOG    file: one line per op ("trace") and per injected fault
+ *   TORTURE_FAULT_EVIL   crash mode, 1: a lying disk that loses the writes covered by the
+ *                        last successful fdatasync of each file as well (the suite's
+ *                        self-test: the checker must then report lost events)
  *
  * Crash mode = a power loss at op AT: the op itself is done if it is a write (so it is part
  * of the unsynced set), then every write since each file's last successful fdatasync/fsync is
@@ -61,6 +64,7 @@ struct rec { /* one unsynced write (or truncate) */
 	off_t trunc_to; /* -1 for a write */
 	uint8_t *old_bytes; /* size n: bytes before the write (those below size_before) */
 	uint8_t *new_bytes;
+	bool forced_drop; /* EVIL: synced, but the lying disk loses it */
 };
 
 struct created {
@@ -71,10 +75,11 @@ struct created {
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static char *fd_path[FD_MAX];
 static struct rec *recs, **recs_tail = &recs;
+static struct rec *evil_recs; /* EVIL: the writes of each file's last sync */
 static struct created *creates;
 static uint64_t rec_seq;
 static atomic_ulong op_count, op_kind_count;
-static int inited, active, mode, op_kind, fault_errno = EIO, drop_on_sync_fail;
+static int inited, active, mode, op_kind, fault_errno = EIO, drop_on_sync_fail, evil;
 static unsigned long fault_at, fault_count = 1;
 static uint64_t rng;
 static char prefix[4096];
@@ -129,6 +134,8 @@ static void init(void)
 			fault_errno = ENOSPC;
 		if ((s = getenv("TORTURE_FAULT_DROP")))
 			drop_on_sync_fail = atoi(s);
+		if ((s = getenv("TORTURE_FAULT_EVIL")))
+			evil = atoi(s);
 		rng = (s = getenv("TORTURE_FAULT_SEED")) ? strtoull(s, NULL, 10) : 1;
 		rng = rng * 0x9E3779B97F4A7C15ull + 1;
 		if ((s = getenv("TORTURE_FAULT_LOG")))
@@ -270,6 +277,14 @@ static off_t revert_path(int fd, const char *path)
 /* The power loss: see the file comment. Called with mu held; never returns. */
 static void power_loss(void)
 {
+	if (evil_recs) { /* older than every pending write: they go first */
+		struct rec *t = evil_recs;
+		while (t->next)
+			t = t->next;
+		t->next = recs;
+		recs = evil_recs;
+		evil_recs = NULL;
+	}
 	/* Distinct paths with unsynced writes. */
 	for (struct rec *r = recs; r; r = r->next) {
 		bool first = true;
@@ -302,7 +317,7 @@ static void power_loss(void)
 					b = stop;
 				const uint8_t *src = q->new_bytes + (a - q->off);
 				uint8_t garbage[PIECE_BYTES];
-				if (rnd() % 4 != 0) { /* kept */
+				if (!q->forced_drop && rnd() % 4 != 0) { /* kept */
 					(void)!r_pwrite(fd, src, (size_t)(b - a), a);
 					kept++;
 				} else {
@@ -482,8 +497,39 @@ static int do_sync(int fd, bool data_only)
 	int e = errno;
 	/* Taken before returning: once a crash holds mu, no sync completes, nothing is acked. */
 	pthread_mutex_lock(&mu);
+	if (rc == 0 && evil) {
+		/* The lying disk: forget the previous sync's writes of this file, keep this one's. */
+		for (struct rec **pp = &evil_recs; *pp;) {
+			struct rec *r = *pp;
+			if (!strcmp(r->path, path)) {
+				*pp = r->next;
+				free(r->path), free(r->old_bytes), free(r->new_bytes), free(r);
+			} else {
+				pp = &r->next;
+			}
+		}
+		struct rec **tail = &evil_recs;
+		while (*tail)
+			tail = &(*tail)->next;
+		for (struct rec **pp = &recs; *pp;) {
+			struct rec *r = *pp;
+			if (!strcmp(r->path, path) && r->seq < before) {
+				*pp = r->next;
+				r->next = NULL;
+				r->forced_drop = true;
+				*tail = r;
+				tail = &r->next;
+			} else {
+				pp = &r->next;
+			}
+		}
+		recs_tail = &recs;
+		while (*recs_tail)
+			recs_tail = &(*recs_tail)->next;
+	}
 	if (rc == 0) {
-		recs_drop_synced(path, before);
+		if (!evil)
+			recs_drop_synced(path, before);
 		struct stat st;
 		if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
 			size_t pl = strlen(path);

@@ -7,6 +7,7 @@
 #   run.sh faults     EIO on fdatasync, EIO/ENOSPC on write, via the LD_PRELOAD shim
 #   run.sh lostwrites crash with unsynced writes dropped/torn/reordered at every I/O op
 #   run.sh abuse      the abuse test program (connection flood, slowloris, 4 GiB frame, ...)
+#   run.sh selftest   a disk that loses synced writes: the checker must report lost events
 #   run.sh all        all of them
 #
 # Env: TALLY_BIN (dir with tallyd, torture_producer, torture_check, libtorture_iofault.so;
@@ -46,9 +47,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 RNG=$SEED
-rand() { # rand N -> 0..N-1 (LCG, reproducible from TORTURE_SEED)
+rand() { # rand N: R = 0..N-1 (LCG, reproducible from TORTURE_SEED; no subshell, so RNG advances)
 	RNG=$(((RNG * 1103515245 + 12345) % 2147483648))
-	echo $(((RNG / 65536) % $1))
+	R=$(((RNG / 65536) % $1))
 }
 
 # start_tallyd DIR [extra flags...]: starts tallyd on DIR/data, sets TPID; returns 1 if it died.
@@ -146,11 +147,24 @@ run_lostwrites() {
 			>/dev/null 2>&1 || fail "trace producer"
 		kill -TERM "$TPID"; wait "$TPID"; TPID=
 		ops=$(wc -l <"$dir/ops")
+		cp "$dir/ops" "$WORK/lw-trace.ops"
 		echo "lostwrites: workload = $events events, $shards shard(s): $ops I/O ops ($(grep -c pwrite "$dir/ops") pwrite, $(grep -c fdatasync "$dir/ops") fdatasync, $(grep -c 'create' "$dir/ops") create, rolls: $(grep -c 'create .*[1-9][0-9]*\.log' "$dir/ops"))"
 		[ "$KEEP" = 1 ] || rm -rf "$dir"
 	fi
-	local crashed=0 points=0 n
-	for ((n = first; n <= ops; n += step)); do
+	local crashed=0 points=0 n at_risk=0 pre
+	local list
+	if [ -n "${TORTURE_LW_POINTS:-}" ]; then
+		list=$TORTURE_LW_POINTS
+	elif [ "${TORTURE_LW_SHORT:-0}" = 1 ]; then
+		# the short sweep (make test): the first group commits and every op around the first roll
+		local roll
+		roll=$(grep -n 'create .*[1-9][0-9]*\.log' "$WORK/lw-trace.ops" | head -1 | cut -d: -f1)
+		list="$(seq -s' ' 13 20) $(seq -s' ' $((roll - 3)) $((roll + 5)))"
+	else
+		list=$(seq "$first" "$step" "$ops")
+	fi
+	for n in $list; do
+		pre=0
 		local dir=$WORK/lw-$n
 		mkdir -p "$dir"
 		LD_PRELOAD=$SHIM TORTURE_FAULT_DIR=$dir/data/wal TORTURE_FAULT_MODE=crash \
@@ -170,14 +184,16 @@ run_lostwrites() {
 			TPID=
 			[ "$st" = 137 ] || fail "lostwrites op $n: tallyd exit $st, expected the simulated crash"
 			crashed=$((crashed + 1))
+			pre=$(cat "$dir"/ledger/*.txt | grep -vc '^#')
+			at_risk=$((at_risk + pre))
 			start_tallyd "$dir" "${flags[@]}" || fail "lostwrites op $n: restart after crash ($dir/tallyd.log)"
 		fi
 		finish_check "$dir" "lostwrites op $n"
 		points=$((points + 1))
-		printf 'op %d: %s | %s\n' "$n" "$(grep -m1 'fault at' "$dir/faults" 2>/dev/null | cut -d' ' -f6-)" "$(sed 's/.* acked=\([0-9]*\).* lost=\([0-9]*\) duplicated=\([0-9]*\).*/acked=\1 lost=\2 duplicated=\3/' <<<"$LAST_CHECK")"
+		printf 'op %d: %s | acked before the crash %s | %s\n' "$n" "$(grep -m1 'fault at' "$dir/faults" 2>/dev/null | cut -d' ' -f6-)" "${pre:-0}" "$(sed 's/.* acked=\([0-9]*\).* lost=\([0-9]*\) duplicated=\([0-9]*\).*/acked=\1 lost=\2 duplicated=\3/' <<<"$LAST_CHECK")"
 		[ "$KEEP" = 1 ] || rm -rf "$dir"
 	done
-	echo "lostwrites RESULT: points=$points crashed=$crashed acked=$TOT_ACKED lost=$TOT_LOST duplicated=$TOT_DUP"
+	echo "lostwrites RESULT: points=$points crashed=$crashed acked_before_crash=$at_risk acked=$TOT_ACKED lost=$TOT_LOST duplicated=$TOT_DUP"
 }
 
 # I/O faults on the whole broker (TORTURE_FAULT_RUNS runs of each, fault op chosen by the seed).
@@ -188,13 +204,14 @@ run_faults() {
 	local pflags=(--producers 3 --batch 64 --window 4 --quiet --drain-timeout-s 60)
 	for ((r = 0; r < runs; r++)); do
 		# 1. EIO on fdatasync, the unsynced pages dropped: tallyd must exit non-zero by itself.
-		local at=$((5 + $(rand 60))) dir=$WORK/fsync-$r
+		rand 60
+		local at=$((5 + R)) dir=$WORK/fsync-$r
 		mkdir -p "$dir"
 		LD_PRELOAD=$SHIM TORTURE_FAULT_DIR=$dir/data/wal TORTURE_FAULT_OP=fdatasync \
 			TORTURE_FAULT_AT=$at TORTURE_FAULT_DROP=1 TORTURE_FAULT_LOG=$dir/faults \
 			start_tallyd "$dir" "${flags[@]}" || fail "fsync-eio start"
 		"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" "${pflags[@]}" \
-			>"$dir/producer.out" 2>"$dir/producer.err" &
+			--stop-file "$dir/stop" >"$dir/producer.out" 2>"$dir/producer.err" &
 		PPID_=$!
 		local t0=$SECONDS
 		while kill -0 "$TPID" 2>/dev/null && [ $((SECONDS - t0)) -lt 30 ]; do sleep 0.05; done
@@ -211,7 +228,8 @@ run_faults() {
 		# 2. ENOSPC then EIO on 30 pwrites in a row: retryable errors, tallyd stays up.
 		local e
 		for e in ENOSPC EIO; do
-			at=$((5 + $(rand 60)))
+			rand 60
+			at=$((5 + R))
 			dir=$WORK/write-$e-$r
 			mkdir -p "$dir"
 			LD_PRELOAD=$SHIM TORTURE_FAULT_DIR=$dir/data/wal TORTURE_FAULT_OP=pwrite \
@@ -248,6 +266,35 @@ run_faults() {
 	echo "faults RESULT: runs=$runs acked=$TOT_ACKED lost=$TOT_LOST duplicated=$TOT_DUP"
 }
 
+# Self-test: a disk that loses even synced writes must make the checker report lost events.
+run_selftest() {
+	find_shim
+	local dir=$WORK/selftest n=${TORTURE_SELFTEST_OP:-100}
+	mkdir -p "$dir"
+	LD_PRELOAD=$SHIM TORTURE_FAULT_DIR=$dir/data/wal TORTURE_FAULT_MODE=crash TORTURE_FAULT_EVIL=1 \
+		TORTURE_FAULT_AT=$n TORTURE_FAULT_SEED=$SEED TORTURE_FAULT_LOG=$dir/faults \
+		start_tallyd "$dir" --shards 1 --threads 1 --segment-bytes 65536 || fail "selftest start"
+	"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" --producers 1 \
+		--batch 50 --window 1 --events 3000 --quiet >/dev/null 2>&1 &
+	PPID_=$!
+	[ "$(wait_either)" = tallyd ] || fail "selftest: no crash at op $n"
+	wait "$TPID" 2>/dev/null
+	TPID=
+	start_tallyd "$dir" --shards 1 --threads 1 --segment-bytes 65536 || fail "selftest restart"
+	wait "$PPID_"
+	PPID_=
+	kill -TERM "$TPID"; wait "$TPID"; TPID=
+	local out
+	out=$("$BIN/torture_check" --data "$dir/data" --ledger "$dir/ledger" --quiet)
+	local rc=$?
+	echo "selftest (synced writes lost at op $n): $out"
+	if [ "$rc" = 1 ] && ! grep -q ' lost=0 ' <<<"$out"; then
+		echo "selftest RESULT: the checker caught the loss (expected)"
+	else
+		fail "selftest: a disk losing synced writes went unnoticed"
+	fi
+}
+
 run_kill9() {
 	local done_cycles=0 epoch=0
 	echo "kill9: cycles=$CYCLES seed=$SEED epoch=$EPOCH rate=$RATE producers=$PRODUCERS bin=$BIN"
@@ -262,7 +309,9 @@ run_kill9() {
 			2>"$dir/producer.err" &
 		PPID_=$!
 		for c in $(seq 1 "$n"); do
-			local ms=$((100 + $(rand $((MAX_MS - 99)))))
+			rand $((MAX_MS - 99))
+			local ms=$((100 + R))
+			echo "cycle $((done_cycles + c)): kill -9 after $ms ms" >>"$dir/kills"
 			sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
 			kill -KILL "$TPID"
 			wait "$TPID" 2>/dev/null
@@ -298,9 +347,10 @@ case "${1:-kill9}" in
 kill9) run_kill9 ;;
 lostwrites) run_lostwrites ;;
 faults) run_faults ;;
+selftest) run_selftest ;;
 abuse) "$BIN/torture_abuse" ;;
 all)
-	run_kill9 && run_lostwrites && run_faults && { [ ! -x "$BIN/torture_abuse" ] || "$BIN/torture_abuse"; }
+	run_selftest && run_kill9 && run_lostwrites && run_faults && { [ ! -x "$BIN/torture_abuse" ] || "$BIN/torture_abuse"; }
 	;;
 *)
 	echo "usage: run.sh kill9|faults|lostwrites|abuse|all"
