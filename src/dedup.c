@@ -154,6 +154,7 @@ static int resolve_overlaps(struct dedup_shard *d, const char *sdir)
 			char path[4200];
 			snprintf(path, sizeof(path), "%s/%020" PRIu64 ".keys", sdir, base);
 			unlink(path);
+			dedup_bloom_unlink(path);
 		} else if (rc == 0) {
 			rc = bad_add(d, base);
 		}
@@ -179,9 +180,10 @@ static int load_runs(struct dedup_shard *d)
 		uint64_t base;
 		size_t len = strlen(de->d_name);
 		/* sdir is < 4096 bytes and the names we act on are 29 or 25 bytes: no truncation. */
-		if (len == 29 && strcmp(de->d_name + 20, ".keys.tmp") == 0) {
+		if ((len == 29 && strcmp(de->d_name + 20, ".keys.tmp") == 0) ||
+		    (len == 30 && strcmp(de->d_name + 20, ".bloom.tmp") == 0)) {
 			/* A seal that crashed before its rename: the hot keys were never dropped. */
-			if (snprintf(path, sizeof(path), "%s/%.29s", sdir, de->d_name) > 0)
+			if (snprintf(path, sizeof(path), "%s/%.30s", sdir, de->d_name) > 0)
 				unlink(path);
 			continue;
 		}
@@ -411,6 +413,8 @@ static int install_generation(struct dedup_shard *d, uint64_t base, uint64_t nex
 					   d->fp_per_million);
 	if (rc != 0)
 		return rc;
+	if (dedup_bloom_save(&g, path, d->shard, d->fp_per_million) != 0)
+		dedup_bloom_unlink(path); /* only costs a rebuild of the bloom at the next open */
 	rc = dedup_gens_add(d, &g);
 	if (rc != 0) {
 		dedup_gen_free(&g);
@@ -522,9 +526,11 @@ int dedup_expire(struct dedup_shard *d, int64_t now_us)
 			continue;
 		}
 		char path[4200];
-		if (dedup_run_path(path, sizeof(path), d->dir, d->shard, g->base) == 0 &&
-		    unlink(path) != 0 && errno != ENOENT && err == 0)
-			err = -errno;
+		if (dedup_run_path(path, sizeof(path), d->dir, d->shard, g->base) == 0) {
+			if (unlink(path) != 0 && errno != ENOENT && err == 0)
+				err = -errno;
+			dedup_bloom_unlink(path);
+		}
 		d->cold_keys -= g->count;
 		dedup_gen_free(g);
 		expired++;
@@ -586,8 +592,10 @@ void dedup_stats(const struct dedup_shard *d, struct dedup_stats *out)
 	out->cold_keys = d->cold_keys;
 	out->hot_bytes = dedup_hot_bytes(&d->hot);
 	out->cold_ram_bytes = d->gen_cap * sizeof(struct dedup_gen);
-	for (size_t i = 0; i < d->gen_count; i++)
+	for (size_t i = 0; i < d->gen_count; i++) {
 		out->cold_ram_bytes += dedup_gen_ram_bytes(&d->gens[i]);
+		out->blooms_loaded += d->gens[i].bloom_loaded;
+	}
 	out->generations = d->gen_count;
 	out->bloom_checks = d->bloom_checks;
 	out->run_searches = d->run_searches;

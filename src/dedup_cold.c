@@ -329,11 +329,17 @@ out_unlink_tmp:
 	return rc;
 }
 
-static int build_index(struct dedup_gen *g, const struct dedup_rec *recs)
+static uint32_t index_bits_for(uint64_t count)
 {
 	uint32_t bits = 0;
-	while (bits < 24 && (g->count >> (bits + 8)) > 0) /* ~128..256 records per bucket */
+	while (bits < 24 && (count >> (bits + 8)) > 0) /* ~128..256 records per bucket */
 		bits++;
+	return bits;
+}
+
+static int build_index(struct dedup_gen *g, const struct dedup_rec *recs)
+{
+	uint32_t bits = index_bits_for(g->count);
 	size_t entries = ((size_t)1 << bits) + 1;
 	g->index = malloc(entries * sizeof(uint32_t));
 	if (!g->index)
@@ -347,6 +353,137 @@ static int build_index(struct dedup_gen *g, const struct dedup_rec *recs)
 	}
 	g->index[entries - 1] = (uint32_t)g->count;
 	return 0;
+}
+
+/* ---- .bloom files: a run's bloom and sparse index, saved so restart need not rebuild them -- */
+
+/* "<x>.keys" -> "<x>.bloom"; false if path does not end in ".keys" or does not fit. */
+static bool bloom_path_of(char *out, size_t cap, const char *run_path)
+{
+	size_t len = strlen(run_path);
+	if (len < 5 || strcmp(run_path + len - 5, ".keys") != 0 || len + 1 + 1 > cap)
+		return false;
+	memcpy(out, run_path, len - 5);
+	memcpy(out + len - 5, ".bloom", 7);
+	return true;
+}
+
+static uint64_t bloom_file_checksum(const uint8_t *h, const struct dedup_gen *g)
+{
+	XXH3_state_t st;
+	XXH3_64bits_reset(&st);
+	XXH3_64bits_update(&st, h, 56);
+	XXH3_64bits_update(&st, g->bloom.words, g->bloom.nblocks * 64);
+	XXH3_64bits_update(&st, g->index, (((size_t)1 << g->index_bits) + 1) * sizeof(uint32_t));
+	return XXH3_64bits_digest(&st);
+}
+
+int dedup_bloom_save(const struct dedup_gen *g, const char *run_path, uint16_t shard,
+		     uint32_t fp_per_million)
+{
+	char path[4200], tmp[4300];
+	if (!bloom_path_of(path, sizeof(path), run_path))
+		return -ENAMETOOLONG;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	uint8_t h[DEDUP_BLOOM_HEADER_BYTES] = {0};
+	memcpy(h, DEDUP_BLOOM_MAGIC, 8);
+	put_u32(h + 8, DEDUP_BLOOM_VERSION);
+	put_u16(h + 12, shard);
+	put_u64(h + 16, g->base);
+	put_u64(h + 24, get_u64((const uint8_t *)g->map + 56)); /* binds it to this run */
+	put_u64(h + 32, g->count);
+	put_u64(h + 40, g->bloom.nblocks);
+	put_u32(h + 48, g->index_bits);
+	put_u32(h + 52, fp_per_million);
+	put_u64(h + 56, bloom_file_checksum(h, g));
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	int rc = dedup_write_all(fd, h, sizeof(h));
+	if (rc == 0)
+		rc = dedup_write_all(fd, g->bloom.words, g->bloom.nblocks * 64);
+	if (rc == 0)
+		rc = dedup_write_all(fd, g->index,
+				     (((size_t)1 << g->index_bits) + 1) * sizeof(uint32_t));
+	if (close(fd) != 0 && rc == 0)
+		rc = -errno;
+	/* Not synced: a lost or torn .bloom fails its checks and the bloom is rebuilt. */
+	if (rc == 0 && rename(tmp, path) != 0)
+		rc = -errno;
+	if (rc != 0)
+		unlink(tmp);
+	return rc;
+}
+
+void dedup_bloom_unlink(const char *run_path)
+{
+	char path[4200];
+	if (bloom_path_of(path, sizeof(path), run_path))
+		unlink(path);
+}
+
+static int pread_all(int fd, void *buf, size_t len, off_t off)
+{
+	uint8_t *p = buf;
+	while (len > 0) {
+		ssize_t r = pread(fd, p, len, off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO;
+		p += r;
+		len -= (size_t)r;
+		off += r;
+	}
+	return 0;
+}
+
+/* Loads g's bloom and index from the run's .bloom file if it is there, intact, made for this
+ * very run (its checksum) and for the current FP target. False otherwise (then rebuild). */
+static bool bloom_try_load(struct dedup_gen *g, const char *run_path, uint16_t shard,
+			   uint64_t run_sum, uint32_t fp_per_million)
+{
+	char path[4200];
+	if (!bloom_path_of(path, sizeof(path), run_path))
+		return false;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	uint64_t nblocks = dedup_bloom_blocks_for(g->count, fp_per_million);
+	uint32_t bits = index_bits_for(g->count);
+	size_t index_bytes = (((size_t)1 << bits) + 1) * sizeof(uint32_t);
+	uint8_t h[DEDUP_BLOOM_HEADER_BYTES];
+	struct stat st;
+	bool ok = fstat(fd, &st) == 0 &&
+		  (uint64_t)st.st_size == DEDUP_BLOOM_HEADER_BYTES + nblocks * 64 + index_bytes &&
+		  pread_all(fd, h, sizeof(h), 0) == 0 && memcmp(h, DEDUP_BLOOM_MAGIC, 8) == 0 &&
+		  get_u32(h + 8) == DEDUP_BLOOM_VERSION && get_u16(h + 12) == shard &&
+		  get_u64(h + 16) == g->base && get_u64(h + 24) == run_sum &&
+		  get_u64(h + 32) == g->count && get_u64(h + 40) == nblocks &&
+		  get_u32(h + 48) == bits && get_u32(h + 52) == fp_per_million;
+	if (ok)
+		ok = dedup_bloom_init(&g->bloom, nblocks) == 0;
+	if (ok) {
+		g->index = malloc(index_bytes);
+		g->index_bits = bits;
+		ok = g->index && pread_all(fd, g->bloom.words, nblocks * 64,
+					   DEDUP_BLOOM_HEADER_BYTES) == 0 &&
+		     pread_all(fd, g->index, index_bytes,
+			       (off_t)(DEDUP_BLOOM_HEADER_BYTES + nblocks * 64)) == 0 &&
+		     bloom_file_checksum(h, g) == get_u64(h + 56);
+		/* The index must be monotone and end at count, or searches could leave the run. */
+		for (size_t t = 0; ok && t + 1 < ((size_t)1 << bits) + 1; t++)
+			ok = g->index[t] <= g->index[t + 1];
+		ok = ok && g->index[0] == 0 && g->index[(size_t)1 << bits] == g->count;
+	}
+	if (!ok) {
+		dedup_bloom_free(&g->bloom);
+		free(g->index);
+		g->index = NULL;
+		g->index_bits = 0;
+	}
+	close(fd);
+	return ok;
 }
 
 int dedup_gen_load(struct dedup_gen *g, const char *path, uint16_t shard, uint64_t base,
@@ -395,24 +532,32 @@ int dedup_gen_load(struct dedup_gen *g, const char *path, uint16_t shard, uint64
 		rc = -EBADMSG;
 		goto out_unmap;
 	}
-	rc = dedup_bloom_init(&g->bloom, dedup_bloom_blocks_for(count, fp_per_million));
-	if (rc != 0)
-		goto out_unmap;
+	/* The run is always verified in full; only bloom and index may come from its .bloom. */
+	bool saved = bloom_try_load(g, path, shard, get_u64(h + 56), fp_per_million);
+	if (!saved) {
+		rc = dedup_bloom_init(&g->bloom, dedup_bloom_blocks_for(count, fp_per_million));
+		if (rc != 0)
+			goto out_unmap;
+	}
 	/* One sequential pass: order and bounds checks, bloom adds prefetched 16 ahead. */
 	for (uint64_t i = 0; i < count; i++) {
 		const struct dedup_rec *r = &g->recs[i];
-		if (i + 16 < count)
+		if (!saved && i + 16 < count)
 			dedup_bloom_prefetch(&g->bloom, g->recs[i + 16].lo);
 		if ((i > 0 && !rec_less(r[-1].lo, r[-1].hi, r)) || r->offset < g->base ||
 		    r->offset >= g->next) {
 			rc = -EBADMSG;
 			goto out_bloom;
 		}
-		dedup_bloom_add(&g->bloom, r->lo, r->hi);
+		if (!saved)
+			dedup_bloom_add(&g->bloom, r->lo, r->hi);
 	}
-	rc = build_index(g, g->recs);
-	if (rc != 0)
-		goto out_bloom;
+	if (!saved) {
+		rc = build_index(g, g->recs);
+		if (rc != 0)
+			goto out_bloom;
+	}
+	g->bloom_loaded = saved;
 	/* From now on the run is only searched at random: no readahead. */
 	(void)madvise(map, bytes, MADV_RANDOM);
 	close(fd);
@@ -420,6 +565,7 @@ int dedup_gen_load(struct dedup_gen *g, const char *path, uint16_t shard, uint64
 
 out_bloom:
 	dedup_bloom_free(&g->bloom);
+	free(g->index);
 out_unmap:
 	munmap(map, bytes);
 out_close:

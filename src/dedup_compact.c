@@ -177,6 +177,9 @@ int dedup_compact_run(struct dedup_compaction *c)
 	/* Reload what was written: verifies it and builds the bloom and index. */
 	if (rc == 0)
 		rc = dedup_gen_load(&c->out, c->tmp_path, c->shard, c->base, c->fp_per_million);
+	/* Under the final name: it replaces the first input's, whose run it is not bound to. */
+	if (rc == 0 && dedup_bloom_save(&c->out, c->final_path, c->shard, c->fp_per_million) != 0)
+		dedup_bloom_unlink(c->final_path);
 	if (rc != 0)
 		unlink(c->tmp_path);
 out:
@@ -215,8 +218,10 @@ int dedup_compact_finish(struct dedup_shard *d, struct dedup_compaction *c)
 			continue;
 		if (k > 0) { /* the first input's run was replaced by the rename */
 			char path[4200];
-			if (dedup_run_path(path, sizeof(path), d->dir, d->shard, g->base) == 0)
+			if (dedup_run_path(path, sizeof(path), d->dir, d->shard, g->base) == 0) {
 				unlink(path);
+				dedup_bloom_unlink(path);
+			}
 		}
 		d->cold_keys -= g->count;
 		dedup_gen_free(g);

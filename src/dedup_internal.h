@@ -131,11 +131,15 @@ struct dedup_gen {
 	uint32_t index_bits;
 	uint16_t level;    /* 0: one sealed segment; L+1: a merge of fan_in generations of level L */
 	bool busy;         /* input of a compaction in flight: not expired, not moved */
+	bool bloom_loaded; /* bloom and index came from the run's .bloom file */
 };
 
 #define DEDUP_RUN_MAGIC       "TLYKEYS1"
 #define DEDUP_RUN_VERSION     1u
 #define DEDUP_RUN_HEADER_BYTES 64u
+#define DEDUP_BLOOM_MAGIC     "TLYBLOM1"
+#define DEDUP_BLOOM_VERSION   1u
+#define DEDUP_BLOOM_HEADER_BYTES 64u
 
 /* Sorts recs[0..n) by (lo, hi); tmp is scratch of n records. */
 void dedup_sort_recs(struct dedup_rec *recs, struct dedup_rec *tmp, size_t n);
@@ -159,6 +163,11 @@ int dedup_gen_from_sorted(struct dedup_gen *g, const char *path, uint64_t base, 
 int dedup_gen_load(struct dedup_gen *g, const char *path, uint16_t shard, uint64_t base,
 		   uint32_t fp_per_million) __attribute__((warn_unused_result));
 void dedup_gen_free(struct dedup_gen *g);
+/* Saves g's bloom and index as <run without .keys>.bloom (tmp + rename, not synced), bound to
+ * the run by its checksum. 0 or -errno; a failure only costs a rebuild at the next open. */
+int dedup_bloom_save(const struct dedup_gen *g, const char *run_path, uint16_t shard,
+		     uint32_t fp_per_million) __attribute__((warn_unused_result));
+void dedup_bloom_unlink(const char *run_path);
 /* Prefetch the sparse-index entry of fp's bucket; then the record where its search starts. */
 void dedup_gen_prefetch_index(const struct dedup_gen *g, uint64_t lo);
 void dedup_gen_prefetch(const struct dedup_gen *g, uint64_t lo);

@@ -84,6 +84,8 @@ int dedup_seal_run(struct dedup_sealing *s)
 	if (rc == 0)
 		rc = dedup_gen_from_sorted(&s->gen, path, s->base, s->next, s->max_event_time_us, 0,
 					   s->keys, s->n, s->fp_per_million);
+	if (rc == 0 && dedup_bloom_save(&s->gen, path, s->shard, s->fp_per_million) != 0)
+		dedup_bloom_unlink(path); /* only costs a rebuild of the bloom at the next open */
 	s->built = rc == 0;
 	s->rc = rc;
 	return rc;

@@ -132,6 +132,8 @@ static char *run_path(uint64_t base)
 static void test_seal_restart_rebuild(void)
 {
 	enum { SEG = 100000, SEGS = 4, TAIL = 30000 };
+	int fd;
+	char cmd[2400];
 	struct dedup_options o = {.expected_keys = 4096, .dir = g_dir};
 	struct dedup_shard *d = NULL;
 	CHECK(dedup_shard_open(&o, 3, &d) == 0);
@@ -163,9 +165,25 @@ static void test_seal_restart_rebuild(void)
 	/* Pending claim not in the WAL when we "crash": must be NEW afterwards. */
 	dedup_shard_close(d);
 
-	/* Restart: runs come back from disk, the caller restores the unsealed tail. */
+	/* Restart: runs come back from disk, the caller restores the unsealed tail. Blooms and
+	 * indexes come from the .bloom files, except one corrupted and one stale (another run's). */
+	char bl[1100], bl2[1100];
+	snprintf(bl, sizeof(bl), "%s", run_path(0));
+	strcpy(bl + strlen(bl) - 5, ".bloom");
+	fd = open(bl, O_RDWR);
+	CHECK(fd >= 0);
+	CHECK(pwrite(fd, "\xff\xff", 2, 64 + 1000) == 2);
+	close(fd);
+	snprintf(bl, sizeof(bl), "%s", run_path(SEG));
+	strcpy(bl + strlen(bl) - 5, ".bloom");
+	snprintf(bl2, sizeof(bl2), "%s", run_path(2 * SEG));
+	strcpy(bl2 + strlen(bl2) - 5, ".bloom");
+	snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", bl, bl2);
+	CHECK(system(cmd) == 0);
 	CHECK(dedup_shard_open(&o, 3, &d) == 0);
 	CHECK_EQ_U(dedup_bad_runs(d, NULL, 0), 0);
+	dedup_stats(d, &st);
+	CHECK_EQ_U(st.blooms_loaded, SEGS - 2);
 	for (uint64_t s = 0; s < SEGS; s++)
 		CHECK(dedup_has_generation(d, s * SEG));
 	for (uint64_t i = SEGS * SEG; i < SEGS * SEG + TAIL; i++)
@@ -176,7 +194,7 @@ static void test_seal_restart_rebuild(void)
 	dedup_shard_close(d);
 
 	/* Corrupt one byte of run 1, truncate run 2, delete run 3; leave a stray .tmp. */
-	int fd = open(run_path(SEG), O_RDWR);
+	fd = open(run_path(SEG), O_RDWR);
 	CHECK(fd >= 0);
 	uint8_t byte;
 	CHECK(pread(fd, &byte, 1, 64 + 32 * 777 + 20) == 1);

@@ -250,6 +250,8 @@ struct dedup_stats {
 	uint64_t generations;
 	uint64_t bloom_checks, run_searches; /* cumulative */
 	uint64_t grows;                      /* hot-table doublings so far */
+	uint64_t blooms_loaded;              /* loaded generations whose bloom and index came
+						from their .bloom file instead of a rebuild */
 };
 void dedup_stats(const struct dedup_shard *d, struct dedup_stats *out);
 
