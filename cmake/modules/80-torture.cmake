@@ -21,3 +21,19 @@ set_target_properties(torture_iofault PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${CMAK
 
 tally_tool(torture_abuse SOURCES tests/torture/torture_abuse.c
   DEPS tally_torturelib tally_client tally_wal Threads::Threads)
+
+# ctest: the short versions (label torture). `tests/torture/run.sh all` with TORTURE_CYCLES=100
+# (make torture) or 1000 runs the long ones; docs/reliability.md has the figures.
+set(TORTURE_ENV "TALLY_BIN=${CMAKE_BINARY_DIR}/bin" "TALLY_SRC=${PROJECT_SOURCE_DIR}")
+add_test(NAME torture_selftest COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh selftest)
+add_test(NAME torture_kill9 COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh kill9)
+add_test(NAME torture_lostwrites COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh lostwrites)
+add_test(NAME torture_faults COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh faults)
+add_test(NAME torture_abuse COMMAND torture_abuse)
+set_tests_properties(torture_selftest PROPERTIES ENVIRONMENT "${TORTURE_ENV}")
+set_tests_properties(torture_kill9 PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_CYCLES=10;TORTURE_MAX_MS=3000")
+set_tests_properties(torture_lostwrites PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_LW_SHORT=1")
+set_tests_properties(torture_faults PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_FAULT_RUNS=1")
+set_tests_properties(torture_abuse PROPERTIES ENVIRONMENT "${TORTURE_ENV}")
+set_tests_properties(torture_selftest torture_kill9 torture_lostwrites torture_faults torture_abuse
+  PROPERTIES LABELS torture SKIP_RETURN_CODE 77 TIMEOUT 300 RUN_SERIAL TRUE)
