@@ -29,6 +29,11 @@
 #include "shard.h"
 #include "tally/dedup.h"
 
+#define SHARD_QCAP_INIT 4096
+#define SHARD_SEAL_QUEUE 16
+
+enum { SEAL_IDLE = 0, SEAL_RUNNING, SEAL_DONE };
+
 struct wait_ent {
 	uint64_t target;
 	struct broker_slot *slot;
@@ -69,9 +74,18 @@ struct shard {
 	bool kick, stop, started;
 	_Atomic bool busy;
 	_Atomic int sync_error;
+
+	/* Sealing sealed segments' keys into cold runs, off the event loop (see seal_pump). */
+	pthread_t sealer;
+	bool sealer_started, sealer_stop;
+	struct dedup_sealing *job;     /* handed to the sealer thread, NULL when idle */
+	_Atomic int job_state;         /* SEAL_IDLE, SEAL_RUNNING, SEAL_DONE */
+	int job_rc;
+	struct seal_req { uint64_t base, next; int64_t max_time; } seal_q[SHARD_SEAL_QUEUE];
+	unsigned seal_n;
 };
 
-#define SHARD_QCAP_INIT 4096
+
 
 static int q_push(struct shard *s, const struct wait_ent *e)
 {
@@ -133,12 +147,67 @@ static void on_write_error(struct shard *s, int rc)
 	}
 }
 
+/* The sealer thread: runs one dedup sealing job at a time (sort, write the run, build the
+   bloom), then wakes the owner, which installs it. Shares only the job with the owner. */
+static void *sealer_main(void *arg)
+{
+	struct shard *s = arg;
+	for (;;) {
+		pthread_mutex_lock(&s->mu);
+		while (atomic_load(&s->job_state) != SEAL_RUNNING && !s->sealer_stop)
+			pthread_cond_wait(&s->cv, &s->mu);
+		bool stop = s->sealer_stop && atomic_load(&s->job_state) != SEAL_RUNNING;
+		pthread_mutex_unlock(&s->mu);
+		if (stop)
+			return NULL;
+		s->job_rc = dedup_seal_run(s->job);
+		/* Release: the owner that sees SEAL_DONE sees the finished job and job_rc. */
+		atomic_store_explicit(&s->job_state, SEAL_DONE, memory_order_release);
+		s->wake(s->wake_ctx);
+	}
+}
+
+/* Owner thread: installs a finished job, starts the next queued one. */
+static void seal_pump(struct shard *s)
+{
+	if (atomic_load_explicit(&s->job_state, memory_order_acquire) == SEAL_DONE) {
+		int rc = dedup_seal_finish(s->dd, s->job);
+		if (rc == 0)
+			rc = s->job_rc;
+		if (rc < 0)
+			broker_log(LOG_WARN, "shard %u: sealing a dedup generation failed: %s "
+					     "(its keys stay in the hot tier)", s->id, strerror(-rc));
+		s->job = NULL;
+		atomic_store(&s->job_state, SEAL_IDLE);
+		rc = dedup_expire(s->dd, broker_now_us());
+		if (rc > 0)
+			broker_log(LOG_INFO, "shard %u: expired %d dedup generation(s)", s->id, rc);
+	}
+	/* Closing: nothing new starts; queued segments are rebuilt from the WAL at next start. */
+	if (atomic_load(&s->job_state) != SEAL_IDLE || s->seal_n == 0 || s->sealer_stop)
+		return;
+	struct seal_req r = s->seal_q[0];
+	memmove(s->seal_q, s->seal_q + 1, --s->seal_n * sizeof r);
+	dedup_set_durable(s->dd, wal_durable_next(s->ws));
+	int rc = dedup_seal_begin(s->dd, r.base, r.next, r.max_time, &s->job);
+	if (rc < 0) {
+		broker_log(LOG_WARN, "shard %u: cannot seal dedup generation %llu..%llu: %s (keys "
+				     "stay hot)", s->id, (unsigned long long)r.base,
+			   (unsigned long long)r.next, strerror(-rc));
+		return;
+	}
+	pthread_mutex_lock(&s->mu);
+	atomic_store(&s->job_state, SEAL_RUNNING);
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
 static void syncer_kick(struct shard *s)
 {
 	atomic_store_explicit(&s->busy, true, memory_order_relaxed);
 	pthread_mutex_lock(&s->mu);
 	s->kick = true;
-	pthread_cond_signal(&s->cv);
+	pthread_cond_broadcast(&s->cv); /* the sealer waits on the same condition variable */
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -326,6 +395,12 @@ int shard_open(const struct broker_config *cfg, struct wal *wal, uint16_t id,
 	if (rc < 0)
 		goto out_free;
 	s->started = true;
+	rc = -pthread_create(&s->sealer, NULL, sealer_main, s);
+	if (rc < 0) {
+		(void)shard_close(s);
+		return rc;
+	}
+	s->sealer_started = true;
 	*out = s;
 	return 0;
 out_free:
@@ -448,6 +523,7 @@ int shard_poll(struct shard *s, int64_t now_us)
 	if (s->fatal)
 		return s->fatal;
 
+	seal_pump(s);
 	bool busy = atomic_load_explicit(&s->busy, memory_order_acquire);
 	uint64_t ack = s->cfg->fsync_mode == WAL_FSYNC_ALWAYS ? wal_durable_next(s->ws)
 							      : wal_written_next(s->ws);
@@ -505,10 +581,19 @@ int shard_close(struct shard *s)
 		rc = wal_flush(s->ws);
 		s->dirty = false;
 	}
+	if (s->sealer_started) {
+		pthread_mutex_lock(&s->mu);
+		s->sealer_stop = true;
+		pthread_cond_broadcast(&s->cv);
+		pthread_mutex_unlock(&s->mu);
+		pthread_join(s->sealer, NULL); /* a running job completes first */
+		if (s->job && atomic_load(&s->job_state) == SEAL_DONE)
+			seal_pump(s); /* installs it; sealer_stop keeps it from starting another */
+	}
 	if (s->started) {
 		pthread_mutex_lock(&s->mu);
 		s->stop = true;
-		pthread_cond_signal(&s->cv);
+		pthread_cond_broadcast(&s->cv);
 		pthread_mutex_unlock(&s->mu);
 		pthread_join(s->th, NULL);
 	}
@@ -527,16 +612,19 @@ int shard_close(struct shard *s)
 
 void shard_segment_sealed(struct shard *s, uint64_t base, uint64_t next)
 {
-	dedup_set_durable(s->dd, wal_durable_next(s->ws));
-	int rc = dedup_seal_generation(s->dd, base, next, s->seg_max_event_time_us);
-	if (rc < 0)
-		broker_log(LOG_WARN,
-			   "shard %u: sealing dedup generation %llu..%llu failed: %s (keys stay hot)",
-			   s->id, (unsigned long long)base, (unsigned long long)next,
-			   strerror(-rc));
+	struct seal_req r = {base, next, s->seg_max_event_time_us};
 	s->seg_max_event_time_us = 0;
-	int64_t now = broker_now_us();
-	rc = dedup_expire(s->dd, now);
-	if (rc > 0)
-		broker_log(LOG_INFO, "shard %u: expired %d dedup generation(s)", s->id, rc);
+	if (s->seal_n == SHARD_SEAL_QUEUE) {
+		/* The sealer is far behind (16 segments): seal this one here, stalling the loop,
+		   rather than keep an unbounded queue. */
+		dedup_set_durable(s->dd, wal_durable_next(s->ws));
+		int rc = dedup_seal_generation(s->dd, base, next, r.max_time);
+		if (rc < 0)
+			broker_log(LOG_WARN, "shard %u: sealing dedup generation %llu..%llu failed: "
+					     "%s (keys stay hot)", s->id, (unsigned long long)base,
+				   (unsigned long long)next, strerror(-rc));
+		return;
+	}
+	s->seal_q[s->seal_n++] = r;
+	seal_pump(s);
 }
