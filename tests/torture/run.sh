@@ -12,7 +12,9 @@
 #
 # Env: TALLY_BIN (dir with tallyd, torture_producer, torture_check, libtorture_iofault.so;
 #      default build/bin), TORTURE_CYCLES (default 10), TORTURE_SEED (default 1),
-#      TORTURE_EPOCH (cycles per data directory; each epoch is checked then removed; default 50),
+#      TORTURE_EPOCH (cycles per data directory; each epoch is checked then removed; default 10:
+#      restart time grows with the data a shard must re-read),
+#      TORTURE_TALLYD_FLAGS (extra tallyd flags, e.g. "--io epoll"),
 #      TORTURE_RATE (events/s per producer, 0 = unlimited; default 0), TORTURE_PRODUCERS (4),
 #      TORTURE_MAX_MS (longest run between kills, default 5000), TORTURE_KEEP=1 keeps the data.
 # Exit 0 = every property held; 1 = a violation (the data directory is kept and named).
@@ -20,7 +22,7 @@ set -u
 BIN=${TALLY_BIN:-build/bin}
 CYCLES=${TORTURE_CYCLES:-10}
 SEED=${TORTURE_SEED:-1}
-EPOCH=${TORTURE_EPOCH:-50}
+EPOCH=${TORTURE_EPOCH:-10}
 RATE=${TORTURE_RATE:-0}
 PRODUCERS=${TORTURE_PRODUCERS:-4}
 MAX_MS=${TORTURE_MAX_MS:-5000}
@@ -58,7 +60,7 @@ start_tallyd() {
 	shift
 	rm -f "$dir/port"
 	"$BIN/tallyd" --listen 127.0.0.1:0 --data "$dir/data" --port-file "$dir/port" \
-		--threads 2 --expected-keys 65536 "$@" >>"$dir/tallyd.log" 2>&1 &
+		--threads 2 --expected-keys 65536 ${TORTURE_TALLYD_FLAGS:-} "$@" >>"$dir/tallyd.log" 2>&1 &
 	TPID=$!
 	for _ in $(seq 1 1000); do
 		[ -s "$dir/port" ] && return 0
@@ -333,7 +335,9 @@ run_kill9() {
 		local out
 		out=$("$BIN/torture_check" --data "$dir/data" --ledger "$dir/ledger" --no-foreign 2>"$dir/check.err")
 		local crc=$?
-		echo "epoch $epoch ($n kills): $out"
+		local ready
+		ready=$(grep -o 'ready in [0-9]* ms' "$dir/tallyd.log" | awk '$3 > m { m = $3 } END { print m + 0 }')
+		echo "epoch $epoch ($n kills, slowest restart ${ready} ms): $out"
 		add_check "$out"
 		[ "$crc" = 0 ] || { head -20 "$dir/check.err"; fail "check ($dir)"; }
 		[ "$KEEP" = 1 ] || rm -rf "$dir"
