@@ -12,7 +12,8 @@
  *   TORTURE_FAULT_OP     which ops count toward AT: any (default) | pwrite | fdatasync
  *   TORTURE_FAULT_AT     the op number (among TORTURE_FAULT_OP ops) where the fault starts
  *   TORTURE_FAULT_COUNT  errno mode: how many ops fail from AT on (default 1; 0 = all later)
- *   TORTURE_FAULT_ERRNO  errno mode: EIO (default) | ENOSPC
+ *   TORTURE_FAULT_ERRNO  errno mode: EIO (default) | ENOSPC | SHORT (a pwrite writes only the
+ *                        first half of its bytes, at least 1, and returns that count)
  *   TORTURE_FAULT_DROP   errno mode, 1: a failed fdatasync also loses the file's unsynced
  *                        writes (the "fsyncgate" page cache behaviour)
  *   TORTURE_FAULT_SEED   crash mode: seeds the power-loss choices (default 1)
@@ -132,6 +133,8 @@ static void init(void)
 			fault_count = strtoul(s, NULL, 10);
 		if ((s = getenv("TORTURE_FAULT_ERRNO")) && !strcmp(s, "ENOSPC"))
 			fault_errno = ENOSPC;
+		if ((s = getenv("TORTURE_FAULT_ERRNO")) && !strcmp(s, "SHORT"))
+			fault_errno = -1;
 		if ((s = getenv("TORTURE_FAULT_DROP")))
 			drop_on_sync_fail = atoi(s);
 		if ((s = getenv("TORTURE_FAULT_EVIL")))
@@ -414,10 +417,12 @@ static ssize_t do_write(int fd, const void *buf, size_t n, off_t off, bool posit
 	if (!tracked(fd))
 		return positional ? r_pwrite(fd, buf, n, off) : r_write(fd, buf, n);
 	bool hit = op_hits(OP_PWRITE, "pwrite", fd_path[fd]);
-	if (hit && mode == M_ERRNO) {
+	if (hit && mode == M_ERRNO && fault_errno > 0) {
 		errno = fault_errno;
 		return -1;
 	}
+	if (hit && mode == M_ERRNO && n > 1)
+		n = n / 2; /* SHORT: a partial write, reported as such */
 	pthread_mutex_lock(&mu);
 	if (!positional)
 		off = lseek(fd, 0, SEEK_CUR);

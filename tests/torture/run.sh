@@ -132,7 +132,8 @@ find_shim() {
 # Lost unsynced writes: a power loss at op N of a workload (group commits and segment rolls on
 # one shard, then on two), for every N from 1 to the workload's op count (TORTURE_LW_OPS, or
 # measured with a trace run), step TORTURE_LW_STEP (default 1). After each crash tallyd restarts
-# without the shim, the producer drains, and the ledger is checked.
+# without the shim, the producer drains, and the ledger is checked. TORTURE_LW_RECOVERY_AT=R
+# adds a second power loss at op R of the restart (a crash during recovery), then a clean one.
 run_lostwrites() {
 	find_shim
 	local shards=${TORTURE_LW_SHARDS:-1} events=${TORTURE_LW_EVENTS:-3000}
@@ -188,6 +189,20 @@ run_lostwrites() {
 			crashed=$((crashed + 1))
 			pre=$(cat "$dir"/ledger/*.txt | grep -vc '^#')
 			at_risk=$((at_risk + pre))
+			if [ -n "${TORTURE_LW_RECOVERY_AT:-}" ]; then
+				# a second power loss at op R of the restart: during recovery itself
+				LD_PRELOAD=$SHIM TORTURE_FAULT_DIR=$dir/data/wal TORTURE_FAULT_MODE=crash \
+					TORTURE_FAULT_AT=$TORTURE_LW_RECOVERY_AT TORTURE_FAULT_SEED=$((SEED * 7919 + n)) \
+					TORTURE_FAULT_LOG=$dir/faults start_tallyd "$dir" "${flags[@]}"
+				if [ -n "$TPID" ]; then
+					if [ "$(wait_either)" = tallyd ]; then
+						wait "$TPID" 2>/dev/null
+						TPID=
+					else
+						fail "lostwrites op $n: producer ended during the recovery crash run"
+					fi
+				fi
+			fi
 			start_tallyd "$dir" "${flags[@]}" || fail "lostwrites op $n: restart after crash ($dir/tallyd.log)"
 		fi
 		finish_check "$dir" "lostwrites op $n"
@@ -227,9 +242,10 @@ run_faults() {
 		finish_check "$dir" "fsync-eio #$r"
 		echo "fsync EIO at fdatasync #$at: tallyd exit $st; $LAST_CHECK"
 		[ "$KEEP" = 1 ] || rm -rf "$dir"
-		# 2. ENOSPC then EIO on 30 pwrites in a row: retryable errors, tallyd stays up.
+		# 2. ENOSPC, EIO, then short writes on 30 pwrites in a row: retryable errors (none for
+		#    short writes, which the WAL completes), tallyd stays up.
 		local e
-		for e in ENOSPC EIO; do
+		for e in ENOSPC EIO SHORT; do
 			rand 60
 			at=$((5 + R))
 			dir=$WORK/write-$e-$r
@@ -247,7 +263,7 @@ run_faults() {
 			[ "$prc" = 0 ] || fail "write-$e #$r: producer exit $prc"
 			local errs
 			errs=$(sed -n 's/.*server_errors=\([0-9]*\).*/\1/p' "$dir/producer.out")
-			[ "${errs:-0}" -gt 0 ] || fail "write-$e #$r: no retryable error reached the clients ($(grep -c fault "$dir/faults" 2>/dev/null) faults injected)"
+			[ "$e" = SHORT ] || [ "${errs:-0}" -gt 0 ] || fail "write-$e #$r: no retryable error reached the clients ($(grep -c fault "$dir/faults" 2>/dev/null) faults injected)"
 			# the producer has drained: restart it (new tag) to see writing resumes
 			"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" --tag r \
 				--producers 1 --events 1000 --quiet >"$dir/producer2.out" 2>&1 ||
