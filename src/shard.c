@@ -33,6 +33,7 @@
 #define SHARD_SEAL_QUEUE 16
 
 enum { SEAL_IDLE = 0, SEAL_RUNNING, SEAL_DONE };
+enum { JOB_SEAL = 1, JOB_COMPACT = 2 };
 
 struct wait_ent {
 	uint64_t target;
@@ -78,9 +79,12 @@ struct shard {
 	/* Sealing sealed segments' keys into cold runs, off the event loop (see seal_pump). */
 	pthread_t sealer;
 	bool sealer_started, sealer_stop;
-	struct dedup_sealing *job;     /* handed to the sealer thread, NULL when idle */
+	int job_kind;                  /* JOB_SEAL or JOB_COMPACT, while a job is out */
+	struct dedup_sealing *job;     /* handed to the sealer thread */
+	struct dedup_compaction *cjob;
 	_Atomic int job_state;         /* SEAL_IDLE, SEAL_RUNNING, SEAL_DONE */
 	int job_rc;
+	bool compact_due;              /* a seal or merge finished: look for generations to merge */
 	struct seal_req { uint64_t base, next; int64_t max_time; } seal_q[SHARD_SEAL_QUEUE];
 	unsigned seal_n;
 };
@@ -147,8 +151,9 @@ static void on_write_error(struct shard *s, int rc)
 	}
 }
 
-/* The sealer thread: runs one dedup sealing job at a time (sort, write the run, build the
-   bloom), then wakes the owner, which installs it. Shares only the job with the owner. */
+/* The sealer thread: runs one dedup job at a time — sealing a segment's keys (sort, write the
+   run, build the bloom) or merging generations (compaction) — then wakes the owner, which
+   installs the result. Shares only the job with the owner. */
 static void *sealer_main(void *arg)
 {
 	struct shard *s = arg;
@@ -160,46 +165,76 @@ static void *sealer_main(void *arg)
 		pthread_mutex_unlock(&s->mu);
 		if (stop)
 			return NULL;
-		s->job_rc = dedup_seal_run(s->job);
+		s->job_rc = s->job_kind == JOB_SEAL ? dedup_seal_run(s->job)
+						    : dedup_compact_run(s->cjob);
 		/* Release: the owner that sees SEAL_DONE sees the finished job and job_rc. */
 		atomic_store_explicit(&s->job_state, SEAL_DONE, memory_order_release);
 		s->wake(s->wake_ctx);
 	}
 }
 
-/* Owner thread: installs a finished job, starts the next queued one. */
+static void job_start(struct shard *s, int kind)
+{
+	pthread_mutex_lock(&s->mu);
+	s->job_kind = kind;
+	atomic_store(&s->job_state, SEAL_RUNNING);
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
+/*
+ * Owner thread: installs a finished job, then starts the next one: queued seals first, then
+ * merges of cold generations (every lookup that misses the hot table probes one bloom per
+ * generation, so they must stay few). Merges are looked for only after a seal or a merge.
+ */
 static void seal_pump(struct shard *s)
 {
 	if (atomic_load_explicit(&s->job_state, memory_order_acquire) == SEAL_DONE) {
-		int rc = dedup_seal_finish(s->dd, s->job);
+		int rc = s->job_kind == JOB_SEAL ? dedup_seal_finish(s->dd, s->job)
+						 : dedup_compact_finish(s->dd, s->cjob);
 		if (rc == 0)
 			rc = s->job_rc;
 		if (rc < 0)
-			broker_log(LOG_WARN, "shard %u: sealing a dedup generation failed: %s "
-					     "(its keys stay in the hot tier)", s->id, strerror(-rc));
+			broker_log(LOG_WARN, "shard %u: %s failed: %s (keys stay where they were)",
+				   s->id, s->job_kind == JOB_SEAL ? "sealing a dedup generation"
+								  : "merging dedup generations",
+				   strerror(-rc));
 		s->job = NULL;
+		s->cjob = NULL;
+		s->compact_due = true;
 		atomic_store(&s->job_state, SEAL_IDLE);
 		rc = dedup_expire(s->dd, broker_now_us());
 		if (rc > 0)
 			broker_log(LOG_INFO, "shard %u: expired %d dedup generation(s)", s->id, rc);
 	}
 	/* Closing: nothing new starts; queued segments are rebuilt from the WAL at next start. */
-	if (atomic_load(&s->job_state) != SEAL_IDLE || s->seal_n == 0 || s->sealer_stop)
+	if (atomic_load(&s->job_state) != SEAL_IDLE || s->sealer_stop)
 		return;
-	struct seal_req r = s->seal_q[0];
-	memmove(s->seal_q, s->seal_q + 1, --s->seal_n * sizeof r);
-	dedup_set_durable(s->dd, wal_durable_next(s->ws));
-	int rc = dedup_seal_begin(s->dd, r.base, r.next, r.max_time, &s->job);
-	if (rc < 0) {
-		broker_log(LOG_WARN, "shard %u: cannot seal dedup generation %llu..%llu: %s (keys "
-				     "stay hot)", s->id, (unsigned long long)r.base,
-			   (unsigned long long)r.next, strerror(-rc));
+	if (s->seal_n > 0) {
+		struct seal_req r = s->seal_q[0];
+		memmove(s->seal_q, s->seal_q + 1, --s->seal_n * sizeof r);
+		dedup_set_durable(s->dd, wal_durable_next(s->ws));
+		int rc = dedup_seal_begin(s->dd, r.base, r.next, r.max_time, &s->job);
+		if (rc < 0) {
+			broker_log(LOG_WARN, "shard %u: cannot seal dedup generation %llu..%llu: %s "
+					     "(keys stay hot)", s->id, (unsigned long long)r.base,
+				   (unsigned long long)r.next, strerror(-rc));
+			return;
+		}
+		job_start(s, JOB_SEAL);
 		return;
 	}
-	pthread_mutex_lock(&s->mu);
-	atomic_store(&s->job_state, SEAL_RUNNING);
-	pthread_cond_broadcast(&s->cv);
-	pthread_mutex_unlock(&s->mu);
+	if (s->compact_due) {
+		int rc = dedup_compact_begin(s->dd, &s->cjob);
+		if (rc == 1) {
+			job_start(s, JOB_COMPACT);
+			return;
+		}
+		if (rc < 0)
+			broker_log(LOG_WARN, "shard %u: cannot merge dedup generations: %s", s->id,
+				   strerror(-rc));
+		s->compact_due = false;
+	}
 }
 
 static void syncer_kick(struct shard *s)
@@ -587,7 +622,7 @@ int shard_close(struct shard *s)
 		pthread_cond_broadcast(&s->cv);
 		pthread_mutex_unlock(&s->mu);
 		pthread_join(s->sealer, NULL); /* a running job completes first */
-		if (s->job && atomic_load(&s->job_state) == SEAL_DONE)
+		if (atomic_load(&s->job_state) == SEAL_DONE)
 			seal_pump(s); /* installs it; sealer_stop keeps it from starting another */
 	}
 	if (s->started) {
