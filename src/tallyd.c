@@ -61,6 +61,8 @@ static void usage(FILE *f)
 		"  --segment-bytes N      WAL segment roll size (default 128 MiB)\n"
 		"  --expected-keys N      dedup hot-table keys to preallocate per shard (default 1Mi)\n"
 		"  --sync-delay-us N      inject N us of latency per fdatasync (benchmarks)\n"
+		"  --repair               on a corrupt WAL tail, move the bad bytes to a .quarantine file\n"
+		"                         and start (default: refuse to start and say where)\n"
 		"  --port-file FILE       write the port listened on to FILE (tests)\n"
 		"  --log-level debug|info|warn|error\n"
 		"  --help                 this text\n");
@@ -125,10 +127,11 @@ int main(int argc, char **argv)
 		.rbuf_budget_bytes = 1024ull << 20,
 	};
 	const char *port_file = NULL;
+	bool repair = false;
 	enum {
 		O_LISTEN = 256, O_DATA, O_THREADS, O_SHARDS, O_IO, O_FSYNC, O_WINDOW, O_MAXAGE,
 		O_FUTURE, O_AUTH, O_INSECURE, O_CONNS, O_FRAME, O_BATCH, O_INFLIGHT, O_IDLE,
-		O_READ, O_BUFMB, O_SEGMENT, O_KEYS, O_SYNCDELAY, O_PORTFILE, O_LOG, O_HELP
+		O_READ, O_BUFMB, O_SEGMENT, O_KEYS, O_SYNCDELAY, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
 	};
 	static const struct option opts[] = {
 		{"listen", 1, 0, O_LISTEN},       {"data", 1, 0, O_DATA},
@@ -143,6 +146,7 @@ int main(int argc, char **argv)
 		{"max-buffer-mb", 1, 0, O_BUFMB},
 		{"expected-keys", 1, 0, O_KEYS},  {"sync-delay-us", 1, 0, O_SYNCDELAY},
 		{"port-file", 1, 0, O_PORTFILE},  {"log-level", 1, 0, O_LOG},
+		{"repair", 0, 0, O_REPAIR},
 		{"help", 0, 0, O_HELP},           {0, 0, 0, 0},
 	};
 	uint64_t v;
@@ -262,6 +266,9 @@ int main(int argc, char **argv)
 		case O_PORTFILE:
 			port_file = optarg;
 			break;
+		case O_REPAIR:
+			repair = true;
+			break;
 		case O_LOG:
 			if (!strcmp(optarg, "debug"))
 				broker_log_min = LOG_DEBUG;
@@ -342,6 +349,7 @@ int main(int argc, char **argv)
 		.fsync_interval_ms = cfg.fsync_interval_ms,
 		.on_segment_sealed = broker_on_segment_sealed,
 		.ctx = &g_broker,
+		.repair = repair,
 	};
 	if (cfg.sync_delay_us) {
 		wal_io_delay_init(&delay, NULL, cfg.sync_delay_us);
@@ -354,6 +362,10 @@ int main(int argc, char **argv)
 	if (rc < 0) {
 		broker_log(LOG_ERROR, "cannot open the WAL in %s: %s%s%s", cfg.data_dir,
 			   strerror(-rc), wal_last_error()[0] ? ": " : "", wal_last_error());
+		if (rc == -EBADMSG && !repair)
+			broker_log(LOG_ERROR, "nothing was changed; inspect with `tally wal verify "
+					      "--data %s`, or start with --repair to quarantine the "
+					      "damaged bytes", cfg.data_dir);
 		return 1;
 	}
 
