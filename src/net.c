@@ -1616,6 +1616,46 @@ static void worker_free(struct worker *w)
 	free(w->counts);
 }
 
+struct shard_opener {
+	struct broker *b;
+	uint16_t id;
+	int rc;
+	bool threaded;
+	pthread_t th;
+};
+
+static void *shard_opener_main(void *arg)
+{
+	struct shard_opener *o = arg;
+	struct worker *w = &o->b->workers[o->id % o->b->nworkers];
+	o->rc = shard_open(o->b->cfg, o->b->wal, o->id, worker_wake_cb, w, worker_resolve, w,
+			   &o->b->shards[o->id]);
+	return NULL;
+}
+
+/* Opens every shard on its own thread; returns the first error (opened shards stay set). */
+static int open_shards(struct broker *b)
+{
+	struct shard_opener *o = calloc(b->nshards, sizeof *o);
+	if (!o)
+		return -ENOMEM;
+	for (uint16_t s = 0; s < b->nshards; s++) {
+		o[s] = (struct shard_opener){.b = b, .id = s};
+		o[s].threaded = pthread_create(&o[s].th, NULL, shard_opener_main, &o[s]) == 0;
+		if (!o[s].threaded)
+			shard_opener_main(&o[s]); /* no thread: open it here */
+	}
+	int rc = 0;
+	for (uint16_t s = 0; s < b->nshards; s++) {
+		if (o[s].threaded)
+			pthread_join(o[s].th, NULL);
+		if (o[s].rc < 0 && rc == 0)
+			rc = o[s].rc;
+	}
+	free(o);
+	return rc;
+}
+
 int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker_auth *auth,
 		 struct broker **out)
 {
@@ -1654,14 +1694,13 @@ int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker
 		w->listen_fd = -1;
 		w->epfd = -1;
 	}
-	/* Shards first: dedup state is rebuilt before anything is accepted. */
-	for (uint16_t s = 0; s < b->nshards; s++) {
-		struct worker *w = &b->workers[s % b->nworkers];
-		rc = shard_open(cfg, wal, s, worker_wake_cb, w, worker_resolve, w, &b->shards[s]);
-		if (rc < 0)
-			goto out_free;
-		w->shards[s] = b->shards[s];
-	}
+	/* Shards first: dedup state is rebuilt before anything is accepted, all shards at once
+	   (loading cold runs and re-reading the unsealed segments is most of a restart). */
+	rc = open_shards(b);
+	if (rc < 0)
+		goto out_free;
+	for (uint16_t s = 0; s < b->nshards; s++)
+		b->workers[s % b->nworkers].shards[s] = b->shards[s];
 	uint16_t port = cfg->port;
 	for (uint16_t i = 0; i < b->nworkers; i++) {
 		struct worker *w = &b->workers[i];
