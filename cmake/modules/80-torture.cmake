@@ -9,7 +9,8 @@ target_link_libraries(tally_torturelib PUBLIC tally_core)
 
 tally_tool(torture_producer SOURCES tests/torture/torture_producer.c
   DEPS tally_torturelib tally_client Threads::Threads)
-tally_tool(torture_check SOURCES tests/torture/torture_check.c DEPS tally_torturelib tally_wal)
+tally_tool(torture_check SOURCES tests/torture/torture_check.c
+  DEPS tally_torturelib tally_wal tally_rate PkgConfig::JANSSON)
 
 # The LD_PRELOAD fault shim. Built without sanitizers: it is preloaded into tallyd.
 add_library(torture_iofault SHARED tests/torture/iofault.c)
@@ -37,3 +38,6 @@ set_tests_properties(torture_faults PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTU
 set_tests_properties(torture_abuse PROPERTIES ENVIRONMENT "${TORTURE_ENV}")
 set_tests_properties(torture_selftest torture_kill9 torture_lostwrites torture_faults torture_abuse
   PROPERTIES LABELS torture SKIP_RETURN_CODE 77 TIMEOUT 300 RUN_SERIAL TRUE)
+add_test(NAME torture_rate COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh rate)
+set_tests_properties(torture_rate PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_CYCLES=8"
+  LABELS torture SKIP_RETURN_CODE 77 TIMEOUT 300 RUN_SERIAL TRUE)

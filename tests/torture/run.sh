@@ -8,6 +8,7 @@
 #   run.sh lostwrites crash with unsynced writes dropped/torn/reordered at every I/O op
 #   run.sh abuse      the abuse test program (connection flood, slowloris, 4 GiB frame, ...)
 #   run.sh selftest   a disk that loses synced writes: the checker must report lost events
+#   run.sh rate       tally-rate (and tallyd) under kill -9: rated totals equal the ledger's
 #   run.sh all        all of them
 #
 # Env: TALLY_BIN (dir with tallyd, torture_producer, torture_check, libtorture_iofault.so;
@@ -313,6 +314,78 @@ run_selftest() {
 	fi
 }
 
+# tally-rate under kill -9: producers (TORTURE_RATE, default 2000 events/s each) feed tallyd,
+# tally-rate tails the WAL and is SIGKILLed at random moments (0.1-2 s) and restarted,
+# TORTURE_CYCLES times; every 4th cycle tallyd is SIGKILLed too. Then tally-rate catches up
+# (--once) and must equal a from-scratch re-rating byte for byte, and per customer its event
+# count, token sum and fingerprint digest must equal the ledger's (torture_check --rated).
+run_rate() {
+	[ -x "$BIN/tally-rate" ] || { echo "SKIP: $BIN/tally-rate is not built"; exit 77; }
+	local dir=$WORK/rate c rpid
+	mkdir -p "$dir"
+	cat >"$dir/rate.json" <<'JSON'
+{"currency": "USD", "period": "month",
+ "meters": [{"id": "events", "event_name": "ai.tokens", "aggregation": "count"},
+            {"id": "tokens", "event_name": "ai.tokens", "aggregation": "sum", "property": "tokens"}],
+ "plans": [{"id": "p", "prices": [{"meter": "tokens", "model": "per_unit", "unit_price": "0.000001"}]}],
+ "default_plan": "p"}
+JSON
+	local rate=${TORTURE_RATE:-0}
+	[ "$rate" = 0 ] && rate=2000
+	echo "rate: cycles=$CYCLES seed=$SEED producers=$PRODUCERS rate=$rate/s each"
+	start_tallyd "$dir" || fail "rate: tallyd start"
+	"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" --tag r \
+		--producers "$PRODUCERS" --batch 64 --window 4 --rate "$rate" --stop-file "$dir/stop" \
+		--quiet >"$dir/producer.out" 2>"$dir/producer.err" &
+	PPID_=$!
+	local rkills=0 tkills=0
+	for c in $(seq 1 "$CYCLES"); do
+		"$BIN/tally-rate" --config "$dir/rate.json" --data "$dir/data" --out "$dir/out" \
+			--checkpoint-ms 20 >>"$dir/rate.log" 2>&1 &
+		rpid=$!
+		rand 1900
+		local ms=$((100 + R))
+		sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
+		kill -0 "$rpid" 2>/dev/null || { wait "$rpid"; fail "rate: tally-rate exited by itself (status $?, $dir/rate.log)"; }
+		kill -KILL "$rpid"
+		wait "$rpid" 2>/dev/null
+		rkills=$((rkills + 1))
+		echo "cycle $c: kill -9 tally-rate after $ms ms" >>"$dir/kills"
+		if [ $((c % 4)) = 0 ]; then
+			kill -KILL "$TPID"
+			wait "$TPID" 2>/dev/null
+			TPID=
+			tkills=$((tkills + 1))
+			start_tallyd "$dir" || fail "rate: tallyd restart"
+		fi
+	done
+	touch "$dir/stop"
+	wait "$PPID_" || fail "rate: producer did not drain"
+	PPID_=
+	kill -TERM "$TPID"
+	wait "$TPID"
+	TPID=
+	"$BIN/tally-rate" --config "$dir/rate.json" --data "$dir/data" --out "$dir/out" --once \
+		>>"$dir/rate.log" 2>&1 || fail "rate: catch-up run failed ($dir/rate.log)"
+	"$BIN/tally-rate" --config "$dir/rate.json" --data "$dir/data" --out "$dir/ref" --once \
+		--from-scratch >>"$dir/rate.log" 2>&1 || fail "rate: from-scratch run failed"
+	local f
+	for f in usage.json late_arrivals.json unbilled.json; do
+		cmp -s "$dir/out/$f" "$dir/ref/$f" || fail "rate: $f differs from a from-scratch re-rating ($dir)"
+	done
+	if [ -d "$dir/ref/invoices" ] || [ -d "$dir/out/invoices" ]; then
+		diff -r "$dir/out/invoices" "$dir/ref/invoices" >/dev/null || fail "rate: invoices differ ($dir)"
+	fi
+	local out
+	out=$("$BIN/torture_check" --data "$dir/data" --ledger "$dir/ledger" --no-foreign \
+		--rated "$dir/out" 2>"$dir/check.err")
+	local crc=$?
+	add_check "$out"
+	echo "rate: $rkills kill -9 of tally-rate, $tkills of tallyd: $out"
+	[ "$crc" = 0 ] || { head -20 "$dir/check.err"; fail "rate: check ($dir)"; }
+	echo "rate RESULT: rate_kills=$rkills tallyd_kills=$tkills acked=$TOT_ACKED lost=$TOT_LOST duplicated=$TOT_DUP rated=identical"
+}
+
 run_kill9() {
 	local done_cycles=0 epoch=0
 	echo "kill9: cycles=$CYCLES seed=$SEED epoch=$EPOCH rate=$RATE producers=$PRODUCERS bin=$BIN"
@@ -368,12 +441,13 @@ kill9) run_kill9 ;;
 lostwrites) run_lostwrites ;;
 faults) run_faults ;;
 selftest) run_selftest ;;
+rate) run_rate ;;
 abuse) "$BIN/torture_abuse" ;;
 all)
-	run_selftest && run_kill9 && run_lostwrites && run_faults && { [ ! -x "$BIN/torture_abuse" ] || "$BIN/torture_abuse"; }
+	run_selftest && run_kill9 && run_lostwrites && run_faults && { [ ! -x "$BIN/tally-rate" ] || run_rate; } && { [ ! -x "$BIN/torture_abuse" ] || "$BIN/torture_abuse"; }
 	;;
 *)
-	echo "usage: run.sh kill9|faults|lostwrites|abuse|all"
+	echo "usage: run.sh kill9|lostwrites|faults|abuse|selftest|rate|all"
 	exit 1
 	;;
 esac

@@ -12,11 +12,16 @@
  *   wrong_tenant      a ledger key stored under another tenant than --tenant
  *   conflict/rejected receipts the producer should never get (it always resends identically)
  *   ledger_dup        two receipts for one key in a ledger
+ * With --rated OUT (the output directory of tally-rate over the same WAL, meters "events"
+ * = count and "tokens" = sum of the tokens property, monthly periods): per customer, the rated
+ * event count, token sum and provenance fingerprint digest (docs/rating.md) must equal those
+ * of the ledger keys in the WAL: `rate_mismatch` counts customers where they differ.
  * Any of these non-zero is a failure (exit 1). Keys of other tags are counted as `foreign`
  * (a failure only with --no-foreign). Unacknowledged keys (sent, no receipt) may be in the WAL
  * at most once.
  */
 #include <dirent.h>
+#include <jansson.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -25,6 +30,7 @@
 #include <string.h>
 
 #include "tally/protocol.h"
+#include "tally/rate.h"
 #include "tally/wal.h"
 #include "torture_lib.h"
 
@@ -47,7 +53,21 @@ struct ledger {
 	bool ended;
 	struct entry *e;
 	uint64_t cap;
+	struct expect { /* per customer slot, from the WAL: what rating must find */
+		uint64_t events, digest;
+		int64_t tokens;
+	} expect[TORTURE_CUSTOMERS_PER_PRODUCER];
 };
+
+struct rated {
+	char customer[TALLY_CUSTOMER_BYTES_MAX + 1];
+	uint64_t events, digest;
+	int64_t tokens;
+	bool matched;
+};
+#define RATED_MAX 65536
+static struct rated *rated;
+static size_t nrated;
 
 static struct ledger ledgers[LEDGERS_MAX];
 static unsigned nledgers;
@@ -56,7 +76,120 @@ static struct {
 	uint64_t sent, acked, accepted, duplicate, conflict, rejected, unacked, unacked_present;
 	uint64_t in_wal, lost, duplicated, never_sent, pos_mismatch, content_mismatch;
 	uint64_t wrong_tenant, ledger_dup, foreign, unended, bad_lines;
+	uint64_t rated_customers, rated_events, rate_mismatch, rated_adjustments;
 } st;
+
+static struct rated *rated_get(const char *customer)
+{
+	for (size_t i = 0; i < nrated; i++)
+		if (!strcmp(rated[i].customer, customer))
+			return &rated[i];
+	if (nrated == RATED_MAX)
+		return NULL;
+	struct rated *r = &rated[nrated++];
+	memset(r, 0, sizeof *r);
+	snprintf(r->customer, sizeof r->customer, "%s", customer);
+	return r;
+}
+
+/* Adds the lines of one invoice-shaped object (usage.json period or invoice file). */
+static int rated_add_invoice(json_t *inv)
+{
+	const char *cust = json_string_value(json_object_get(inv, "customer"));
+	json_t *lines = json_object_get(inv, "lines");
+	if (!cust || !json_is_array(lines))
+		return -EBADMSG;
+	struct rated *r = rated_get(cust);
+	if (!r)
+		return -E2BIG;
+	json_t *adj = json_object_get(inv, "adjustments");
+	st.rated_adjustments += json_is_array(adj) ? json_array_size(adj) : 0;
+	size_t i;
+	json_t *line;
+	json_array_foreach(lines, i, line) {
+		const char *meter = json_string_value(json_object_get(line, "meter"));
+		json_t *prov = json_object_get(line, "provenance");
+		if (!meter)
+			return -EBADMSG;
+		if (!strcmp(meter, "events")) {
+			const char *dg = json_string_value(json_object_get(prov, "fingerprint_digest"));
+			if (!dg)
+				return -EBADMSG;
+			r->events += (uint64_t)json_integer_value(json_object_get(prov, "events"));
+			r->digest += strtoull(dg, NULL, 16);
+		} else if (!strcmp(meter, "tokens")) {
+			const char *q = json_string_value(json_object_get(line, "quantity"));
+			if (!q)
+				return -EBADMSG;
+			r->tokens += strtoll(q, NULL, 10);
+		}
+	}
+	return 0;
+}
+
+static int rated_load_file(const char *path, bool usage)
+{
+	json_error_t err;
+	json_t *root = json_load_file(path, 0, &err);
+	if (!root) {
+		fprintf(stderr, "torture_check: %s: %s (line %d)\n", path, err.text, err.line);
+		return -EBADMSG;
+	}
+	int rc = 0;
+	if (usage) {
+		json_t *periods = json_object_get(root, "open_periods"), *p;
+		size_t i;
+		if (!json_is_array(periods))
+			rc = -EBADMSG;
+		else
+			json_array_foreach(periods, i, p) if (rc == 0) rc = rated_add_invoice(p);
+	} else {
+		rc = rated_add_invoice(root);
+	}
+	json_decref(root);
+	if (rc < 0)
+		fprintf(stderr, "torture_check: %s: unexpected shape\n", path);
+	return rc;
+}
+
+/* OUT/usage.json (open periods) + OUT/invoices/<customer>/<period>.json (closed ones). */
+static int rated_load(const char *out)
+{
+	rated = calloc(RATED_MAX, sizeof *rated);
+	if (!rated)
+		return -ENOMEM;
+	char path[TORTURE_PATH_BYTES_MAX * 2];
+	snprintf(path, sizeof path, "%s/usage.json", out);
+	int rc = rated_load_file(path, true);
+	if (rc < 0)
+		return rc;
+	snprintf(path, sizeof path, "%s/invoices", out);
+	DIR *d = opendir(path);
+	if (!d)
+		return 0;
+	struct dirent *cd;
+	while (rc == 0 && (cd = readdir(d))) {
+		if (cd->d_name[0] == '.')
+			continue;
+		char cdir[TORTURE_PATH_BYTES_MAX * 2];
+		snprintf(cdir, sizeof cdir, "%s/invoices/%s", out, cd->d_name);
+		DIR *d2 = opendir(cdir);
+		if (!d2)
+			continue;
+		struct dirent *f;
+		while (rc == 0 && (f = readdir(d2))) {
+			size_t n = strlen(f->d_name);
+			if (n < 6 || strcmp(f->d_name + n - 5, ".json"))
+				continue;
+			char fp[TORTURE_PATH_BYTES_MAX * 3];
+			snprintf(fp, sizeof fp, "%s/%s", cdir, f->d_name);
+			rc = rated_load_file(fp, false);
+		}
+		closedir(d2);
+	}
+	closedir(d);
+	return rc;
+}
 
 static int grow(struct ledger *l, uint64_t n)
 {
@@ -162,11 +295,12 @@ static bool tag_known(const char *tag)
 
 int main(int argc, char **argv)
 {
-	const char *data = NULL, *ledger_dir = NULL, *tenant = "default";
+	const char *data = NULL, *ledger_dir = NULL, *tenant = "default", *rated_out = NULL;
 	int no_foreign = 0, quiet = 0;
 	static const struct option lo[] = {{"data", 1, 0, 'd'},      {"ledger", 1, 0, 'l'},
 					   {"tenant", 1, 0, 't'},    {"no-foreign", 0, 0, 'F'},
 					   {"quiet", 0, 0, 'q'},     {"help", 0, 0, 'h'},
+					   {"rated", 1, 0, 'R'},
 					   {0, 0, 0, 0}};
 	int ch;
 	while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -176,13 +310,16 @@ int main(int argc, char **argv)
 		case 't': tenant = optarg; break;
 		case 'F': no_foreign = 1; break;
 		case 'q': quiet = 1; break;
+		case 'R': rated_out = optarg; break;
 		case 'h':
 		default:
 			printf("usage: torture_check --data DATA --ledger DIR [--tenant T] "
-			       "[--no-foreign] [--quiet]\n"
+			       "[--no-foreign] [--quiet] [--rated OUT]\n"
 			       "Checks the WAL of DATA against the ledgers DIR/ledger-*.txt: every\n"
 			       "acknowledged key exactly once at its receipt's position, nothing\n"
-			       "unsent, nothing twice. Exit 0 = all held, 1 = a violation.\n");
+			       "unsent, nothing twice. --rated OUT: tally-rate's output over the\n"
+			       "same WAL must count each of those events once per customer.\n"
+			       "Exit 0 = all held, 1 = a violation.\n");
 			return ch == 'h' ? 0 : 1;
 		}
 	}
@@ -257,6 +394,12 @@ int main(int argc, char **argv)
 		if (e->wal_count == 1) {
 			e->wal_shard = rec.shard;
 			e->wal_offset = rec.offset;
+			struct expect *x = &l->expect[torture_customer_slot(p, seq)];
+			x->events++;
+			x->digest += rate_fp_hash(event_fingerprint(rec.tenant, rec.ev.key));
+			struct tally_prop tok;
+			if (event_prop_find(&rec.ev, "tokens", 6, &tok))
+				x->tokens += tok.i64;
 		}
 		if (rec.tenant.len != tenant_len || memcmp(rec.tenant.ptr, tenant, tenant_len))
 			st.wrong_tenant++;
@@ -307,18 +450,57 @@ int main(int argc, char **argv)
 		}
 		free(l->e);
 	}
-	bool fail = st.lost || st.duplicated || st.never_sent || st.pos_mismatch ||
+	if (rated_out) {
+		if (rated_load(rated_out) < 0)
+			return 1;
+		for (unsigned i = 0; i < nledgers; i++)
+			for (unsigned c = 0; c < TORTURE_CUSTOMERS_PER_PRODUCER; c++) {
+				struct ledger *l = &ledgers[i];
+				struct expect *x = &l->expect[c];
+				char name[TALLY_CUSTOMER_BYTES_MAX + 1];
+				snprintf(name, sizeof name, "%s_%u_%u", l->cprefix, l->producer, c);
+				struct rated *rt = NULL;
+				for (size_t k = 0; k < nrated; k++)
+					if (!strcmp(rated[k].customer, name))
+						rt = &rated[k];
+				struct rated zero = {0};
+				if (!rt)
+					rt = &zero;
+				rt->matched = true;
+				st.rated_customers += rt != &zero;
+				st.rated_events += rt->events;
+				if (rt->events != x->events || rt->digest != x->digest ||
+				    rt->tokens != x->tokens) {
+					st.rate_mismatch++;
+					if (!quiet)
+						fprintf(stderr,
+							"rated %s: events %" PRIu64 " digest %016" PRIx64
+							" tokens %" PRId64 "; WAL has %" PRIu64
+							" / %016" PRIx64 " / %" PRId64 "\n",
+							name, rt->events, rt->digest, rt->tokens, x->events,
+							x->digest, x->tokens);
+				}
+			}
+		free(rated);
+	}
+	bool fail = st.rate_mismatch || st.lost || st.duplicated || st.never_sent || st.pos_mismatch ||
 		    st.content_mismatch || st.wrong_tenant || st.conflict || st.rejected ||
 		    st.ledger_dup || (no_foreign && st.foreign) || nledgers == 0;
+	char rated_line[160] = "";
+	if (rated_out)
+		snprintf(rated_line, sizeof rated_line,
+			 " rated_customers=%" PRIu64 " rated_events=%" PRIu64 " rate_mismatch=%" PRIu64
+			 " rated_adjustments=%" PRIu64,
+			 st.rated_customers, st.rated_events, st.rate_mismatch, st.rated_adjustments);
 	printf("torture_check: ledgers=%u sent=%" PRIu64 " acked=%" PRIu64 " accepted=%" PRIu64
 	       " duplicate=%" PRIu64 " unacked=%" PRIu64 " (in wal %" PRIu64 ") in_wal=%" PRIu64
 	       " lost=%" PRIu64 " duplicated=%" PRIu64 " never_sent=%" PRIu64
 	       " pos_mismatch=%" PRIu64 " content_mismatch=%" PRIu64 " wrong_tenant=%" PRIu64
 	       " conflict=%" PRIu64 " rejected=%" PRIu64 " ledger_dup=%" PRIu64 " foreign=%" PRIu64
-	       " unended=%" PRIu64 " => %s\n",
+	       " unended=%" PRIu64 "%s => %s\n",
 	       nledgers, st.sent, st.acked, st.accepted, st.duplicate, st.unacked,
 	       st.unacked_present, st.in_wal, st.lost, st.duplicated, st.never_sent,
 	       st.pos_mismatch, st.content_mismatch, st.wrong_tenant, st.conflict, st.rejected,
-	       st.ledger_dup, st.foreign, st.unended, fail ? "FAIL" : "OK");
+	       st.ledger_dup, st.foreign, st.unended, rated_line, fail ? "FAIL" : "OK");
 	return fail ? 1 : 0;
 }

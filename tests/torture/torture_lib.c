@@ -32,13 +32,19 @@ static uint64_t mix64(uint64_t x)
 	return x;
 }
 
+unsigned torture_customer_slot(unsigned producer, uint64_t seq)
+{
+	return (unsigned)(mix64(seq * 1000003u + producer) % TORTURE_CUSTOMERS_PER_PRODUCER);
+}
+
 void torture_event_make(struct torture_event *e, const char *tag, const char *customer_prefix,
 			unsigned producer, uint64_t seq, int64_t base_us)
 {
 	static const char *const regions[] = {"eu-west", "us-east", "ap-south"};
 	uint64_t h = mix64(seq * 1000003u + producer);
 	snprintf(e->key, sizeof e->key, "%s-p%u-%" PRIu64, tag, producer, seq);
-	snprintf(e->customer, sizeof e->customer, "%s_%u_%" PRIu64, customer_prefix, producer, h % 17);
+	snprintf(e->customer, sizeof e->customer, "%s_%u_%" PRIu64, customer_prefix, producer,
+		 h % TORTURE_CUSTOMERS_PER_PRODUCER);
 	snprintf(e->region, sizeof e->region, "%s", regions[h % 3]);
 	e->props[0] = (struct tally_prop){.key = {(const uint8_t *)"tokens", 6},
 					  .kind = TALLY_VALUE_INT,

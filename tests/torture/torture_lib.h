@@ -41,6 +41,9 @@ int64_t torture_now_us(void);
 /* Fills e with the event of (tag, producer, seq); its time is base_us + seq (µs). */
 void torture_event_make(struct torture_event *e, const char *tag, const char *customer_prefix,
 			unsigned producer, uint64_t seq, int64_t base_us);
+/* Customers per producer: the event of seq names customer "<prefix>_<producer>_<slot>". */
+#define TORTURE_CUSTOMERS_PER_PRODUCER 17
+unsigned torture_customer_slot(unsigned producer, uint64_t seq);
 /* Parses "<tag>-p<producer>-<seq>". Returns true and fills the outputs (tag NUL-terminated). */
 bool torture_key_parse(const uint8_t *key, size_t len, char tag[TORTURE_TAG_BYTES_MAX + 1],
 		       unsigned *producer, uint64_t *seq);
