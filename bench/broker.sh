@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# broker.sh BIN_DIR [RUNS] — tallyd's throughput and ack latency, as issue 5 states them.
+#
+# For each I/O backend (uring, epoll) and each disk profile (as measured; 2 ms injected per
+# fdatasync through the WAL's I/O seam), on a fresh data directory:
+#   1. closed loop: tally-bench --max, 10% duplicates, 150-byte events, --fsync always;
+#      every receipt checked (--expect) and the WAL checked against them (--verify-wal);
+#   2. open loop at half the closed-loop rate: p50/p99/p99.9 ack latency from the intended
+#      send time (no coordinated omission).
+# Prints one line per run and the median of RUNS runs (default 3) per configuration.
+# Client and broker share this machine's cores, as the issue asks.
+set -euo pipefail
+bin=${1:?usage: bench/broker.sh BIN_DIR [RUNS]}
+runs=${2:-3}
+events=${EVENTS:-3000000}
+conns=${CONNS:-4}
+inflight=${INFLIGHT:-16}
+batch=${BATCH:-500}
+threads=${THREADS:-2}
+shards=${SHARDS:-8}
+tmp=$(mktemp -d /tmp/tally-broker-bench.XXXXXX)
+pid=""
+cleanup() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+jget() { # jget a.b < json: one field of tally-bench --json output
+  python3 -c 'import json,sys
+d=json.loads([l for l in sys.stdin.read().splitlines() if l.startswith("{")][0])
+for k in sys.argv[1].split("."): d=d[int(k)] if isinstance(d,list) else d[k]
+print(d)' "$1"
+}
+median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}'; }
+
+start_tallyd() { # io delay
+  rm -rf "$tmp/data" "$tmp/port"
+  "$bin/tallyd" --listen 127.0.0.1:0 --port-file "$tmp/port" --data "$tmp/data" \
+    --threads "$threads" --shards "$shards" --io "$1" --sync-delay-us "$2" \
+    --expected-keys 4194304 --log-level warn 2>"$tmp/tallyd.log" &
+  pid=$!
+  for _ in $(seq 1 300); do [ -s "$tmp/port" ] && break; sleep 0.1; done
+  [ -s "$tmp/port" ] || { echo "tallyd did not start"; cat "$tmp/tallyd.log"; exit 1; }
+  port=$(cat "$tmp/port")
+}
+stop_tallyd() { kill -TERM "$pid"; wait "$pid" || true; pid=""; }
+
+echo "machine: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "workload: $events events/run, $conns connections x $inflight batches of $batch in flight," \
+     "10% duplicates, 150-byte bodies, $shards shards, $threads threads, --fsync always"
+for delay in 0 2000; do
+  for io in uring epoll; do
+    rates=(); p50s=(); p99s=(); p999s=()
+    for r in $(seq 1 "$runs"); do
+      start_tallyd "$io" "$delay"
+      out=$("$bin/tally-bench" --connect "127.0.0.1:$port" --connections "$conns" \
+              --inflight "$inflight" --batch "$batch" --events "$events" --dup-rate 0.1 \
+              --seed "$r$delay" --expect --verify-wal "$tmp/data" --quiet --json 2>&1) || {
+        echo "tally-bench failed (closed loop, $io, delay $delay)"; echo "$out"; exit 1; }
+      rate=$(echo "$out" | jget phases.0.events_per_s)
+      half=$(awk -v r="$rate" 'BEGIN {printf "%d", r / 2}')
+      lat=$("$bin/tally-bench" --connect "127.0.0.1:$port" --connections "$conns" \
+              --batch 100 --rate "$half" --duration 5 --warmup 1 --dup-rate 0.1 \
+              --seed "9$r$delay" --quiet --json)
+      p50=$(echo "$lat" | jget phases.0.latency_us.p50)
+      p99=$(echo "$lat" | jget phases.0.latency_us.p99)
+      p999=$(echo "$lat" | jget phases.0.latency_us.p999)
+      stop_tallyd
+      printf '  run %d  io %-5s sync+%4d us  closed loop %9.0f ev/s (verified)   open loop at %d ev/s: p50 %s us p99 %s us p99.9 %s us\n' \
+        "$r" "$io" "$delay" "$rate" "$half" "$p50" "$p99" "$p999"
+      rates+=("$rate"); p50s+=("$p50"); p99s+=("$p99"); p999s+=("$p999")
+    done
+    printf 'MEDIAN io %-5s sync+%4d us: %s ev/s; at half rate p50 %s us, p99 %s us, p99.9 %s us\n' \
+      "$io" "$delay" "$(printf '%s\n' "${rates[@]}" | median)" "$(printf '%s\n' "${p50s[@]}" | median)" \
+      "$(printf '%s\n' "${p99s[@]}" | median)" "$(printf '%s\n' "${p999s[@]}" | median)"
+  done
+done
