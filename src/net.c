@@ -57,9 +57,9 @@
 #define NET_URING_BUFS     512      /* provided buffers per thread (power of two) */
 #define NET_URING_BUF_BYTES (32u << 10)
 #define NET_URING_BGID     7
-#define NET_SHUTDOWN_SEND_MS 2000
 #define NET_SLOT_MSG_BYTES 256 /* room for a failed batch's ERROR message */
 #define NET_LINGER_MS      2000
+#define NET_STOP_DEADLINE_S 30 /* finishing in-flight batches at SIGTERM, at most */
 
 #define TAG_CHUNK  0u /* from -> to: events to run */
 #define TAG_RETURN 1u /* to -> from: chunk run, reusable */
@@ -1322,7 +1322,7 @@ static bool worker_turn(struct worker *w)
 	if (atomic_load(&b->stopping)) {
 		if (!w->stopping_seen) {
 			w->stopping_seen = true;
-			w->stop_deadline_us = w->now_us + 30 * 1000000LL;
+			w->stop_deadline_us = w->now_us + NET_STOP_DEADLINE_S * 1000000LL;
 			if (w->listen_fd >= 0) {
 				if (!w->uring)
 					epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->listen_fd, NULL);
