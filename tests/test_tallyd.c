@@ -758,7 +758,19 @@ static void test_buffer_budget(const char *base)
 	}
 	for (int k = 0; k < CONNS; k++)
 		CHECK(send(fd[k], frame[k], (size_t)flen[k] / 2, 0) == flen[k] / 2);
-	usleep(300 * 1000);
+	/* The frames cannot complete yet: wait (up to 20 s) until tallyd says one waits. */
+	char logf[400], line[512];
+	snprintf(logf, sizeof logf, "%s.log", s.dir);
+	int waited = 0;
+	for (int tries = 0; tries < 200 && !waited; tries++) {
+		usleep(100 * 1000);
+		FILE *lf = fopen(logf, "r");
+		while (lf && fgets(line, sizeof line, lf))
+			waited += strstr(line, "waits for receive-buffer budget") != NULL;
+		if (lf)
+			fclose(lf);
+	}
+	CHECK(waited > 0); /* the budget was really reached */
 	for (int k = 0; k < CONNS; k++) {
 		size_t rest = (size_t)(flen[k] - flen[k] / 2);
 		CHECK(send(fd[k], frame[k] + flen[k] / 2, rest, 0) == (ssize_t)rest);
@@ -771,15 +783,6 @@ static void test_buffer_budget(const char *base)
 	}
 	CHECK_EQ(accepted, (long)CONNS * PER);
 	CHECK_EQ(server_stop(&s, SIGTERM), 0);
-	char logf[400], line[512];
-	snprintf(logf, sizeof logf, "%s.log", s.dir);
-	FILE *f = fopen(logf, "r");
-	int waited = 0;
-	while (f && fgets(line, sizeof line, f))
-		waited += strstr(line, "waits for receive-buffer budget") != NULL;
-	if (f)
-		fclose(f);
-	CHECK(waited > 0); /* the budget was really reached */
 }
 
 /* io_uring refused by the kernel: tallyd says why and serves with epoll. */
