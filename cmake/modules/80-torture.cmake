@@ -32,7 +32,7 @@ add_test(NAME torture_lostwrites COMMAND bash ${PROJECT_SOURCE_DIR}/tests/tortur
 add_test(NAME torture_faults COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh faults)
 add_test(NAME torture_abuse COMMAND torture_abuse)
 set_tests_properties(torture_selftest PROPERTIES ENVIRONMENT "${TORTURE_ENV}")
-set_tests_properties(torture_kill9 PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_CYCLES=10;TORTURE_MAX_MS=3000")
+set_tests_properties(torture_kill9 PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_CYCLES=10;TORTURE_MAX_MS=3000;TORTURE_RATE=5000")
 set_tests_properties(torture_lostwrites PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_LW_SHORT=1")
 set_tests_properties(torture_faults PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_FAULT_RUNS=1")
 set_tests_properties(torture_abuse PROPERTIES ENVIRONMENT "${TORTURE_ENV}")
