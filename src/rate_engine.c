@@ -1396,7 +1396,8 @@ int rate_engine_write_reports(struct rate_engine *e, const char *dir)
 	struct rate_cust **sorted = malloc((e->ncusts + 1) * sizeof *sorted);
 	if (!sorted)
 		return -ENOMEM;
-	memcpy(sorted, e->custs, e->ncusts * sizeof *sorted);
+	if (e->ncusts) /* custs is NULL before the first customer: memcpy(NULL) is UB */
+		memcpy(sorted, e->custs, e->ncusts * sizeof *sorted);
 	qsort(sorted, e->ncusts, sizeof *sorted, cust_cmp);
 	doc = json_object();
 	arr = json_array();
@@ -1423,7 +1424,8 @@ int rate_engine_usage_json(struct rate_engine *e, char **json, size_t *len)
 	struct rate_cust **sorted = malloc((e->ncusts + 1) * sizeof *sorted);
 	if (!sorted)
 		return -ENOMEM;
-	memcpy(sorted, e->custs, e->ncusts * sizeof *sorted);
+	if (e->ncusts) /* custs is NULL before the first customer: memcpy(NULL) is UB */
+		memcpy(sorted, e->custs, e->ncusts * sizeof *sorted);
 	qsort(sorted, e->ncusts, sizeof *sorted, cust_cmp);
 	json_t *doc = json_object(), *arr = json_array();
 	int rc = 0;

@@ -1039,8 +1039,37 @@ static void test_arrival_order(void)
 	cap_free(&c);
 }
 
+/* Regression: reports of an engine that has seen no customer yet (tally-rate's first
+   usage.json after a restart on an empty WAL) passed NULL to memcpy (UBSan, torture_rate). */
+static void test_empty_engine_reports(void)
+{
+	/* No "customers": nothing is preloaded, so the engine starts with no customer array. */
+	struct rate_config *cfg = load(
+		"{\"currency\":\"USD\",\"period\":\"month\",\"grace_seconds\":0,"
+		"\"rounding\":\"half_even\",\"late_policy\":\"adjust_next\","
+		"\"meters\":[{\"id\":\"calls\",\"event_name\":\"api.call\",\"aggregation\":\"count\"}],"
+		"\"plans\":[{\"id\":\"pro\",\"base_fee\":\"1.00\",\"prices\":[{\"meter\":\"calls\","
+		"\"model\":\"per_unit\",\"unit_price\":\"0.01\"}]}],\"default_plan\":\"pro\"}");
+	struct cap cap = {0};
+	char dir[] = "/tmp/test_rate_empty.XXXXXX";
+	CHECK(mkdtemp(dir) != NULL);
+	struct rate_engine *e = engine(cfg, 2, &cap, dir);
+	char *json = NULL;
+	size_t len = 0;
+	CHECK_EQ(rate_engine_usage_json(e, &json, &len), 0);
+	CHECK(json != NULL && strstr(json, "open_periods") != NULL);
+	free(json);
+	CHECK_EQ(rate_engine_write_reports(e, dir), 0);
+	rate_engine_destroy(e);
+	rate_config_free(cfg);
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	CHECK_EQ(system(cmd), 0);
+}
+
 int main(void)
 {
+	test_empty_engine_reports();
 	test_documented_invoices();
 	test_usage_matches_invoice();
 	test_million_events();
