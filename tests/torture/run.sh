@@ -222,12 +222,13 @@ run_faults() {
 	local pflags=(--producers 3 --batch 64 --window 4 --quiet --drain-timeout-s 60)
 	for ((r = 0; r < runs; r++)); do
 		# 1. EIO on fdatasync, the unsynced pages dropped: tallyd must exit non-zero by itself.
+		# (syncs 1..~12 create the data directory: a failure there is a refused start)
 		rand 60
-		local at=$((5 + R)) dir=$WORK/fsync-$r
+		local at=$((15 + R)) dir=$WORK/fsync-$r
 		mkdir -p "$dir"
 		LD_PRELOAD=$SHIM TORTURE_FAULT_DIR=$dir/data/wal TORTURE_FAULT_OP=fdatasync \
 			TORTURE_FAULT_AT=$at TORTURE_FAULT_DROP=1 TORTURE_FAULT_LOG=$dir/faults \
-			start_tallyd "$dir" "${flags[@]}" || fail "fsync-eio start"
+			start_tallyd "$dir" "${flags[@]}" || fail "fsync-eio #$r start (sync #$at failed during creation?)"
 		"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" "${pflags[@]}" \
 			--stop-file "$dir/stop" >"$dir/producer.out" 2>"$dir/producer.err" &
 		PPID_=$!
