@@ -4,7 +4,7 @@
 #   run.sh kill9      kill -9 loop: retrying producers at full rate, tallyd SIGKILLed at random
 #                     moments (0.1-5 s, seeded) and restarted, TORTURE_CYCLES times; then every
 #                     ledger is checked against the WAL (0 lost, 0 duplicated, positions match).
-#   run.sh faults     EIO on fdatasync, EIO/ENOSPC on write, via the LD_PRELOAD shim
+#   run.sh faults     EIO on fdatasync, ENOSPC/EIO/short writes, via the LD_PRELOAD shim
 #   run.sh lostwrites crash with unsynced writes dropped/torn/reordered at every I/O op
 #   run.sh abuse      the abuse test program (connection flood, slowloris, 4 GiB frame, ...)
 #   run.sh selftest   a disk that loses synced writes: the checker must report lost events
@@ -136,6 +136,7 @@ find_shim() {
 # without the shim, the producer drains, and the ledger is checked. TORTURE_LW_RECOVERY_AT=R
 # adds a second power loss at op R of the restart (a crash during recovery), then a clean one.
 run_lostwrites() {
+	TOT_ACKED=0 TOT_LOST=0 TOT_DUP=0
 	find_shim
 	local shards=${TORTURE_LW_SHARDS:-1} events=${TORTURE_LW_EVENTS:-3000}
 	local step=${TORTURE_LW_STEP:-1} first=${TORTURE_LW_FIRST:-1}
@@ -216,6 +217,7 @@ run_lostwrites() {
 
 # I/O faults on the whole broker (TORTURE_FAULT_RUNS runs of each, fault op chosen by the seed).
 run_faults() {
+	TOT_ACKED=0 TOT_LOST=0 TOT_DUP=0
 	find_shim
 	local runs=${TORTURE_FAULT_RUNS:-3} r
 	local flags=(--shards 4 --threads 2)
@@ -321,6 +323,7 @@ run_selftest() {
 # (--once) and must equal a from-scratch re-rating byte for byte, and per customer its event
 # count, token sum and fingerprint digest must equal the ledger's (torture_check --rated).
 run_rate() {
+	TOT_ACKED=0 TOT_LOST=0 TOT_DUP=0
 	[ -x "$BIN/tally-rate" ] || { echo "SKIP: $BIN/tally-rate is not built"; exit 77; }
 	local dir=$WORK/rate c rpid
 	mkdir -p "$dir"
@@ -388,6 +391,7 @@ JSON
 }
 
 run_kill9() {
+	TOT_ACKED=0 TOT_LOST=0 TOT_DUP=0
 	local done_cycles=0 epoch=0
 	echo "kill9: cycles=$CYCLES seed=$SEED epoch=$EPOCH rate=$RATE producers=$PRODUCERS bin=$BIN"
 	while [ "$done_cycles" -lt "$CYCLES" ]; do
