@@ -58,7 +58,7 @@ for delay in 0 2000; do
       rate=$(echo "$out" | jget phases.0.events_per_s)
       half=$(awk -v r="$rate" 'BEGIN {printf "%d", r / 2}')
       lat=$("$bin/tally-bench" --connect "127.0.0.1:$port" --connections "$conns" \
-              --batch 100 --rate "$half" --duration 5 --warmup 1 --dup-rate 0.1 \
+              --batch "$batch" --rate "$half" --duration 5 --warmup 1 --dup-rate 0.1 \
               --seed "9$r$delay" --quiet --json)
       p50=$(echo "$lat" | jget phases.0.latency_us.p50)
       p99=$(echo "$lat" | jget phases.0.latency_us.p99)
