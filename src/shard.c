@@ -75,6 +75,9 @@ struct shard {
 	bool kick, stop, started;
 	_Atomic bool busy;
 	_Atomic int sync_error;
+	/* fdatasync latency, written by the syncer only, read at close (after join). */
+	uint64_t sync_count, sync_us_max;
+	uint64_t sync_hist[24]; /* bucket b: [2^b, 2^(b+1)) microseconds */
 
 	/* Sealing sealed segments' keys into cold runs, off the event loop (see seal_pump). */
 	pthread_t sealer;
@@ -270,9 +273,18 @@ static void *syncer_main(void *arg)
 		pthread_mutex_unlock(&s->mu);
 
 		if (wal_written_next(s->ws) > wal_durable_next(s->ws)) {
+			int64_t t0 = broker_now_us();
 			int rc = wal_sync(s->ws, NULL);
 			if (rc < 0)
 				atomic_store(&s->sync_error, rc);
+			uint64_t us = (uint64_t)(broker_now_us() - t0);
+			unsigned b = 0;
+			while (b < 23 && (us >> (b + 1)) != 0)
+				b++;
+			s->sync_hist[b]++;
+			s->sync_count++;
+			if (us > s->sync_us_max)
+				s->sync_us_max = us;
 		}
 		/* Release: the owner that sees busy == false also sees the new watermark. */
 		atomic_store_explicit(&s->busy, false, memory_order_release);
@@ -634,6 +646,22 @@ int shard_close(struct shard *s)
 	}
 	if (rc == 0)
 		rc = atomic_load(&s->sync_error);
+	if (s->sync_count) {
+		/* The syncer has been joined: its counters are stable. */
+		uint64_t half = (s->sync_count + 1) / 2, p99 = (s->sync_count * 99 + 99) / 100;
+		uint64_t acc = 0, b50 = 0, b99 = 0;
+		for (unsigned b = 0; b < 24; b++) {
+			acc += s->sync_hist[b];
+			if (!b50 && acc >= half)
+				b50 = 2ull << b;
+			if (!b99 && acc >= p99)
+				b99 = 2ull << b;
+		}
+		broker_log(LOG_INFO, "shard %u: %llu syncs, fdatasync p50 < %llu us, p99 < %llu us, "
+				     "max %llu us", s->id, (unsigned long long)s->sync_count,
+			   (unsigned long long)b50, (unsigned long long)b99,
+			   (unsigned long long)s->sync_us_max);
+	}
 	dedup_shard_close(s->dd);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
