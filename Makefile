@@ -7,16 +7,19 @@
 #   make tsan     ThreadSanitizer build of the threaded tests
 #   make bench-compare  tally against NATS JetStream, Redis and PostgreSQL (docs/benchmarks.md)
 #   make profile  perf flame graph of tallyd under tally-bench load (perf/)
+#   make torture  the torture suite (tests/torture/run.sh all): TORTURE_CYCLES kill -9 cycles
+#                 (default 100; `make torture TORTURE_CYCLES=1000` for the long run)
 CLANG := $(shell command -v clang 2>/dev/null)
 TEST_CC ?= $(if $(CLANG),clang,gcc)
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 WERROR ?= $(if $(CI),ON,OFF)
 FUZZ_SECONDS ?= 600
+TORTURE_CYCLES ?= 100
 # The peer smoke test starts real NATS/Redis/PostgreSQL servers: `make bench-compare` runs
 # those comparisons; `make test` leaves them out.
 CTEST_ARGS ?= -LE peers
 
-.PHONY: all deps build release test run bench fuzz tsan clean bench-compare profile
+.PHONY: all deps build release test run bench fuzz tsan clean bench-compare profile torture
 all: build
 
 deps:
@@ -53,6 +56,9 @@ bench-compare: release
 profile: export TALLY_EXTRA_PKGS = linux-perf
 profile: release
 	@bash perf/profile-tallyd.sh build-release/bin
+
+torture: release
+	TALLY_BIN=build-release/bin TORTURE_CYCLES=$(TORTURE_CYCLES) bash tests/torture/run.sh all
 
 tsan: deps
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Tsan -DCMAKE_C_COMPILER=$(TEST_CC) >/dev/null
