@@ -25,6 +25,7 @@
 
 #include "tally/client.h"
 #include "tally/protocol.h"
+#include "net_testutil.h"
 #include "tally/wal.h"
 
 static int failures;
@@ -314,28 +315,6 @@ static int raw_connect(uint16_t port)
 	return fd;
 }
 
-/* Reads one frame; returns its type and fills *err_code for ERROR, or -1. */
-static int raw_read_frame(int fd, uint16_t *err_code)
-{
-	uint8_t buf[4096];
-	size_t len = 0;
-	for (;;) {
-		struct proto_frame f;
-		size_t need;
-		long n = proto_frame_parse(buf, len, sizeof buf, 16, &f, &need);
-		if (n > 0) {
-			if (f.type == PROTO_ERROR && err_code)
-				*err_code = f.u.error.code;
-			return f.type;
-		}
-		if (n < 0 || len == sizeof buf)
-			return -1;
-		ssize_t k = recv(fd, buf + len, sizeof buf - len, 0);
-		if (k <= 0)
-			return -1;
-		len += (size_t)k;
-	}
-}
 
 static bool raw_closed(int fd)
 {
@@ -357,7 +336,7 @@ static void test_malformed(struct server *s)
 	const char junk[] = "GET / HTTP/1.1\r\n\r\n";
 	CHECK(send(fd, junk, sizeof junk - 1, 0) > 0);
 	uint16_t code = 0;
-	CHECK_EQ(raw_read_frame(fd, &code), PROTO_ERROR);
+	CHECK_EQ(net_test_read_frame(fd, &code), PROTO_ERROR);
 	CHECK_EQ(code, PROTO_E_BAD_MAGIC);
 	CHECK(raw_closed(fd));
 	close(fd);
@@ -373,7 +352,7 @@ static void test_malformed(struct server *s)
 	long n = proto_batch_finish(&b);
 	CHECK(send(fd, frame, (size_t)n, 0) == n);
 	code = 0;
-	CHECK_EQ(raw_read_frame(fd, &code), PROTO_ERROR);
+	CHECK_EQ(net_test_read_frame(fd, &code), PROTO_ERROR);
 	CHECK_EQ(code, PROTO_E_UNEXPECTED);
 	CHECK(raw_closed(fd));
 	close(fd);
@@ -401,7 +380,7 @@ static void test_malformed(struct server *s)
 			   0xff, 0xff, 0xff, 0xff};
 	CHECK(send(fd, hdr, 16, 0) == 16);
 	code = 0;
-	CHECK_EQ(raw_read_frame(fd, &code), PROTO_ERROR);
+	CHECK_EQ(net_test_read_frame(fd, &code), PROTO_ERROR);
 	CHECK_EQ(code, PROTO_E_FRAME_TOO_LARGE);
 	close(fd);
 
@@ -467,7 +446,7 @@ static void test_many_connections(struct server *s, int n)
 	}
 	int hello_ok = 0;
 	for (int i = 0; i < n; i++)
-		if (fds[i] >= 0 && raw_read_frame(fds[i], NULL) == PROTO_HELLO_OK)
+		if (fds[i] >= 0 && net_test_read_frame(fds[i], NULL) == PROTO_HELLO_OK)
 			hello_ok++;
 	CHECK_EQ(ok, n);
 	CHECK_EQ(hello_ok, n);

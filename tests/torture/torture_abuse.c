@@ -34,6 +34,7 @@
 
 #include "tally/client.h"
 #include "tally/protocol.h"
+#include "net_testutil.h"
 #include "tally/wal.h"
 #include "torture_lib.h"
 
@@ -148,28 +149,6 @@ static bool send_hello(int fd, const char *key)
 	return n > 0 && send_all(fd, buf, (size_t)n);
 }
 
-/* Reads one frame: its type (ERROR code in *code), or -1 on EOF/timeout/garbage. */
-static int read_frame(int fd, uint16_t *code)
-{
-	uint8_t buf[4096];
-	size_t len = 0;
-	for (;;) {
-		struct proto_frame f;
-		size_t need;
-		long n = proto_frame_parse(buf, len, sizeof buf, 16, &f, &need);
-		if (n > 0) {
-			if (f.type == PROTO_ERROR && code)
-				*code = f.u.error.code;
-			return f.type;
-		}
-		if (n < 0 || len == sizeof buf)
-			return -1;
-		ssize_t k = recv(fd, buf + len, sizeof buf - len, 0);
-		if (k <= 0)
-			return -1;
-		len += (size_t)k;
-	}
-}
 
 /* True once the peer closed (EOF or reset), reading and dropping whatever it sent first. */
 static bool peer_closed(int fd, int timeout_ms)
@@ -222,7 +201,7 @@ static void abuse_flood(void)
 		if (fds[i] < 0)
 			continue;
 		uint16_t code = 0;
-		int t = read_frame(fds[i], &code);
+		int t = net_test_read_frame(fds[i], &code);
 		if (t == PROTO_HELLO_OK)
 			hello_ok++;
 		else if (t == PROTO_ERROR && code == PROTO_E_TOO_MANY_CONNS)
@@ -258,7 +237,7 @@ static void abuse_slowloris(void)
 		CHECK(fds[i] >= 0);
 		if (i < AFTER) { /* HELLO done, then a BATCH trickled */
 			CHECK(send_hello(fds[i], KEY_ACME));
-			CHECK_EQ(read_frame(fds[i], NULL), PROTO_HELLO_OK);
+			CHECK_EQ(net_test_read_frame(fds[i], NULL), PROTO_HELLO_OK);
 			struct torture_event e;
 			torture_event_make(&e, "slow", "acme_cus", 0, (uint64_t)i, torture_now_us());
 			struct proto_batch_builder b;
@@ -322,13 +301,13 @@ static void abuse_huge(void)
 		bool after = i % 2;
 		if (after) {
 			CHECK(send_hello(fd, KEY_ACME));
-			CHECK_EQ(read_frame(fd, NULL), PROTO_HELLO_OK);
+			CHECK_EQ(net_test_read_frame(fd, NULL), PROTO_HELLO_OK);
 		}
 		uint8_t hdr[16] = {0x54, 0x41, 0x4c, 0x59, 0, 0, 0, 0, 1,
 				   after ? PROTO_BATCH : PROTO_HELLO, 0, 0, 0xff, 0xff, 0xff, 0xff};
 		CHECK(send_all(fd, hdr, sizeof hdr));
 		uint16_t code = 0;
-		if (read_frame(fd, &code) == PROTO_ERROR && code == PROTO_E_FRAME_TOO_LARGE &&
+		if (net_test_read_frame(fd, &code) == PROTO_ERROR && code == PROTO_E_FRAME_TOO_LARGE &&
 		    peer_closed(fd, 5000))
 			refused++;
 		close(fd);
@@ -355,7 +334,7 @@ static void abuse_prehello(void)
 		long n = proto_batch_finish(&b);
 		CHECK(n > 0 && send_all(fd, frame, (size_t)n));
 		uint16_t code = 0;
-		if (read_frame(fd, &code) == PROTO_ERROR && code == PROTO_E_UNEXPECTED &&
+		if (net_test_read_frame(fd, &code) == PROTO_ERROR && code == PROTO_E_UNEXPECTED &&
 		    peer_closed(fd, 5000))
 			refused++;
 		close(fd);
@@ -378,7 +357,7 @@ static void abuse_badkey(void)
 	}
 	for (int i = 0; i < N; i++) {
 		uint16_t code = 0;
-		if (fds[i] >= 0 && read_frame(fds[i], &code) == PROTO_ERROR && code == PROTO_E_AUTH)
+		if (fds[i] >= 0 && net_test_read_frame(fds[i], &code) == PROTO_ERROR && code == PROTO_E_AUTH)
 			auth++;
 		if (fds[i] >= 0)
 			close(fds[i]);
