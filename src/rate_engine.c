@@ -801,6 +801,25 @@ static int credit_cmp_key(const struct rate_credit *a, uint32_t ia, const struct
 }
 
 /*
+ * Ends an invoice or adjustment line: its error (lerr, counted as an overflow when the line is
+ * committed), its amount added to *usage (a total overflow is an error too), and the amount.
+ */
+static void line_amount(struct rate_engine *e, json_t *l, const char *lerr, bool commit,
+			rate_i128 amount, unsigned mu, rate_i128 *usage, bool *err)
+{
+	if (lerr) {
+		json_object_set_new(l, "error", json_string(lerr));
+		*err = true;
+		e->stats.overflow += commit;
+	}
+	if (rate_add(*usage, amount, usage) != 0) {
+		json_object_set_new(l, "error", json_string("total overflow"));
+		*err = true;
+	}
+	json_object_set_new(l, "amount", jdec(amount, mu, mu));
+}
+
+/*
  * Builds the invoice of period cp. commit = true at close: late adjustments are merged into
  * their source periods and credits are burned; false for usage.json previews (no changes).
  * Returns 0 or -ENOMEM; money errors (overflow, negative quantity) are reported in the lines.
@@ -850,16 +869,7 @@ static int build_invoice(struct rate_engine *e, struct rate_cust *c, struct rate
 				lerr = crc == -ERANGE ? "amount overflow" : "negative quantity";
 			}
 		}
-		if (lerr) {
-			json_object_set_new(l, "error", json_string(lerr));
-			err = true;
-			e->stats.overflow += commit;
-		}
-		if (rate_add(usage, amount, &usage) != 0) {
-			json_object_set_new(l, "error", json_string("total overflow"));
-			err = true;
-		}
-		json_object_set_new(l, "amount", jdec(amount, mu, mu));
+		line_amount(e, l, lerr, commit, amount, mu, &usage, &err);
 		json_object_set_new(l, "provenance",
 				    provenance_json(e, a, rate_ranges_at(e, cp->slots, m)));
 		json_array_append_new(lines, l);
@@ -907,16 +917,7 @@ static int build_invoice(struct rate_engine *e, struct rate_cust *c, struct rate
 										 : "negative quantity";
 				}
 			}
-			if (lerr) {
-				json_object_set_new(l, "error", json_string(lerr));
-				err = true;
-				e->stats.overflow += commit;
-			}
-			if (rate_add(usage, amount, &usage) != 0) {
-				json_object_set_new(l, "error", json_string("total overflow"));
-				err = true;
-			}
-			json_object_set_new(l, "amount", jdec(amount, mu, mu));
+			line_amount(e, l, lerr, commit, amount, mu, &usage, &err);
 			json_object_set_new(l, "provenance",
 					    provenance_json(e, la, rate_ranges_at(e, adj->slots, m)));
 			json_array_append_new(adjs, l);
