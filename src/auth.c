@@ -167,3 +167,48 @@ void broker_auth_free(struct broker_auth *a)
 	free(a->e);
 	free(a);
 }
+
+long broker_hello_answer(const struct broker_hello_env *env, const struct proto_hello *h,
+			 uint8_t *buf, size_t cap, const struct broker_tenant **tenant,
+			 uint32_t *frame_bytes_max, uint16_t *error, const char **message)
+{
+	const struct broker_config *cfg = env->cfg;
+	*tenant = NULL;
+	*error = 0;
+	*message = NULL;
+	if (h->version != PROTO_VERSION) {
+		*error = PROTO_E_UNSUPPORTED;
+		*message = "this server speaks version 1";
+		return 0;
+	}
+	const struct broker_tenant *t = env->default_tenant;
+	if (env->auth) {
+		t = broker_auth_lookup(env->auth, h->api_key.ptr, h->api_key.len);
+		if (!t) {
+			*error = PROTO_E_AUTH;
+			*message = "authentication failed";
+			return 0;
+		}
+	}
+	uint32_t fmax = cfg->frame_bytes_max;
+	if (h->frame_bytes_max && h->frame_bytes_max < fmax)
+		fmax = h->frame_bytes_max < PROTO_FRAME_BYTES_MIN ? PROTO_FRAME_BYTES_MIN
+								  : h->frame_bytes_max;
+	struct proto_hello_ok ok = {
+		.version = PROTO_VERSION,
+		.shard_count = env->nshards,
+		.frame_bytes_max = fmax,
+		.batch_events_max = cfg->batch_events_max,
+		.inflight_max = cfg->inflight_max,
+		.server_time_us = env->now_us,
+		.max_future_us = cfg->max_future_us,
+		.max_age_us = cfg->max_age_us,
+		.tenant = {(const uint8_t *)t->name, t->len},
+	};
+	long n = proto_encode_hello_ok(buf, cap, &ok);
+	if (n < 0)
+		return n;
+	*tenant = t;
+	*frame_bytes_max = fmax;
+	return n;
+}

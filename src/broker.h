@@ -104,4 +104,24 @@ const struct broker_tenant *broker_auth_lookup(const struct broker_auth *a, cons
 size_t broker_auth_count(const struct broker_auth *a);
 void broker_auth_free(struct broker_auth *a);
 
+/*
+ * The HELLO decision, without I/O (auth.c; fuzzed by tests/fuzz/fuzz_hello.c). With `auth`,
+ * the tenant comes from the API key alone; without it, from `default_tenant`. On success the
+ * HELLO_OK frame is encoded into buf and its size returned, with *tenant and *frame_bytes_max
+ * set (the client's wish, clamped to [PROTO_FRAME_BYTES_MIN, cfg->frame_bytes_max]). Returns 0
+ * with *error = PROTO_E_UNSUPPORTED (wrong version) or PROTO_E_AUTH (unknown key, the caller
+ * delays before closing) and *message set; a negative -errno if buf is too small.
+ */
+struct broker_hello_env {
+	const struct broker_config *cfg;
+	const struct broker_auth *auth;         /* NULL: single-tenant */
+	const struct broker_tenant *default_tenant;
+	uint16_t nshards;
+	int64_t now_us;
+};
+#define BROKER_HELLO_OK_BYTES_MAX (PROTO_HEADER_BYTES + 41 + TALLY_TENANT_BYTES_MAX)
+long broker_hello_answer(const struct broker_hello_env *env, const struct proto_hello *h,
+			 uint8_t *buf, size_t cap, const struct broker_tenant **tenant,
+			 uint32_t *frame_bytes_max, uint16_t *error, const char **message);
+
 #endif

@@ -512,47 +512,37 @@ static void worker_flush_out(struct worker *w)
 
 static void handle_hello(struct worker *w, struct conn *c, const struct proto_hello *h)
 {
-	const struct broker_config *cfg = w->b->cfg;
-	if (h->version != PROTO_VERSION) {
-		conn_send_error(w, c, PROTO_E_UNSUPPORTED, true, 0, "this server speaks version 1");
-		return;
-	}
-	if (w->b->auth) {
-		c->tenant = broker_auth_lookup(w->b->auth, h->api_key.ptr, h->api_key.len);
-		if (!c->tenant) {
-			/* Delayed, so that guessing keys is slow; nothing more is read meanwhile. */
-			c->state = CONN_AUTHFAIL;
-			c->close_at_us = w->now_us + (int64_t)cfg->auth_fail_delay_ms * 1000;
-			conn_update_read(w, c);
-			broker_log(LOG_WARN, "conn %llu: authentication failed",
-				   (unsigned long long)c->id);
-			return;
-		}
-	} else {
-		c->tenant = &w->b->default_tenant;
-	}
-	c->frame_bytes_max = cfg->frame_bytes_max;
-	if (h->frame_bytes_max && h->frame_bytes_max < c->frame_bytes_max)
-		c->frame_bytes_max = h->frame_bytes_max < PROTO_FRAME_BYTES_MIN
-					     ? PROTO_FRAME_BYTES_MIN
-					     : h->frame_bytes_max;
-	struct proto_hello_ok ok = {
-		.version = PROTO_VERSION,
-		.shard_count = w->b->nshards,
-		.frame_bytes_max = c->frame_bytes_max,
-		.batch_events_max = cfg->batch_events_max,
-		.inflight_max = cfg->inflight_max,
-		.server_time_us = w->now_us,
-		.max_future_us = cfg->max_future_us,
-		.max_age_us = cfg->max_age_us,
-		.tenant = {(const uint8_t *)c->tenant->name, c->tenant->len},
+	const struct broker_hello_env env = {
+		.cfg = w->b->cfg,
+		.auth = w->b->auth,
+		.default_tenant = &w->b->default_tenant,
+		.nshards = w->b->nshards,
+		.now_us = w->now_us,
 	};
-	uint8_t buf[PROTO_HEADER_BYTES + 41 + TALLY_TENANT_BYTES_MAX];
-	long n = proto_encode_hello_ok(buf, sizeof buf, &ok);
+	uint8_t buf[BROKER_HELLO_OK_BYTES_MAX];
+	const struct broker_tenant *t;
+	uint32_t fmax;
+	uint16_t err;
+	const char *msg;
+	long n = broker_hello_answer(&env, h, buf, sizeof buf, &t, &fmax, &err, &msg);
 	if (n < 0) {
 		conn_close(w, c);
 		return;
 	}
+	if (err == PROTO_E_AUTH) {
+		/* Delayed, so that guessing keys is slow; nothing more is read meanwhile. */
+		c->state = CONN_AUTHFAIL;
+		c->close_at_us = w->now_us + (int64_t)w->b->cfg->auth_fail_delay_ms * 1000;
+		conn_update_read(w, c);
+		broker_log(LOG_WARN, "conn %llu: authentication failed", (unsigned long long)c->id);
+		return;
+	}
+	if (err) {
+		conn_send_error(w, c, err, true, 0, msg);
+		return;
+	}
+	c->tenant = t;
+	c->frame_bytes_max = fmax;
 	c->state = CONN_READY;
 	conn_queue_frame(w, c, buf, (size_t)n);
 }

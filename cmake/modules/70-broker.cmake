@@ -16,3 +16,6 @@ if(CMAKE_BUILD_TYPE STREQUAL "Tsan")
   set_tests_properties(test_ring test_shard test_tallyd_epoll test_tallyd_uring PROPERTIES
     ENVIRONMENT "TSAN_OPTIONS=suppressions=${PROJECT_SOURCE_DIR}/tests/tsan.supp halt_on_error=1 exitcode=66;TALLY_BIN=${CMAKE_BINARY_DIR}/bin;TALLY_SRC=${PROJECT_SOURCE_DIR}")
 endif()
+# The HELLO path (frames before authentication, broker_hello_answer, the --auth-file loader).
+tally_fuzz(fuzz_hello SOURCES tests/fuzz/fuzz_hello.c src/auth.c src/proto.c src/event.c
+           DEPS PkgConfig::XXHASH CORPUS ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/hello)
