@@ -245,7 +245,7 @@ int wal_retention_run(const char *data_dir, uint64_t max_age_us, int64_t now_us,
 			if (fstat(fd, &st) == 0)
 				wal_idx_last_entry(dir, bases[k], (uint64_t)st.st_size, &pos, &off);
 			struct wal_scan sc;
-			rc = wal_scan_segment(io, fd, pos, off, false, &sc, NULL, NULL);
+			rc = wal_scan_segment(io, fd, pos, off, 0, &sc, NULL, NULL);
 			close(fd);
 			if (rc < 0)
 				break;

@@ -207,6 +207,39 @@ truncated:
 	return -EBADMSG;
 }
 
+/* ---------- record walk of one unpacked block (readers, verify, recovery) ---------- */
+
+void wal_blockwalk_init(struct wal_blockwalk *bw, const struct wal_block_hdr *h, const uint8_t *raw)
+{
+	bw->raw = raw;
+	bw->raw_len = h->raw_bytes;
+	bw->pos = 0;
+	bw->left = h->record_count;
+	bw->next_offset = h->first_offset;
+	bw->prev_ingest = h->first_ingest_time_us;
+	bw->max_ingest = h->max_ingest_time_us;
+}
+
+int wal_blockwalk_next(struct wal_blockwalk *bw, struct wal_record *rec, const char **why)
+{
+	int rc = wal_record_decode(bw->raw, bw->raw_len, &bw->pos, bw->prev_ingest, rec, why);
+	if (rc < 0)
+		return rc;
+	if (rec->ingest_time_us > bw->max_ingest) {
+		*why = "record ingest time above the block's maximum";
+		return -EBADMSG;
+	}
+	rec->offset = bw->next_offset++;
+	bw->prev_ingest = rec->ingest_time_us;
+	bw->left--;
+	if (bw->left == 0 && (bw->pos != bw->raw_len || rec->ingest_time_us != bw->max_ingest)) {
+		*why = "block payload does not end with its last record";
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+
 int wal_path_shard_dir(char *buf, size_t cap, const char *data_dir, uint16_t shard)
 {
 	int n = snprintf(buf, cap, "%s/wal/shard-%02u", data_dir, (unsigned)shard);
@@ -345,8 +378,23 @@ static int check_block_at(const struct wal_io *io, int fd, uint64_t pos, uint64_
 	return 1;
 }
 
+/* Unpacks a block that passed rules 1-8 and walks its records as a reader would. */
+static bool block_decodes(const struct wal_block_hdr *h, const uint8_t *payload, uint8_t *raw,
+			  const char **why)
+{
+	if (wal_block_unpack(h, payload, raw, WAL_BLOCK_RAW_BYTES_MAX, why) < 0)
+		return false;
+	struct wal_blockwalk bw;
+	struct wal_record rec;
+	wal_blockwalk_init(&bw, h, raw);
+	while (bw.left > 0)
+		if (wal_blockwalk_next(&bw, &rec, why) < 0)
+			return false;
+	return true;
+}
+
 int wal_scan_segment(const struct wal_io *io, int fd, uint64_t start_pos, uint64_t start_offset,
-		     bool search_later, struct wal_scan *sc,
+		     unsigned flags, struct wal_scan *sc,
 		     void (*index_cb)(void *, uint64_t, uint64_t), void *cb_ctx)
 {
 	struct stat st;
@@ -359,8 +407,12 @@ int wal_scan_segment(const struct wal_io *io, int fd, uint64_t start_pos, uint64
 	sc->last_max_ingest_time_us = INT64_MIN;
 	sc->later_valid_at = UINT64_MAX;
 	uint8_t *payload = malloc(WAL_BLOCK_STORED_BYTES_MAX);
-	if (!payload)
+	uint8_t *raw = (flags & WAL_SCAN_DECODE) ? malloc(WAL_BLOCK_RAW_BYTES_MAX) : NULL;
+	if (!payload || ((flags & WAL_SCAN_DECODE) && !raw)) {
+		free(payload);
+		free(raw);
 		return -ENOMEM;
+	}
 	int rc = 0;
 	uint64_t pos = start_pos;
 	struct wal_block_hdr h;
@@ -384,6 +436,11 @@ int wal_scan_segment(const struct wal_io *io, int fd, uint64_t start_pos, uint64
 			sc->bad_why = why;
 			break;
 		}
+		if (raw && !block_decodes(&h, payload, raw, &why)) {
+			sc->bad_why = why;
+			sc->later_valid_at = pos; /* checksummed: corruption, never a torn tail */
+			break;
+		}
 		if (index_cb)
 			index_cb(cb_ctx, h.first_offset, pos);
 		if (sc->first_ingest_time_us == INT64_MIN)
@@ -396,7 +453,7 @@ int wal_scan_segment(const struct wal_io *io, int fd, uint64_t start_pos, uint64
 		pos += WAL_BLOCK_HEADER_BYTES + h.stored_bytes;
 	}
 	sc->valid_bytes = pos;
-	if (sc->bad_why && search_later) {
+	if (sc->bad_why && (flags & WAL_SCAN_SEARCH_LATER) && sc->later_valid_at == UINT64_MAX) {
 		/* Is there any complete, checksummed block after the bad one? Look for the magic at
 		   every byte position after it (only ever done on the failure path). */
 		enum { WIN = 1 << 20 };
@@ -440,6 +497,7 @@ int wal_scan_segment(const struct wal_io *io, int fd, uint64_t start_pos, uint64
 	}
 out_free:
 	free(payload);
+	free(raw);
 	return rc;
 }
 

@@ -143,16 +143,35 @@ int wal_fsync_dir(const struct wal_io *io, const char *dir);
    the number of bytes read if EOF came first (>= 0). */
 ssize_t wal_pread_full(const struct wal_io *io, int fd, void *buf, size_t n, off_t off);
 
+/* Walks the records of an unpacked block, checking the rules readers apply (docs/wal-format.md
+   "Exact block validity rule", after rule 8). next: 0 and *rec, or -EBADMSG with *why. */
+struct wal_blockwalk {
+	const uint8_t *raw;
+	size_t raw_len;
+	size_t pos;
+	uint32_t left;
+	uint64_t next_offset;
+	int64_t prev_ingest;
+	int64_t max_ingest;
+};
+void wal_blockwalk_init(struct wal_blockwalk *bw, const struct wal_block_hdr *h, const uint8_t *raw);
+int wal_blockwalk_next(struct wal_blockwalk *bw, struct wal_record *rec, const char **why);
+
 /*
  * Scans a segment file's blocks from byte start_pos (0, or a block start known from the index),
  * checking each block with rules 1-8 of docs/wal-format.md (offsets continue from
  * start_offset). Stops at the first invalid or incomplete block. Fills *sc: valid_bytes (end of
  * the last valid block), next_offset, first/last ingest times (INT64_MIN if no block), counts,
  * bad_why (static string; NULL if the file ended exactly at a block boundary), and, with
- * search_later and a bad block, later_valid_at: the position of a block after it that passes
- * rules 1-7, or UINT64_MAX. index_cb (may be NULL) gets (offset, position) of every valid block.
- * Returns 0 or -errno (I/O).
+ * WAL_SCAN_SEARCH_LATER and a bad block, later_valid_at: the position of a block after it that
+ * passes rules 1-7, or UINT64_MAX. With WAL_SCAN_DECODE every block that passes rules 1-8 is
+ * also unpacked and its records walked as a reader would; a block that fails that is not a torn
+ * write (its checksum matched) but corruption: bad_why says so and later_valid_at = its own
+ * position, so that recovery refuses it rather than cut acknowledged data. index_cb (may be
+ * NULL) gets (offset, position) of every valid block. Returns 0 or -errno (I/O).
  */
+#define WAL_SCAN_SEARCH_LATER 1u
+#define WAL_SCAN_DECODE       2u
 struct wal_scan {
 	uint64_t valid_bytes;
 	uint64_t next_offset;
@@ -166,7 +185,7 @@ struct wal_scan {
 	uint64_t raw_bytes;
 };
 int wal_scan_segment(const struct wal_io *io, int fd, uint64_t start_pos, uint64_t start_offset,
-		     bool search_later, struct wal_scan *sc,
+		     unsigned flags, struct wal_scan *sc,
 		     void (*index_cb)(void *, uint64_t, uint64_t), void *cb_ctx);
 
 /* Last entry of a segment's .idx lying before file_bytes, else (0, base). A hint only:

@@ -100,47 +100,6 @@ static int block_load(int fd, uint64_t pos, struct wal_block_hdr *h, struct bloc
 	return rc < 0 ? rc : 1;
 }
 
-/* Walks the records of a loaded block. */
-struct blockwalk {
-	const uint8_t *raw;
-	size_t raw_len;
-	size_t pos;
-	uint32_t left;
-	uint64_t next_offset;
-	int64_t prev_ingest;
-	int64_t max_ingest;
-};
-
-static void blockwalk_init(struct blockwalk *bw, const struct wal_block_hdr *h, const uint8_t *raw)
-{
-	bw->raw = raw;
-	bw->raw_len = h->raw_bytes;
-	bw->pos = 0;
-	bw->left = h->record_count;
-	bw->next_offset = h->first_offset;
-	bw->prev_ingest = h->first_ingest_time_us;
-	bw->max_ingest = h->max_ingest_time_us;
-}
-
-static int blockwalk_next(struct blockwalk *bw, struct wal_record *rec, const char **why)
-{
-	int rc = wal_record_decode(bw->raw, bw->raw_len, &bw->pos, bw->prev_ingest, rec, why);
-	if (rc < 0)
-		return rc;
-	if (rec->ingest_time_us > bw->max_ingest) {
-		*why = "record ingest time above the block's maximum";
-		return -EBADMSG;
-	}
-	rec->offset = bw->next_offset++;
-	bw->prev_ingest = rec->ingest_time_us;
-	bw->left--;
-	if (bw->left == 0 && (bw->pos != bw->raw_len || rec->ingest_time_us != bw->max_ingest)) {
-		*why = "block payload does not end with its last record";
-		return -EBADMSG;
-	}
-	return 0;
-}
-
 /* ---------- index ---------- */
 
 /* Best start (pos, offset) for target from seg's .idx; validated against the segment itself. */
@@ -201,7 +160,7 @@ struct wal_cursor {
 	bool positioned;  /* fd/pos correspond to `next` */
 	bool has_peek;
 	struct wal_record peek;
-	struct blockwalk bw; /* bw.left > 0: records of the loaded block remain */
+	struct wal_blockwalk bw; /* bw.left > 0: records of the loaded block remain */
 	struct blockbuf buf;
 	char dir[WAL_PATH_BYTES_MAX];
 	char seg_path[WAL_PATH_BYTES_MAX];
@@ -355,13 +314,13 @@ static int cursor_load(struct wal_cursor *c)
 	if (h.first_offset + h.record_count > durable)
 		return 0; /* not entirely durable yet (cannot happen with a whole-block watermark)
 			   */
-	blockwalk_init(&c->bw, &h, c->buf.raw);
+	wal_blockwalk_init(&c->bw, &h, c->buf.raw);
 	uint64_t at = c->pos;
 	c->blk_pos = at;
 	c->pos += WAL_BLOCK_HEADER_BYTES + h.stored_bytes;
 	while (c->bw.next_offset < c->next) {
 		struct wal_record skip;
-		if (blockwalk_next(&c->bw, &skip, &why) < 0)
+		if (wal_blockwalk_next(&c->bw, &skip, &why) < 0)
 			return corrupt(c, at, why);
 	}
 	return 1;
@@ -378,7 +337,7 @@ static int cursor_fill(struct wal_cursor *c)
 			return rc;
 	}
 	const char *why = NULL;
-	if (blockwalk_next(&c->bw, &c->peek, &why) < 0)
+	if (wal_blockwalk_next(&c->bw, &c->peek, &why) < 0)
 		return corrupt(c, c->blk_pos, why);
 	c->peek.shard = c->shard;
 	c->has_peek = true;
@@ -498,7 +457,7 @@ int wal_reader_next(struct wal_reader *r, struct wal_record *rec)
 				return rc;
 		}
 		const char *why = NULL;
-		if (blockwalk_next(&c->bw, rec, &why) < 0)
+		if (wal_blockwalk_next(&c->bw, rec, &why) < 0)
 			return corrupt(c, c->blk_pos, why);
 		rec->shard = c->shard;
 		c->next = rec->offset + 1;
@@ -657,7 +616,7 @@ struct wal_segment_iter {
 	int64_t prev_max_ingest;
 	bool allow_torn_tail;
 	bool done;
-	struct blockwalk bw;
+	struct wal_blockwalk bw;
 	struct blockbuf buf;
 	char path[WAL_PATH_BYTES_MAX];
 };
@@ -710,10 +669,10 @@ int wal_segment_iter_next(struct wal_segment_iter *it, struct wal_record *rec)
 			goto out_corrupt;
 		}
 		it->prev_max_ingest = h.max_ingest_time_us;
-		blockwalk_init(&it->bw, &h, it->buf.raw);
+		wal_blockwalk_init(&it->bw, &h, it->buf.raw);
 		it->pos += WAL_BLOCK_HEADER_BYTES + h.stored_bytes;
 	}
-	if (blockwalk_next(&it->bw, rec, &why) < 0)
+	if (wal_blockwalk_next(&it->bw, rec, &why) < 0)
 		goto out_corrupt;
 	rec->shard = 0;
 	it->next = rec->offset + 1;
@@ -780,11 +739,11 @@ int wal_segment_verify(const char *path, uint64_t base_offset, bool decode_recor
 			break;
 		}
 		if (decode_records) {
-			struct blockwalk bw;
-			blockwalk_init(&bw, &h, buf.raw);
+			struct wal_blockwalk bw;
+			wal_blockwalk_init(&bw, &h, buf.raw);
 			while (bw.left > 0) {
 				struct wal_record rec;
-				if (blockwalk_next(&bw, &rec, &why) < 0) {
+				if (wal_blockwalk_next(&bw, &rec, &why) < 0) {
 					st->torn_tail_at = pos;
 					wal_set_error("%s: block at byte %" PRIu64
 						      ", record %" PRIu64 ": %s",

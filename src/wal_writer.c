@@ -600,9 +600,9 @@ static int check_sealed(struct wal_shard *s, uint64_t base, bool full, uint64_t 
 	if (!full && fstat(fd, &st) == 0)
 		wal_idx_last_entry(s->dir, base, (uint64_t)st.st_size, &pos, &off);
 	struct wal_scan sc;
-	rc = wal_scan_segment(s->io, fd, pos, off, false, &sc, NULL, NULL);
+	rc = wal_scan_segment(s->io, fd, pos, off, WAL_SCAN_DECODE, &sc, NULL, NULL);
 	if (rc == 0 && sc.bad_why && pos != 0) /* stale index entry? rescan from the start */
-		rc = wal_scan_segment(s->io, fd, 0, base, false, &sc, NULL, NULL);
+		rc = wal_scan_segment(s->io, fd, 0, base, WAL_SCAN_DECODE, &sc, NULL, NULL);
 	s->io->close(s->io->ctx, fd);
 	if (rc < 0) {
 		wal_set_error("%s: read error: %s", path, strerror(-rc));
@@ -666,7 +666,8 @@ static int recover_newest(struct wal_shard *s, uint64_t base)
 	s->seg_base = base;
 	idx_open_fresh(s, false);
 	struct wal_scan sc;
-	rc = wal_scan_segment(s->io, fd, 0, base, true, &sc, idx_scan_cb, s);
+	rc = wal_scan_segment(s->io, fd, 0, base, WAL_SCAN_SEARCH_LATER | WAL_SCAN_DECODE, &sc,
+			      idx_scan_cb, s);
 	if (rc < 0) {
 		wal_set_error("%s: read error during recovery: %s", path, strerror(-rc));
 		goto out_close;
@@ -674,11 +675,17 @@ static int recover_newest(struct wal_shard *s, uint64_t base)
 	if (sc.bad_why) {
 		if (sc.later_valid_at != UINT64_MAX) {
 			if (!s->w->opt.repair) {
-				wal_set_error("%s: corrupt block at byte %" PRIu64
-					      " (%s) with a valid "
-					      "block after it at byte %" PRIu64
-					      ": refusing to open (see --repair)",
-					      path, sc.valid_bytes, sc.bad_why, sc.later_valid_at);
+				if (sc.later_valid_at == sc.valid_bytes)
+					wal_set_error("%s: corrupt block at byte %" PRIu64
+						      " (%s; its checksum matches, so it is no "
+						      "torn write): refusing to open (see --repair)",
+						      path, sc.valid_bytes, sc.bad_why);
+				else
+					wal_set_error("%s: corrupt block at byte %" PRIu64
+						      " (%s) with a valid block after it at byte "
+						      "%" PRIu64 ": refusing to open (see --repair)",
+						      path, sc.valid_bytes, sc.bad_why,
+						      sc.later_valid_at);
 				rc = -EBADMSG;
 				goto out_close;
 			}

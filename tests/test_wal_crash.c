@@ -7,7 +7,9 @@
  *   - corruption in the middle of the newest segment and in a sealed segment: refused with
  *     file and byte offset (open with verify_sealed, the reader, wal_segment_verify);
  *   - a missing sealed segment; header length fields 0, 2^31, 2^32-1 (with a valid checksum);
- *     record length fields 0, 2^31, 2^32-1 inside a checksummed payload: refused, no crash.
+ *     record length fields 0, 2^31, 2^32-1 inside a checksummed payload, and LZ4 payloads that
+ *     do not decompress to raw_bytes: recovery refuses them (rule 9: checksummed, so no torn
+ *     write), --repair quarantines them, no crash.
  */
 #include <lz4.h>
 
@@ -338,6 +340,40 @@ static void patch_header(uint8_t *img, uint64_t pos, size_t field_off, uint32_t 
 	wal_put_u64(img + pos + 64, c);
 }
 
+/*
+ * The newest segment `seg` holds valid blocks up to byte `good` (`records` records), then one
+ * checksummed block whose payload breaks rule 9. Recovery must refuse to open (-EBADMSG, file
+ * and byte named, nothing truncated); --repair quarantines from `good` and opens; then every
+ * reader serves exactly the good records.
+ */
+static void check_payload_refused(const char *dir, const char *seg, uint64_t good,
+				  uint64_t records)
+{
+	size_t total = wt_file_size(seg);
+	struct wal_segment_stats st;
+	CHECK_EQ(wal_segment_verify(seg, 0, true, &st), -EBADMSG);
+	CHECK_EQ(st.torn_tail_at, good);
+	struct wal_options o = opts();
+	struct wal *w;
+	CHECK_EQ(wal_open(dir, &o, &w), -EBADMSG);
+	char want[64];
+	snprintf(want, sizeof want, "at byte %" PRIu64 " ", good);
+	CHECK(strstr(wal_last_error(), "00000000000000000000.log") != NULL);
+	CHECK(strstr(wal_last_error(), want) != NULL);
+	CHECK(strstr(wal_last_error(), "no torn write") != NULL);
+	CHECK_EQ(wt_file_size(seg), total);
+	o.repair = true;
+	CHECK_EQ(wal_open(dir, &o, &w), 0);
+	CHECK_EQ(wal_next_offset(wal_shard(w, 0)), records);
+	CHECK_EQ(wal_close(w), 0);
+	CHECK_EQ(wt_file_size(seg), good);
+	char q[800];
+	snprintf(q, sizeof q, "%s.quarantine-%" PRIu64, seg, good);
+	CHECK_EQ(wt_file_size(q), total - good);
+	CHECK_EQ(unlink(q), 0);
+	read_all_check(dir, records);
+}
+
 static void test_length_fields(void)
 {
 	char dir[512], seg[700];
@@ -422,23 +458,42 @@ static void test_length_fields(void)
 		struct wal_segment_stats st;
 		CHECK_EQ(wal_segment_verify(seg, 0, true, &st), -EBADMSG);
 		CHECK_EQ(st.torn_tail_at, len);
-		/* The writer accepts the block (header and checksum are valid; records are
-		   checked on read), the reader refuses it with file and byte. */
-		struct wal_options o = opts();
-		struct wal *w;
-		CHECK_EQ(wal_open(dir, &o, &w), 0);
-		CHECK_EQ(wal_close(w), 0);
-		struct wal_reader *r;
-		CHECK_EQ(wal_reader_open(dir, 0, &r), 0);
-		struct wal_record rec;
-		int got;
-		uint64_t cnt = 0;
-		while ((got = wal_reader_next(r, &rec)) == 1)
-			cnt++;
-		CHECK_EQ(got, -EBADMSG);
-		CHECK_EQ(cnt, 8u * nb);
-		CHECK(strstr(wal_last_error(), "00000000000000000000.log") != NULL);
-		wal_reader_close(r);
+		/* Header and checksum are valid, so this is no torn write; the payload does not
+		   decode (rule 9), so it is corruption: recovery refuses it, naming file and
+		   byte, rather than accept what readers would refuse (or cut it silently). */
+		check_payload_refused(dir, seg, len, 8u * nb);
+	}
+	/* An LZ4 block whose payload does not decompress to raw_bytes (found by
+	   fuzz_wal_recover: recovery used to accept it and every reader then failed on it). */
+	for (int v = 0; v < 2; v++) {
+		uint8_t junk[40], blk[WAL_BLOCK_HEADER_BYTES + sizeof junk];
+		for (size_t i = 0; i < sizeof junk; i++)
+			junk[i] = (uint8_t)wt_mix(i + 7u * (uint64_t)v);
+		int stored = (int)sizeof junk;
+		if (v == 1) /* a real LZ4 stream, but 1 byte short of raw_bytes */
+			stored = LZ4_compress_default("tally-tally-tally-tally-tally-tally",
+						      (char *)junk, 35, (int)sizeof junk);
+		CHECK(stored > 0);
+		struct wal_block_hdr h = {.magic = WAL_BLOCK_MAGIC,
+					  .version = 1,
+					  .codec = WAL_CODEC_LZ4,
+					  .record_count = 1,
+					  .raw_bytes = 36,
+					  .stored_bytes = (uint32_t)stored,
+					  .first_offset = 8u * nb,
+					  .first_ingest_time_us = WT_BASE_TIME_US + 1000000,
+					  .max_ingest_time_us = WT_BASE_TIME_US + 1000000,
+					  .min_event_time_us = INT64_MAX,
+					  .max_event_time_us = INT64_MIN};
+		wal_block_hdr_encode(&h, blk);
+		memcpy(blk + WAL_BLOCK_HEADER_BYTES, junk, (size_t)stored);
+		wal_put_u64(blk + 64, wal_block_checksum(blk, junk, (uint32_t)stored));
+		uint8_t *img2 = malloc(len + sizeof blk);
+		memcpy(img2, orig, len);
+		memcpy(img2 + len, blk, WAL_BLOCK_HEADER_BYTES + (size_t)stored);
+		write_file(seg, img2, len + WAL_BLOCK_HEADER_BYTES + (size_t)stored);
+		free(img2);
+		check_payload_refused(dir, seg, len, 8u * nb);
 	}
 	free(img);
 	free(orig);

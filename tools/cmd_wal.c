@@ -261,8 +261,9 @@ static int check_shard(const char *data, uint16_t shard, bool print_ok,
 			int fd = open(segs[k].path, O_RDONLY | O_CLOEXEC);
 			struct wal_scan sc;
 			if (fd >= 0 &&
-			    wal_scan_segment(wal_io_libc(), fd, 0, segs[k].base_offset, true, &sc,
-					     NULL, NULL) == 0 &&
+			    wal_scan_segment(wal_io_libc(), fd, 0, segs[k].base_offset,
+					     WAL_SCAN_SEARCH_LATER | WAL_SCAN_DECODE, &sc, NULL,
+					     NULL) == 0 &&
 			    sc.valid_bytes == st.torn_tail_at && sc.later_valid_at == UINT64_MAX) {
 				printf("%s: torn tail at byte %" PRIu64 " (%" PRIu64
 				       " bytes; recovery truncates it, or a write in progress)\n",

@@ -19,3 +19,9 @@ tally_fuzz(fuzz_wal SOURCES tests/fuzz/fuzz_wal.c src/wal_format.c src/wal_io.c 
            src/wal_writer.c src/event.c
            DEPS PkgConfig::LZ4 PkgConfig::XXHASH Threads::Threads
            CORPUS ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/wal)
+# Recovery as tallyd runs it: wal_open() (and --repair) on a directory holding the input as
+# segment files, then read back, append, reopen.
+tally_fuzz(fuzz_wal_recover SOURCES tests/fuzz/fuzz_wal_recover.c src/wal_format.c src/wal_io.c
+           src/wal_reader.c src/wal_writer.c src/event.c
+           DEPS PkgConfig::LZ4 PkgConfig::XXHASH Threads::Threads
+           CORPUS ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/wal_recover)

@@ -45,7 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
 
 	struct wal_scan sc;
-	if (wal_scan_segment(wal_io_libc(), fd, 0, 0, true, &sc, NULL, NULL) != 0)
+	if (wal_scan_segment(wal_io_libc(), fd, 0, 0, WAL_SCAN_SEARCH_LATER, &sc, NULL, NULL) != 0)
 		abort();
 	if (sc.valid_bytes > size || (sc.bad_why == NULL) != (sc.valid_bytes == size))
 		abort();
