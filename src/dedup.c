@@ -306,13 +306,14 @@ static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size
 			struct dedup_answer *out)
 {
 	struct dedup_rec *hit[DEDUP_BATCH];
+	uint64_t end[DEDUP_BATCH]; /* hot misses: the empty slot that ended the probe */
 	/* 1: prefetch every home line (tags, slots) of the chunk. */
 	for (size_t i = 0; i < n; i++)
 		dedup_hot_prefetch(&d->hot, q[i].fp.lo);
 	/* 2: probe; for hot misses, prefetch the bloom blocks of the newest generations. */
 	size_t gmin = d->gen_count > PREFETCH_GENS_MAX ? d->gen_count - PREFETCH_GENS_MAX : 0;
 	for (size_t i = 0; i < n; i++) {
-		hit[i] = dedup_hot_find_prefetch(&d->hot, q[i].fp.lo, q[i].fp.hi);
+		hit[i] = dedup_hot_find_prefetch(&d->hot, q[i].fp.lo, q[i].fp.hi, &end[i]);
 		if (hit[i])
 			continue;
 		for (size_t k = d->gen_count; k-- > gmin;)
@@ -337,8 +338,10 @@ static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size
 			if (cand[i] >= 0)
 				dedup_gen_prefetch(&d->gens[cand[i]], q[i].fp.lo);
 	}
-	/* 3: decide in order. Inserts do not move entries, so hit[] stays valid; a key claimed
-	 * earlier in this chunk is found by probing again (its lines are cached). */
+	/* 3: decide in order. Only inserts change the table until the chunk ends (no deletes, no
+	 * rehash steps), so hit[] stays valid, and a miss stays a miss while its end slot is
+	 * still empty; otherwise (a key claimed earlier in this chunk may be this one) probe
+	 * again (its lines are cached). */
 	uint64_t inserted = 0;
 	for (size_t i = 0; i < n; i++) {
 		const struct dedup_query *x = &q[i];
@@ -349,7 +352,8 @@ static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size
 			continue;
 		}
 		const struct dedup_rec *r = hit[i];
-		if (!r && inserted)
+		bool at_end = !r && dedup_hot_end_empty(&d->hot, end[i]);
+		if (!r && !at_end)
 			r = dedup_hot_find(&d->hot, x->fp.lo, x->fp.hi);
 		if (!r)
 			r = cold_find(d, x->fp.lo, x->fp.hi);
@@ -363,7 +367,10 @@ static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size
 		}
 		struct dedup_rec nr = {.lo = x->fp.lo, .hi = x->fp.hi, .offset = DEDUP_OFFSET_NONE,
 				       .digest = x->digest};
-		dedup_hot_insert(&d->hot, &nr);
+		if (at_end)
+			dedup_hot_insert_at(&d->hot, end[i], &nr);
+		else
+			dedup_hot_insert(&d->hot, &nr);
 		inserted++;
 		a->verdict = DEDUP_NEW;
 	}

@@ -178,15 +178,24 @@ static struct dedup_rec *table_find_end(const struct dedup_table *t, uint64_t lo
 	}
 }
 
-struct dedup_rec *dedup_hot_find_prefetch(struct dedup_hot *h, uint64_t lo, uint64_t hi)
+struct dedup_rec *dedup_hot_find_prefetch(struct dedup_hot *h, uint64_t lo, uint64_t hi,
+					  uint64_t *end)
 {
-	uint64_t end;
-	struct dedup_rec *r = table_find_end(&h->cur, lo, hi, &end);
+	struct dedup_rec *r = table_find_end(&h->cur, lo, hi, end);
 	if (!r && h->migrating)
 		r = table_find(&h->old, lo, hi);
 	if (!r) /* most likely a claim follows: it writes this record */
-		__builtin_prefetch(&h->cur.slots[end], 1, 3);
+		__builtin_prefetch(&h->cur.slots[*end], 1, 3);
 	return r;
+}
+
+struct dedup_rec *dedup_hot_insert_at(struct dedup_hot *h, uint64_t end, const struct dedup_rec *r)
+{
+	struct dedup_table *t = &h->cur;
+	t->tags[end] = dedup_tag_of(r->lo);
+	t->slots[end] = *r;
+	t->count++;
+	return &t->slots[end];
 }
 
 struct dedup_rec *dedup_hot_find(struct dedup_hot *h, uint64_t lo, uint64_t hi)

@@ -65,8 +65,22 @@ int dedup_hot_init(struct dedup_hot *h, uint64_t expected_keys)
 void dedup_hot_free(struct dedup_hot *h);
 /* Pointer to the slot holding fp, or NULL. Valid until the next insert-with-migration/delete. */
 struct dedup_rec *dedup_hot_find(struct dedup_hot *h, uint64_t lo, uint64_t hi);
-/* As dedup_hot_find; on a miss also prefetches (for write) the slot an insert would take. */
-struct dedup_rec *dedup_hot_find_prefetch(struct dedup_hot *h, uint64_t lo, uint64_t hi);
+/* As dedup_hot_find; on a miss also prefetches (for write) the slot an insert would take and
+ * stores its index in *end (see dedup_hot_insert_at). */
+struct dedup_rec *dedup_hot_find_prefetch(struct dedup_hot *h, uint64_t lo, uint64_t hi,
+					  uint64_t *end);
+/*
+ * After a miss that ended at slot `end` (dedup_hot_find_prefetch), with only inserts into the
+ * table since: if `end` is still empty, nothing was inserted on the key's probe path (inserts
+ * fill the first empty slot of their path), so the key is still absent and belongs at `end`.
+ * Returns true if `end` is still empty.
+ */
+static inline bool dedup_hot_end_empty(const struct dedup_hot *h, uint64_t end)
+{
+	return h->cur.tags[end] == 0;
+}
+/* Inserts at `end`, which dedup_hot_end_empty() just confirmed. */
+struct dedup_rec *dedup_hot_insert_at(struct dedup_hot *h, uint64_t end, const struct dedup_rec *r);
 /* True if one more key fits without passing the hard load limit. */
 bool dedup_hot_has_room(const struct dedup_hot *h);
 /* Inserts a key known to be absent; dedup_hot_has_room() must be true. */
