@@ -307,13 +307,21 @@ static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size
 {
 	struct dedup_rec *hit[DEDUP_BATCH];
 	uint64_t end[DEDUP_BATCH]; /* hot misses: the empty slot that ended the probe */
-	/* 1: prefetch every home line (tags, slots) of the chunk. */
+	/* 1: prefetch every home line (tags, records) of the chunk. */
 	for (size_t i = 0; i < n; i++)
 		dedup_hot_prefetch(&d->hot, q[i].fp.lo);
-	/* 2: probe; for hot misses, prefetch the bloom blocks of the newest generations. */
+	/* 2: scan the tags (cached now) to the first tag match or empty slot, prefetching that
+	 * record (if not on the home line): the one to compare, or the one a claim will write. */
+	uint64_t pos[DEDUP_BATCH];
+	bool match[DEDUP_BATCH];
+	for (size_t i = 0; i < n; i++)
+		match[i] = dedup_hot_probe_tags(&d->hot, q[i].fp.lo, &pos[i]);
+	/* 2a: compare (records cached now); for hot misses, prefetch the bloom blocks of the
+	 * newest generations. */
 	size_t gmin = d->gen_count > PREFETCH_GENS_MAX ? d->gen_count - PREFETCH_GENS_MAX : 0;
 	for (size_t i = 0; i < n; i++) {
-		hit[i] = dedup_hot_find_prefetch(&d->hot, q[i].fp.lo, q[i].fp.hi, &end[i]);
+		hit[i] = dedup_hot_resolve(&d->hot, q[i].fp.lo, q[i].fp.hi, pos[i], match[i],
+					   &end[i]);
 		if (hit[i])
 			continue;
 		for (size_t k = d->gen_count; k-- > gmin;)

@@ -178,14 +178,35 @@ static struct dedup_rec *table_find_end(const struct dedup_table *t, uint64_t lo
 	}
 }
 
-struct dedup_rec *dedup_hot_find_prefetch(struct dedup_hot *h, uint64_t lo, uint64_t hi,
-					  uint64_t *end)
+bool dedup_hot_probe_tags(const struct dedup_hot *h, uint64_t lo, uint64_t *pos)
 {
-	struct dedup_rec *r = table_find_end(&h->cur, lo, hi, end);
+	const struct dedup_table *t = &h->cur;
+	uint16_t tag = dedup_tag_of(lo);
+	for (uint64_t i = lo & t->mask;; i = (i + 1) & t->mask) {
+		uint16_t g = t->tags[i];
+		if (g == 0 || g == tag) {
+			*pos = i;
+			/* Either the record to compare or the slot a claim will write (the home
+			 * line was prefetched with the tags: 2 records per line). */
+			if ((i >> 1) != ((lo & t->mask) >> 1))
+				__builtin_prefetch(&t->slots[i], 1, 3);
+			return g != 0;
+		}
+	}
+}
+
+struct dedup_rec *dedup_hot_resolve(struct dedup_hot *h, uint64_t lo, uint64_t hi, uint64_t pos,
+				    bool tag_match, uint64_t *end)
+{
+	struct dedup_rec *r = NULL;
+	if (!tag_match)
+		*end = pos;
+	else if (h->cur.slots[pos].lo == lo && h->cur.slots[pos].hi == hi)
+		return &h->cur.slots[pos];
+	else /* a 16-bit tag collision (rare): probe on from the start */
+		r = table_find_end(&h->cur, lo, hi, end);
 	if (!r && h->migrating)
 		r = table_find(&h->old, lo, hi);
-	if (!r) /* most likely a claim follows: it writes this record */
-		__builtin_prefetch(&h->cur.slots[*end], 1, 3);
 	return r;
 }
 

@@ -65,12 +65,19 @@ int dedup_hot_init(struct dedup_hot *h, uint64_t expected_keys)
 void dedup_hot_free(struct dedup_hot *h);
 /* Pointer to the slot holding fp, or NULL. Valid until the next insert-with-migration/delete. */
 struct dedup_rec *dedup_hot_find(struct dedup_hot *h, uint64_t lo, uint64_t hi);
-/* As dedup_hot_find; on a miss also prefetches (for write) the slot an insert would take and
- * stores its index in *end (see dedup_hot_insert_at). */
-struct dedup_rec *dedup_hot_find_prefetch(struct dedup_hot *h, uint64_t lo, uint64_t hi,
-					  uint64_t *end);
 /*
- * After a miss that ended at slot `end` (dedup_hot_find_prefetch), with only inserts into the
+ * Two-step lookup for batches, so that no step waits on a miss the previous one caused:
+ * dedup_hot_probe_tags() scans the current table's tags from the key's home to the first slot
+ * whose tag matches (returns true) or that is empty (false), stores it in *pos and prefetches
+ * that record; dedup_hot_resolve() later compares it (probing on after a tag collision, and in
+ * the old table during a migration) and returns the record or NULL; on a miss *end is the
+ * empty slot that ended the probe in the current table. Only inserts may happen in between.
+ */
+bool dedup_hot_probe_tags(const struct dedup_hot *h, uint64_t lo, uint64_t *pos);
+struct dedup_rec *dedup_hot_resolve(struct dedup_hot *h, uint64_t lo, uint64_t hi, uint64_t pos,
+				    bool tag_match, uint64_t *end);
+/*
+ * After a miss that ended at slot `end` (dedup_hot_resolve), with only inserts into the
  * table since: if `end` is still empty, nothing was inserted on the key's probe path (inserts
  * fill the first empty slot of their path), so the key is still absent and belongs at `end`.
  * Returns true if `end` is still empty.
