@@ -13,9 +13,15 @@
  *   conflict/rejected receipts the producer should never get (it always resends identically)
  *   ledger_dup        two receipts for one key in a ledger
  * With --rated OUT (the output directory of tally-rate over the same WAL, meters "events"
- * = count and "tokens" = sum of the tokens property, monthly periods): per customer, the rated
+ * = count and "tokens" = sum of the tokens property, any period): per customer, the rated
  * event count, token sum and provenance fingerprint digest (docs/rating.md) must equal those
- * of the ledger keys in the WAL: `rate_mismatch` counts customers where they differ.
+ * of the ledger keys in the WAL: `rate_mismatch` counts customers where they differ (and
+ * rated customers no ledger names). Rated = every invoice file's lines and adjustments
+ * (a late event is counted once, in the adjustment of the period it was billed in; the closed
+ * invoice of its own period is never rewritten) plus the open periods of OUT/usage.json.
+ * Several ledgers (producer runs with different tags) may name the same customer: their
+ * events add up. --all-closed: usage.json must hold no usage at all, so the invoice files
+ * alone account for every event (run after every period with events has closed).
  * Any of these non-zero is a failure (exit 1). Keys of other tags are counted as `foreign`
  * (a failure only with --no-foreign). Unacknowledged keys (sent, no receipt) may be in the WAL
  * at most once.
@@ -34,7 +40,7 @@
 #include "tally/wal.h"
 #include "torture_lib.h"
 
-#define LEDGERS_MAX 1024
+#define LEDGERS_MAX 16384
 
 struct entry {
 	uint64_t offset;     /* from the receipt */
@@ -53,11 +59,18 @@ struct ledger {
 	bool ended;
 	struct entry *e;
 	uint64_t cap;
-	struct expect { /* per customer slot, from the WAL: what rating must find */
-		uint64_t events, digest;
-		int64_t tokens;
-	} expect[TORTURE_CUSTOMERS_PER_PRODUCER];
+	struct expect *cust[TORTURE_CUSTOMERS_PER_PRODUCER]; /* per customer slot */
 };
+
+/* Per customer, from the WAL: what rating must find. Shared by the ledgers naming it. */
+struct expect {
+	char customer[TALLY_CUSTOMER_BYTES_MAX + 1];
+	uint64_t events, digest;
+	int64_t tokens;
+};
+#define EXPECT_MAX 65536
+static struct expect *expects;
+static size_t nexpects;
 
 struct rated {
 	char customer[TALLY_CUSTOMER_BYTES_MAX + 1];
@@ -77,7 +90,21 @@ static struct {
 	uint64_t in_wal, lost, duplicated, never_sent, pos_mismatch, content_mismatch;
 	uint64_t wrong_tenant, ledger_dup, foreign, unended, bad_lines;
 	uint64_t rated_customers, rated_events, rate_mismatch, rated_adjustments;
+	uint64_t invoices, invoiced_events, open_events, open_tokens, open_adjustments;
 } st;
+
+static struct expect *expect_get(const char *customer)
+{
+	for (size_t i = 0; i < nexpects; i++)
+		if (!strcmp(expects[i].customer, customer))
+			return &expects[i];
+	if (nexpects == EXPECT_MAX)
+		return NULL;
+	struct expect *x = &expects[nexpects++];
+	memset(x, 0, sizeof *x);
+	snprintf(x->customer, sizeof x->customer, "%s", customer);
+	return x;
+}
 
 static struct rated *rated_get(const char *customer)
 {
@@ -92,39 +119,73 @@ static struct rated *rated_get(const char *customer)
 	return r;
 }
 
-/* Adds the lines of one invoice-shaped object (usage.json period or invoice file). */
-static int rated_add_invoice(json_t *inv)
+/* An integer decimal string ("123"; sums of the integer tokens property have no fraction). */
+static bool int_str(json_t *j, int64_t *out)
+{
+	const char *q = json_string_value(j);
+	char *end;
+	if (!q || !*q)
+		return false;
+	errno = 0;
+	*out = strtoll(q, &end, 10);
+	return errno == 0 && *end == '\0';
+}
+
+/* Adds one line or adjustment (adj) of meter "events" or "tokens" to r; the others are not
+ * the suite's. A line counts its quantity, an adjustment the late units (after - before). */
+static int rated_add_line(struct rated *r, json_t *line, bool adj, bool open)
+{
+	const char *meter = json_string_value(json_object_get(line, "meter"));
+	json_t *prov = json_object_get(line, "provenance");
+	if (!meter)
+		return -EBADMSG;
+	if (!strcmp(meter, "events")) {
+		const char *dg = json_string_value(json_object_get(prov, "fingerprint_digest"));
+		json_t *n = json_object_get(prov, "events");
+		if (!dg || !json_is_integer(n) || json_integer_value(n) < 0)
+			return -EBADMSG;
+		uint64_t events = (uint64_t)json_integer_value(n);
+		r->events += events;
+		r->digest += strtoull(dg, NULL, 16);
+		if (open)
+			st.open_events += events;
+		else
+			st.invoiced_events += events;
+	} else if (!strcmp(meter, "tokens")) {
+		int64_t q, before = 0;
+		if (!int_str(json_object_get(line, adj ? "quantity_after" : "quantity"), &q) ||
+		    (adj && !int_str(json_object_get(line, "quantity_before"), &before)))
+			return -EBADMSG;
+		r->tokens += q - before;
+		if (open)
+			st.open_tokens += (uint64_t)(q - before);
+	}
+	return 0;
+}
+
+/* Adds the lines and adjustments of one invoice-shaped object (usage.json period: open, or
+ * invoice file). */
+static int rated_add_invoice(json_t *inv, bool open)
 {
 	const char *cust = json_string_value(json_object_get(inv, "customer"));
 	json_t *lines = json_object_get(inv, "lines");
-	if (!cust || !json_is_array(lines))
+	json_t *adjs = json_object_get(inv, "adjustments");
+	if (!cust || !json_is_array(lines) || !json_is_array(adjs))
 		return -EBADMSG;
 	struct rated *r = rated_get(cust);
 	if (!r)
 		return -E2BIG;
-	json_t *adj = json_object_get(inv, "adjustments");
-	st.rated_adjustments += json_is_array(adj) ? json_array_size(adj) : 0;
+	st.rated_adjustments += json_array_size(adjs);
+	if (open)
+		st.open_adjustments += json_array_size(adjs);
+	else
+		st.invoices++;
 	size_t i;
 	json_t *line;
-	json_array_foreach(lines, i, line) {
-		const char *meter = json_string_value(json_object_get(line, "meter"));
-		json_t *prov = json_object_get(line, "provenance");
-		if (!meter)
-			return -EBADMSG;
-		if (!strcmp(meter, "events")) {
-			const char *dg = json_string_value(json_object_get(prov, "fingerprint_digest"));
-			if (!dg)
-				return -EBADMSG;
-			r->events += (uint64_t)json_integer_value(json_object_get(prov, "events"));
-			r->digest += strtoull(dg, NULL, 16);
-		} else if (!strcmp(meter, "tokens")) {
-			const char *q = json_string_value(json_object_get(line, "quantity"));
-			if (!q)
-				return -EBADMSG;
-			r->tokens += strtoll(q, NULL, 10);
-		}
-	}
-	return 0;
+	int rc = 0;
+	json_array_foreach(lines, i, line) if (rc == 0) rc = rated_add_line(r, line, false, open);
+	json_array_foreach(adjs, i, line) if (rc == 0) rc = rated_add_line(r, line, true, open);
+	return rc;
 }
 
 static int rated_load_file(const char *path, bool usage)
@@ -142,9 +203,9 @@ static int rated_load_file(const char *path, bool usage)
 		if (!json_is_array(periods))
 			rc = -EBADMSG;
 		else
-			json_array_foreach(periods, i, p) if (rc == 0) rc = rated_add_invoice(p);
+			json_array_foreach(periods, i, p) if (rc == 0) rc = rated_add_invoice(p, true);
 	} else {
-		rc = rated_add_invoice(root);
+		rc = rated_add_invoice(root, false);
 	}
 	json_decref(root);
 	if (rc < 0)
@@ -273,6 +334,12 @@ static int load_ledger(const char *path)
 	}
 	if (grow(l, l->next_seq + 1) < 0)
 		return -ENOMEM;
+	for (unsigned c = 0; c < TORTURE_CUSTOMERS_PER_PRODUCER; c++) {
+		char name[TALLY_CUSTOMER_BYTES_MAX + 1];
+		snprintf(name, sizeof name, "%s_%u_%u", l->cprefix, l->producer, c);
+		if (!(l->cust[c] = expect_get(name)))
+			return -E2BIG;
+	}
 	nledgers++;
 	return 0;
 }
@@ -296,11 +363,11 @@ static bool tag_known(const char *tag)
 int main(int argc, char **argv)
 {
 	const char *data = NULL, *ledger_dir = NULL, *tenant = "default", *rated_out = NULL;
-	int no_foreign = 0, quiet = 0;
+	int no_foreign = 0, quiet = 0, all_closed = 0;
 	static const struct option lo[] = {{"data", 1, 0, 'd'},      {"ledger", 1, 0, 'l'},
 					   {"tenant", 1, 0, 't'},    {"no-foreign", 0, 0, 'F'},
 					   {"quiet", 0, 0, 'q'},     {"help", 0, 0, 'h'},
-					   {"rated", 1, 0, 'R'},
+					   {"rated", 1, 0, 'R'},     {"all-closed", 0, 0, 'C'},
 					   {0, 0, 0, 0}};
 	int ch;
 	while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -311,14 +378,16 @@ int main(int argc, char **argv)
 		case 'F': no_foreign = 1; break;
 		case 'q': quiet = 1; break;
 		case 'R': rated_out = optarg; break;
+		case 'C': all_closed = 1; break;
 		case 'h':
 		default:
 			printf("usage: torture_check --data DATA --ledger DIR [--tenant T] "
-			       "[--no-foreign] [--quiet] [--rated OUT]\n"
+			       "[--no-foreign] [--quiet] [--rated OUT [--all-closed]]\n"
 			       "Checks the WAL of DATA against the ledgers DIR/ledger-*.txt: every\n"
 			       "acknowledged key exactly once at its receipt's position, nothing\n"
 			       "unsent, nothing twice. --rated OUT: tally-rate's output over the\n"
-			       "same WAL must count each of those events once per customer.\n"
+			       "same WAL (invoices + usage.json) must count each of those events\n"
+			       "once per customer; --all-closed: in the invoice files alone.\n"
 			       "Exit 0 = all held, 1 = a violation.\n");
 			return ch == 'h' ? 0 : 1;
 		}
@@ -327,6 +396,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "torture_check: --data and --ledger are required\n");
 		return 1;
 	}
+	expects = calloc(EXPECT_MAX, sizeof *expects);
+	if (!expects)
+		return 1;
 	DIR *d = opendir(ledger_dir);
 	if (!d) {
 		fprintf(stderr, "torture_check: %s: %s\n", ledger_dir, strerror(errno));
@@ -394,7 +466,7 @@ int main(int argc, char **argv)
 		if (e->wal_count == 1) {
 			e->wal_shard = rec.shard;
 			e->wal_offset = rec.offset;
-			struct expect *x = &l->expect[torture_customer_slot(p, seq)];
+			struct expect *x = l->cust[torture_customer_slot(p, seq)];
 			x->events++;
 			x->digest += rate_fp_hash(event_fingerprint(rec.tenant, rec.ev.key));
 			struct tally_prop tok;
@@ -453,45 +525,59 @@ int main(int argc, char **argv)
 	if (rated_out) {
 		if (rated_load(rated_out) < 0)
 			return 1;
-		for (unsigned i = 0; i < nledgers; i++)
-			for (unsigned c = 0; c < TORTURE_CUSTOMERS_PER_PRODUCER; c++) {
-				struct ledger *l = &ledgers[i];
-				struct expect *x = &l->expect[c];
-				char name[TALLY_CUSTOMER_BYTES_MAX + 1];
-				snprintf(name, sizeof name, "%s_%u_%u", l->cprefix, l->producer, c);
-				struct rated *rt = NULL;
-				for (size_t k = 0; k < nrated; k++)
-					if (!strcmp(rated[k].customer, name))
-						rt = &rated[k];
-				struct rated zero = {0};
-				if (!rt)
-					rt = &zero;
-				rt->matched = true;
-				st.rated_customers += rt != &zero;
-				st.rated_events += rt->events;
-				if (rt->events != x->events || rt->digest != x->digest ||
-				    rt->tokens != x->tokens) {
-					st.rate_mismatch++;
-					if (!quiet)
-						fprintf(stderr,
-							"rated %s: events %" PRIu64 " digest %016" PRIx64
-							" tokens %" PRId64 "; WAL has %" PRIu64
-							" / %016" PRIx64 " / %" PRId64 "\n",
-							name, rt->events, rt->digest, rt->tokens, x->events,
-							x->digest, x->tokens);
-				}
+		for (size_t c = 0; c < nexpects; c++) {
+			struct expect *x = &expects[c];
+			struct rated *rt = NULL;
+			for (size_t k = 0; k < nrated && !rt; k++)
+				if (!strcmp(rated[k].customer, x->customer))
+					rt = &rated[k];
+			struct rated zero = {0};
+			if (!rt)
+				rt = &zero;
+			rt->matched = true;
+			st.rated_customers += rt != &zero;
+			st.rated_events += rt->events;
+			if (rt->events != x->events || rt->digest != x->digest ||
+			    rt->tokens != x->tokens) {
+				st.rate_mismatch++;
+				if (!quiet)
+					fprintf(stderr,
+						"rated %s: events %" PRIu64 " digest %016" PRIx64
+						" tokens %" PRId64 "; WAL has %" PRIu64 " / %016" PRIx64
+						" / %" PRId64 "\n",
+						x->customer, rt->events, rt->digest, rt->tokens,
+						x->events, x->digest, x->tokens);
 			}
+		}
+		for (size_t k = 0; k < nrated; k++)
+			if (!rated[k].matched && (rated[k].events || rated[k].tokens)) {
+				st.rate_mismatch++; /* rated usage of a customer no ledger names */
+				if (!quiet)
+					fprintf(stderr, "rated %s: %" PRIu64 " events, no ledger\n",
+						rated[k].customer, rated[k].events);
+			}
+		if (all_closed && (st.open_events || st.open_tokens || st.open_adjustments)) {
+			st.rate_mismatch++;
+			if (!quiet)
+				fprintf(stderr,
+					"--all-closed: usage.json still holds %" PRIu64
+					" events, %" PRIu64 " tokens, %" PRIu64 " adjustments\n",
+					st.open_events, st.open_tokens, st.open_adjustments);
+		}
 		free(rated);
 	}
+	free(expects);
 	bool fail = st.rate_mismatch || st.lost || st.duplicated || st.never_sent || st.pos_mismatch ||
 		    st.content_mismatch || st.wrong_tenant || st.conflict || st.rejected ||
 		    st.ledger_dup || (no_foreign && st.foreign) || nledgers == 0;
-	char rated_line[160] = "";
+	char rated_line[320] = "";
 	if (rated_out)
 		snprintf(rated_line, sizeof rated_line,
 			 " rated_customers=%" PRIu64 " rated_events=%" PRIu64 " rate_mismatch=%" PRIu64
-			 " rated_adjustments=%" PRIu64,
-			 st.rated_customers, st.rated_events, st.rate_mismatch, st.rated_adjustments);
+			 " rated_adjustments=%" PRIu64 " invoices=%" PRIu64 " invoiced_events=%" PRIu64
+			 " open_events=%" PRIu64,
+			 st.rated_customers, st.rated_events, st.rate_mismatch, st.rated_adjustments,
+			 st.invoices, st.invoiced_events, st.open_events);
 	printf("torture_check: ledgers=%u sent=%" PRIu64 " acked=%" PRIu64 " accepted=%" PRIu64
 	       " duplicate=%" PRIu64 " unacked=%" PRIu64 " (in wal %" PRIu64 ") in_wal=%" PRIu64
 	       " lost=%" PRIu64 " duplicated=%" PRIu64 " never_sent=%" PRIu64
