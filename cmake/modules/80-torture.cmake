@@ -38,6 +38,7 @@ set_tests_properties(torture_faults PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTU
 set_tests_properties(torture_abuse PROPERTIES ENVIRONMENT "${TORTURE_ENV}")
 set_tests_properties(torture_selftest torture_kill9 torture_lostwrites torture_faults torture_abuse
   PROPERTIES LABELS torture SKIP_RETURN_CODE 77 TIMEOUT 300 RUN_SERIAL TRUE)
+# tally-rate kill -9 with 2 s periods closing during the run: 10 kills (5 aimed at a close).
 add_test(NAME torture_rate COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh rate)
-set_tests_properties(torture_rate PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_CYCLES=8"
+set_tests_properties(torture_rate PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_CYCLES=10;TORTURE_MAX_MS=2000"
   LABELS torture SKIP_RETURN_CODE 77 TIMEOUT 300 RUN_SERIAL TRUE)

@@ -317,77 +317,274 @@ run_selftest() {
 	fi
 }
 
-# tally-rate under kill -9: producers (TORTURE_RATE, default 2000 events/s each) feed tallyd,
-# tally-rate tails the WAL and is SIGKILLed at random moments (0.1-2 s) and restarted,
-# TORTURE_CYCLES times; every 4th cycle tallyd is SIGKILLed too. Then tally-rate catches up
-# (--once) and must equal a from-scratch re-rating byte for byte, and per customer its event
-# count, token sum and fingerprint digest must equal the ledger's (torture_check --rated).
+# tally-rate under kill -9 with periods closing during the run (docs/reliability.md).
+# Periods of TORTURE_RATE_PERIOD seconds (default 2) with TORTURE_RATE_GRACE s of grace
+# (default 1), so invoices are written all the time. Producers (TORTURE_RATE, default 2000
+# events/s each) feed tallyd; as an event's time is base + seq µs, a new producer generation
+# (tag g<n>, base = now) starts every TORTURE_RATE_GEN_MS (default 1500) while the previous
+# one drains, so event times follow the clock: a few % of the events arrive after their
+# period's grace (late, billed as adjustments), more around tallyd kills. tally-rate tails the
+# WAL and is SIGKILLed TORTURE_CYCLES times: odd cycles at a random moment (0.1 s to MAX_MS),
+# even cycles at a period close (within ms of a new invoice file or its .tmp appearing, plus
+# 0..TORTURE_RATE_JITTER_MS, default 80); tallyd is SIGKILLed too every 4th cycle. $dir/kills
+# says of each kill its kind and whether it landed at a close (an invoice .tmp left, a period
+# half written, or an invoice written within TORTURE_RATE_NEAR_MS, default 20, before it).
+# Every invoice file is hashed after each kill: a file tally-rate rewrites after a restart
+# must keep its bytes. At the end producers drain, tallyd idles until every period with
+# events is due, tally-rate catches up (--once) and must equal a from-scratch re-rating byte
+# for byte (usage.json, late_arrivals.json, unbilled.json, every invoice), and the invoice
+# files alone must hold per customer the ledger's event count, token sum and fingerprint
+# digest (torture_check --rated --all-closed).
+RATE_GENS=()  # producer generations told to stop (draining)
+RATE_GEN=0    # the current generation; its pid is PPID_
+RATE_GEN_NEXT_US=0
+RATE_RPID=    # tally-rate
+RATE_SLEEPFD= # a pipe nobody writes: `read -t` on it sleeps without a fork
+rate_cleanup() {
+	local p
+	[ -n "$RATE_RPID" ] && kill -KILL "$RATE_RPID" 2>/dev/null
+	[ -n "$PPID_" ] && kill -KILL "$PPID_" 2>/dev/null
+	for p in "${RATE_GENS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+	PPID_=
+	return 0
+}
+
+# rate_gen DIR: starts the next producer generation if the current one is TORTURE_RATE_GEN_MS
+# old (or there is none); the previous one is told to stop and drains.
+rate_gen() {
+	local dir=$1 now=${EPOCHREALTIME/./}
+	[ -n "$PPID_" ] && [ "$now" -lt "$RATE_GEN_NEXT_US" ] && return 0
+	if [ -n "$PPID_" ]; then
+		touch "$dir/gen/stop-$RATE_GEN"
+		RATE_GENS+=("$PPID_")
+	fi
+	RATE_GEN=$((RATE_GEN + 1))
+	"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" --tag "g$RATE_GEN" \
+		--producers "$PRODUCERS" --batch 64 --window 4 --rate "$RATE_EVS" \
+		--stop-file "$dir/gen/stop-$RATE_GEN" --base-us "$now" --quiet \
+		>"$dir/gen/$RATE_GEN.out" 2>"$dir/gen/$RATE_GEN.err" &
+	PPID_=$!
+	RATE_GEN_NEXT_US=$((now + RATE_GEN_MS * 1000))
+}
+
+# rate_msleep MS DIR: sleeps (no fork), starting producer generations when due.
+rate_msleep() {
+	local end=$((${EPOCHREALTIME/./} + $1 * 1000)) left
+	while :; do
+		rate_gen "$2"
+		left=$(((end - ${EPOCHREALTIME/./}) / 1000))
+		[ "$left" -gt 0 ] || return 0
+		[ "$left" -gt 100 ] && left=100
+		read -r -t "$(printf '0.%03d' "$left")" -u "$RATE_SLEEPFD"
+	done
+}
+
+# rate_pname S: sets PN to the invoice file name stem of the period starting at S (Unix s).
+rate_pname() { printf -v PN '%(%Y%m%dT%H%M%SZ)T' "$1"; }
+
+# rate_scan OUT: advances RATE_LASTP (start of the latest period with an invoice file of any
+# customer) over the periods that now have one.
+rate_scan() {
+	local hits
+	while :; do
+		rate_pname $((RATE_LASTP + RATE_PERIOD))
+		hits=("$1"/invoices/*/"$PN".json "$1"/invoices/*/"$PN".json.tmp)
+		[ ${#hits[@]} -gt 0 ] || return 0
+		RATE_LASTP=$((RATE_LASTP + RATE_PERIOD))
+	done
+}
+
+# rate_wait_close DIR TIMEOUT_S: waits (2 ms polls) until an invoice of the period after
+# RATE_LASTP (file or .tmp, any customer) appears in DIR/out; sets SEEN (the file) and SEEN_US.
+# Returns 1 on timeout, 2 if tally-rate exited.
+rate_wait_close() {
+	local out=$1/out deadline=$((SECONDS + $2)) hits
+	rate_scan "$out"
+	rate_pname $((RATE_LASTP + RATE_PERIOD))
+	while :; do
+		hits=("$out"/invoices/*/"$PN".json.tmp "$out"/invoices/*/"$PN".json)
+		if [ ${#hits[@]} -gt 0 ]; then
+			SEEN_US=${EPOCHREALTIME/./}
+			SEEN=${hits[0]#"$out"/invoices/}
+			return 0
+		fi
+		kill -0 "$RATE_RPID" 2>/dev/null || return 2
+		[ "$SECONDS" -lt "$deadline" ] || return 1
+		rate_gen "$1"
+		read -r -t 0.002 -u "$RATE_SLEEPFD"
+	done
+}
+
+# rate_landed OUT KILL_US: after a kill, sets LANDED (a description), MID_WRITE (an invoice
+# .tmp left), HALF_CLOSED (the latest period has invoices of some customers only) and
+# AT_CLOSE (either, or an invoice written within RATE_NEAR_MS before the kill), each 0/1.
+rate_landed() {
+	local out=$1 kus=$2 tmps newest age_ms written ncust
+	tmps=$(find "$out/invoices" -name '*.tmp' 2>/dev/null | wc -l)
+	newest=$(find "$out/invoices" -name '*.json' -newermt "@$((kus / 1000000 - 3))" \
+		-printf '%T@\n' 2>/dev/null | sort -n | tail -1)
+	age_ms=none
+	if [ -n "$newest" ]; then
+		newest=${newest%????}     # %T@ has 10 fractional digits: keep µs
+		age_ms=$(((kus - ${newest/./}) / 1000))
+	fi
+	rate_scan "$out"
+	rate_pname "$RATE_LASTP"
+	written=("$out"/invoices/*/"$PN".json)
+	ncust=("$out"/invoices/*/)
+	AT_CLOSE=0 MID_WRITE=0 HALF_CLOSED=0
+	[ "$tmps" -gt 0 ] && MID_WRITE=1
+	[ ${#written[@]} -gt 0 ] && [ ${#written[@]} -lt ${#ncust[@]} ] && HALF_CLOSED=1
+	if [ "$MID_WRITE" = 1 ] || [ "$HALF_CLOSED" = 1 ] ||
+		{ [ "$age_ms" != none ] && [ "$age_ms" -le "$RATE_NEAR_MS" ]; }; then
+		AT_CLOSE=1
+	fi
+	LANDED="newest_invoice_age_ms=$age_ms tmp_left=$tmps period=$PN written=${#written[@]}/${#ncust[@]} at_close=$AT_CLOSE"
+}
+
+# rate_hash OUT LOG [all]: appends "path version sha1" of each invoice file written since the
+# mark (or all); the mark then moves to 1 s ago (file times are coarse; rehashing is harmless).
+rate_hash() {
+	local out=$1 log=$2 newer=()
+	[ "${3:-}" = all ] || newer=(-newer "$out/../hmark")
+	[ -d "$out/invoices" ] || return 0
+	find "$out/invoices" -type f -name '*.json' "${newer[@]}" -printf '%p %i:%C@\n' |
+		LC_ALL=C sort >"$log.v"
+	cut -d' ' -f1 "$log.v" | xargs -r sha1sum | awk '{ print $2, $1 }' | LC_ALL=C sort >"$log.h"
+	LC_ALL=C join "$log.v" "$log.h" >>"$log"
+	rm -f "$log.v" "$log.h"
+	touch -d "@$((EPOCHSECONDS - 1))" "$out/../hmark"
+}
+
 run_rate() {
 	TOT_ACKED=0 TOT_LOST=0 TOT_DUP=0
 	[ -x "$BIN/tally-rate" ] || { echo "SKIP: $BIN/tally-rate is not built"; exit 77; }
-	local dir=$WORK/rate c rpid
-	mkdir -p "$dir"
-	cat >"$dir/rate.json" <<'JSON'
-{"currency": "USD", "period": "month",
+	local dir=$WORK/rate c
+	local period=${TORTURE_RATE_PERIOD:-2} grace=${TORTURE_RATE_GRACE:-1}
+	local jitter=${TORTURE_RATE_JITTER_MS:-80}
+	RATE_NEAR_MS=${TORTURE_RATE_NEAR_MS:-20}
+	RATE_GEN_MS=${TORTURE_RATE_GEN_MS:-1500}
+	RATE_PERIOD=$period
+	export TZ=UTC
+	exec {RATE_SLEEPFD}<> <(:)
+	trap 'rate_cleanup; cleanup' EXIT
+	mkdir -p "$dir/gen"
+	cat >"$dir/rate.json" <<JSON
+{"currency": "USD", "period": {"seconds": $period}, "grace_seconds": $grace,
  "meters": [{"id": "events", "event_name": "ai.tokens", "aggregation": "count"},
             {"id": "tokens", "event_name": "ai.tokens", "aggregation": "sum", "property": "tokens"}],
- "plans": [{"id": "p", "prices": [{"meter": "tokens", "model": "per_unit", "unit_price": "0.000001"}]}],
+ "plans": [{"id": "p", "base_fee": "1.00", "prices": [
+   {"meter": "events", "model": "graduated", "tiers": [{"up_to": 100, "unit_price": "0.001"},
+                                                      {"up_to": null, "unit_price": "0.0005"}]},
+   {"meter": "tokens", "model": "per_unit", "unit_price": "0.000001"}]}],
+ "customers": [{"id": "cus_0_0", "credits": [{"amount": "100.00", "expires": null, "priority": 1}]},
+               {"id": "cus_1_1", "credits": [{"amount": "20.00", "expires": null, "priority": 1},
+                                             {"amount": "500.00", "expires": null, "priority": 2}]}],
  "default_plan": "p"}
 JSON
-	local rate=${TORTURE_RATE:-0}
-	[ "$rate" = 0 ] && rate=2000
-	echo "rate: cycles=$CYCLES seed=$SEED producers=$PRODUCERS rate=$rate/s each"
+	RATE_EVS=${TORTURE_RATE:-0}
+	[ "$RATE_EVS" = 0 ] && RATE_EVS=2000
+	local t0=$SECONDS
+	echo "rate: cycles=$CYCLES seed=$SEED producers=$PRODUCERS rate=$RATE_EVS/s each period=${period}s grace=${grace}s generation=${RATE_GEN_MS}ms max_ms=$MAX_MS"
+	RATE_LASTP=$(((EPOCHSECONDS / period - 1) * period))
 	start_tallyd "$dir" || fail "rate: tallyd start"
-	"$BIN/torture_producer" --port-file "$dir/port" --ledger "$dir/ledger" --tag r \
-		--producers "$PRODUCERS" --batch 64 --window 4 --rate "$rate" --stop-file "$dir/stop" \
-		--quiet >"$dir/producer.out" 2>"$dir/producer.err" &
-	PPID_=$!
-	local rkills=0 tkills=0
+	touch -d "@$((EPOCHSECONDS - 1))" "$dir/hmark"
+	local rkills=0 tkills=0 random=0 aimed=0 timeouts=0 near_random=0 near_aimed=0
+	local mid_write=0 half_closed=0
 	for c in $(seq 1 "$CYCLES"); do
+		rate_gen "$dir"
 		"$BIN/tally-rate" --config "$dir/rate.json" --data "$dir/data" --out "$dir/out" \
 			--checkpoint-ms 20 >>"$dir/rate.log" 2>&1 &
-		rpid=$!
-		rand 1900
-		local ms=$((100 + R))
-		sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
-		kill -0 "$rpid" 2>/dev/null || { wait "$rpid"; fail "rate: tally-rate exited by itself (status $?, $dir/rate.log)"; }
-		kill -KILL "$rpid"
-		wait "$rpid" 2>/dev/null
+		RATE_RPID=$!
+		local start_us=${EPOCHREALTIME/./} kind what=
+		if [ $((c % 2)) = 1 ]; then
+			kind=random
+			rand $((MAX_MS - 99))
+			rate_msleep $((100 + R)) "$dir"
+			kill -0 "$RATE_RPID" 2>/dev/null ||
+				{ wait "$RATE_RPID"; fail "rate: tally-rate exited by itself (status $?, $dir/rate.log)"; }
+		else
+			kind=close
+			shopt -s nullglob
+			rate_wait_close "$dir" $((period + grace + 15))
+			local wrc=$?
+			shopt -u nullglob
+			[ "$wrc" = 2 ] && { wait "$RATE_RPID"; fail "rate: tally-rate exited by itself (status $?, $dir/rate.log)"; }
+			if [ "$wrc" = 1 ]; then
+				kind=close-timeout
+				timeouts=$((timeouts + 1))
+			else
+				rand $((jitter + 1))
+				[ "$R" -gt 0 ] && rate_msleep "$R" "$dir"
+				what=" saw=$SEEN after_ms=$(((SEEN_US - start_us) / 1000)) jitter_ms=$R"
+			fi
+		fi
+		local kill_us=${EPOCHREALTIME/./}
+		kill -KILL "$RATE_RPID"
+		wait "$RATE_RPID" 2>/dev/null
+		RATE_RPID=
+		[ "$kind" = close ] && what="$what kill_after_seen_us=$((kill_us - SEEN_US))"
 		rkills=$((rkills + 1))
-		echo "cycle $c: kill -9 tally-rate after $ms ms" >>"$dir/kills"
+		shopt -s nullglob
+		rate_landed "$dir/out" "$kill_us"
+		shopt -u nullglob
+		mid_write=$((mid_write + MID_WRITE))
+		half_closed=$((half_closed + HALF_CLOSED))
+		case $kind in
+		random) random=$((random + 1)) near_random=$((near_random + AT_CLOSE)) ;;
+		close) aimed=$((aimed + 1)) near_aimed=$((near_aimed + AT_CLOSE)) ;;
+		esac
+		echo "cycle $c: kill -9 tally-rate kind=$kind after_ms=$(((kill_us - start_us) / 1000))$what | $LANDED" >>"$dir/kills"
+		rate_hash "$dir/out" "$dir/hashes"
 		if [ $((c % 4)) = 0 ]; then
 			kill -KILL "$TPID"
 			wait "$TPID" 2>/dev/null
 			TPID=
 			tkills=$((tkills + 1))
+			echo "cycle $c: kill -9 tallyd" >>"$dir/kills"
 			start_tallyd "$dir" || fail "rate: tallyd restart"
 		fi
 	done
-	touch "$dir/stop"
-	wait "$PPID_" || fail "rate: producer did not drain"
+	touch "$dir/gen/stop-$RATE_GEN"
+	RATE_GENS+=("$PPID_")
 	PPID_=
+	local p
+	for p in "${RATE_GENS[@]}"; do
+		wait "$p" || fail "rate: a producer generation did not drain (exit $?, $dir/gen/*.err)"
+	done
+	RATE_GENS=()
+	# idle until every period with events is due: tallyd writes a tick per idle second
+	sleep $((period + grace + 3))
 	kill -TERM "$TPID"
 	wait "$TPID"
 	TPID=
 	"$BIN/tally-rate" --config "$dir/rate.json" --data "$dir/data" --out "$dir/out" --once \
 		>>"$dir/rate.log" 2>&1 || fail "rate: catch-up run failed ($dir/rate.log)"
+	rate_hash "$dir/out" "$dir/hashes" all
 	"$BIN/tally-rate" --config "$dir/rate.json" --data "$dir/data" --out "$dir/ref" --once \
-		--from-scratch >>"$dir/rate.log" 2>&1 || fail "rate: from-scratch run failed"
+		--from-scratch --no-fsync >>"$dir/rate.log" 2>&1 || fail "rate: from-scratch run failed"
 	local f
 	for f in usage.json late_arrivals.json unbilled.json; do
 		cmp -s "$dir/out/$f" "$dir/ref/$f" || fail "rate: $f differs from a from-scratch re-rating ($dir)"
 	done
-	if [ -d "$dir/ref/invoices" ] || [ -d "$dir/out/invoices" ]; then
-		diff -r "$dir/out/invoices" "$dir/ref/invoices" >/dev/null || fail "rate: invoices differ ($dir)"
-	fi
+	[ -d "$dir/ref/invoices" ] || fail "rate: no invoice was written ($dir)"
+	diff -r "$dir/out/invoices" "$dir/ref/invoices" >"$dir/invoices.diff" ||
+		fail "rate: invoices differ from a from-scratch re-rating ($dir/invoices.diff)"
+	# every version of an invoice file seen during the run has the final bytes
+	local changed nfiles versions
+	changed=$(awk '{ print $1, $3 }' "$dir/hashes" | LC_ALL=C sort -u | awk '{ print $1 }' | uniq -d)
+	[ -z "$changed" ] || fail "rate: invoices rewritten with other bytes: $(head -3 <<<"$changed")"
+	nfiles=$(awk '{ print $1 }' "$dir/hashes" | LC_ALL=C sort -u | wc -l)
+	versions=$(awk '{ print $1, $2 }' "$dir/hashes" | LC_ALL=C sort -u | wc -l)
 	local out
 	out=$("$BIN/torture_check" --data "$dir/data" --ledger "$dir/ledger" --no-foreign \
-		--rated "$dir/out" 2>"$dir/check.err")
+		--rated "$dir/out" --all-closed 2>"$dir/check.err")
 	local crc=$?
 	add_check "$out"
-	echo "rate: $rkills kill -9 of tally-rate, $tkills of tallyd: $out"
+	echo "rate: $rkills kill -9 of tally-rate ($random random, $aimed at a close, $timeouts waits for a close timed out), $tkills of tallyd, $RATE_GEN producer generations; $(grep -o '[0-9]* events (.*' "$dir/rate.log" | tail -1)"
+	echo "rate: $out"
 	[ "$crc" = 0 ] || { head -20 "$dir/check.err"; fail "rate: check ($dir)"; }
-	echo "rate RESULT: rate_kills=$rkills tallyd_kills=$tkills acked=$TOT_ACKED lost=$TOT_LOST duplicated=$TOT_DUP rated=identical"
+	echo "rate RESULT: rate_kills=$rkills at_close=$((near_random + near_aimed)) (aimed $near_aimed/$aimed, random $near_random/$random; $half_closed with a period half written, $mid_write during an invoice write) tallyd_kills=$tkills invoices=$nfiles rewritten_identical=$((versions - nfiles)) acked=$TOT_ACKED lost=$TOT_LOST duplicated=$TOT_DUP rated=identical seconds=$((SECONDS - t0))"
 }
 
 run_kill9() {
