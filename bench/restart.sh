@@ -11,8 +11,8 @@
 #   3. the first SAMPLE events (default 200,000) are resent with the same seed: every one must be
 #      answered DUPLICATE (the keys survived), and a fresh seed must be ACCEPTED.
 # Needs ~50 B of disk per key for the WAL plus 32 B per key of runs (~8 GB at 100M).
-# Env: DATA (default a new directory under /tmp, removed at the end unless KEEP=1), SHARDS,
-# THREADS, SAMPLE, CONNS.
+# Env: DATA (default a new directory under /tmp, removed at the end unless KEEP=1), REUSE=1
+# (DATA already filled by an earlier KEEP=1 run: skip step 1), SHARDS, THREADS, SAMPLE, CONNS.
 set -euo pipefail
 bin=${1:?usage: bench/restart.sh BIN_DIR [KEYS]}
 keys=${2:-100000000}
@@ -62,6 +62,12 @@ echo "filling: $keys events through tallyd (closed loop, fsync always) ..."
 t0=$(date +%s)
 chunk=10000000
 done_keys=0
+if [ "${REUSE:-0}" = 1 ]; then
+  done_keys=$keys
+  base_us=$(cat "$data/.restart-base-us")
+  echo "  reusing $data (filled earlier)"
+fi
+echo "$base_us" >"$data/.restart-base-us"
 while [ "$done_keys" -lt "$keys" ]; do
   n=$((keys - done_keys < chunk ? keys - done_keys : chunk))
   out=$(bench --events "$n" --seed "$((1000 + done_keys / chunk))" --key-prefix fill)

@@ -43,3 +43,5 @@ set_tests_properties(test_bench_smoke PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 120
 if(TARGET tallyd)
   add_dependencies(tally-bench tallyd) # so that building the bench also builds what it smokes
 endif()
+# fdatasync latency of appends vs preallocated (zero-filled / fallocated) files: the WAL I/O question.
+tally_bench(bench_fsync SOURCES bench/bench_fsync.c DEPS Threads::Threads)
