@@ -382,30 +382,33 @@ rate_msleep() {
 # rate_pname S: sets PN to the invoice file name stem of the period starting at S (Unix s).
 rate_pname() { printf -v PN '%(%Y%m%dT%H%M%SZ)T' "$1"; }
 
-# rate_scan OUT: advances RATE_LASTP (start of the latest period with an invoice file of any
-# customer) over the periods that now have one.
+# rate_scan OUT: moves RATE_LASTP to the start of the latest period (up to now) with an
+# invoice file or .tmp of any customer; returns 0 if it moved, else 1. Sets SEEN to one such
+# file. Periods with no invoice (before the first one) are skipped.
 rate_scan() {
-	local hits
-	while :; do
-		rate_pname $((RATE_LASTP + RATE_PERIOD))
-		hits=("$1"/invoices/*/"$PN".json "$1"/invoices/*/"$PN".json.tmp)
-		[ ${#hits[@]} -gt 0 ] || return 0
-		RATE_LASTP=$((RATE_LASTP + RATE_PERIOD))
+	local p=$((RATE_LASTP + RATE_PERIOD)) hits rc=1
+	while [ "$p" -le "$EPOCHSECONDS" ]; do
+		rate_pname "$p"
+		hits=("$1"/invoices/*/"$PN".json.tmp "$1"/invoices/*/"$PN".json)
+		if [ ${#hits[@]} -gt 0 ]; then
+			RATE_LASTP=$p
+			SEEN=${hits[0]#"$1"/invoices/}
+			rc=0
+		fi
+		p=$((p + RATE_PERIOD))
 	done
+	return $rc
 }
 
-# rate_wait_close DIR TIMEOUT_S: waits (2 ms polls) until an invoice of the period after
+# rate_wait_close DIR TIMEOUT_S: waits (2 ms polls) until an invoice of a period after
 # RATE_LASTP (file or .tmp, any customer) appears in DIR/out; sets SEEN (the file) and SEEN_US.
 # Returns 1 on timeout, 2 if tally-rate exited.
 rate_wait_close() {
-	local out=$1/out deadline=$((SECONDS + $2)) hits
+	local out=$1/out deadline=$((SECONDS + $2))
 	rate_scan "$out"
-	rate_pname $((RATE_LASTP + RATE_PERIOD))
 	while :; do
-		hits=("$out"/invoices/*/"$PN".json.tmp "$out"/invoices/*/"$PN".json)
-		if [ ${#hits[@]} -gt 0 ]; then
+		if rate_scan "$out"; then
 			SEEN_US=${EPOCHREALTIME/./}
-			SEEN=${hits[0]#"$out"/invoices/}
 			return 0
 		fi
 		kill -0 "$RATE_RPID" 2>/dev/null || return 2
