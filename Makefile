@@ -4,6 +4,8 @@
 #   make release  Release build only (build-release/bin)
 #   make bench    Release build, then the benchmarks under bench/
 #   make fuzz     Each fuzz target for FUZZ_SECONDS (default 600)
+#   make fuzz-campaign  All fuzz targets at once, each until FUZZ_CPU_SECONDS of CPU (default
+#                 3600: the CPU-hour per target of issue 8), at nice 19; work in build/fuzz-campaign
 #   make tsan     ThreadSanitizer build of the threaded tests
 #   make bench-compare  tally against NATS JetStream, Redis and PostgreSQL (docs/benchmarks.md)
 #   make profile  perf flame graph of tallyd under tally-bench load (perf/)
@@ -14,12 +16,13 @@ TEST_CC ?= $(if $(CLANG),clang,gcc)
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 WERROR ?= $(if $(CI),ON,OFF)
 FUZZ_SECONDS ?= 600
+FUZZ_CPU_SECONDS ?= 3600
 TORTURE_CYCLES ?= 100
 # The peer smoke test starts real NATS/Redis/PostgreSQL servers: `make bench-compare` runs
 # those comparisons; `make test` leaves them out.
 CTEST_ARGS ?= -LE peers
 
-.PHONY: all deps build release test run bench fuzz tsan clean bench-compare profile torture
+.PHONY: all deps build release test run bench fuzz fuzz-campaign tsan clean bench-compare profile torture
 all: build
 
 deps:
@@ -48,6 +51,9 @@ fuzz: build
 	  echo "== $$n for $(FUZZ_SECONDS)s"; \
 	  sh ../tests/fuzz/run-fuzzer.sh $$f ../tests/fuzz/corpus/$${n#fuzz_} $(FUZZ_SECONDS) || exit 1; \
 	done
+
+fuzz-campaign: build
+	@bash tests/fuzz/campaign.sh build/bin build/fuzz-campaign $(FUZZ_CPU_SECONDS)
 
 bench-compare: export TALLY_EXTRA_PKGS = nats-server libnats-dev redis-server libhiredis-dev postgresql libpq-dev linux-perf
 bench-compare: release
