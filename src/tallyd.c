@@ -59,6 +59,9 @@ static void usage(FILE *f)
 		"  --read-timeout S       a started frame must complete within S seconds (default 10)\n"
 		"  --max-buffer-mb N      receive buffers of all connections together (default 1024)\n"
 		"  --segment-bytes N      WAL segment roll size (default 128 MiB)\n"
+		"  --wal-prefill-kb N     zero-fill WAL segments N KiB ahead of the data, so that\n"
+		"                         fdatasync need not commit a new file size (default 1024;\n"
+		"                         0 = off, append only)\n"
 		"  --expected-keys N      dedup hot-table keys to preallocate per shard (default 1Mi)\n"
 		"  --sync-delay-us N      inject N us of latency per fdatasync (benchmarks)\n"
 		"  --repair               on a corrupt WAL tail, move the bad bytes to a .quarantine file\n"
@@ -127,11 +130,12 @@ int main(int argc, char **argv)
 		.rbuf_budget_bytes = 1024ull << 20,
 	};
 	const char *port_file = NULL;
+	uint32_t prefill_kb = 1024;
 	bool repair = false;
 	enum {
 		O_LISTEN = 256, O_DATA, O_THREADS, O_SHARDS, O_IO, O_FSYNC, O_WINDOW, O_MAXAGE,
 		O_FUTURE, O_AUTH, O_INSECURE, O_CONNS, O_FRAME, O_BATCH, O_INFLIGHT, O_IDLE,
-		O_READ, O_BUFMB, O_SEGMENT, O_KEYS, O_SYNCDELAY, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
+		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_KEYS, O_SYNCDELAY, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
 	};
 	static const struct option opts[] = {
 		{"listen", 1, 0, O_LISTEN},       {"data", 1, 0, O_DATA},
@@ -143,6 +147,7 @@ int main(int argc, char **argv)
 		{"max-frame", 1, 0, O_FRAME},     {"max-batch", 1, 0, O_BATCH},
 		{"max-inflight", 1, 0, O_INFLIGHT}, {"idle-timeout", 1, 0, O_IDLE},
 		{"read-timeout", 1, 0, O_READ},   {"segment-bytes", 1, 0, O_SEGMENT},
+		{"wal-prefill-kb", 1, 0, O_PREFILL},
 		{"max-buffer-mb", 1, 0, O_BUFMB},
 		{"expected-keys", 1, 0, O_KEYS},  {"sync-delay-us", 1, 0, O_SYNCDELAY},
 		{"port-file", 1, 0, O_PORTFILE},  {"log-level", 1, 0, O_LOG},
@@ -253,6 +258,11 @@ int main(int argc, char **argv)
 				bad = "--segment-bytes wants at least 65536";
 			cfg.segment_bytes_max = v;
 			break;
+		case O_PREFILL:
+			if (parse_u64(optarg, 1u << 20, &v) < 0)
+				bad = "--wal-prefill-kb wants 0..1048576";
+			prefill_kb = (uint32_t)v;
+			break;
 		case O_KEYS:
 			if (parse_u64(optarg, 1ull << 31, &v) < 0)
 				bad = "--expected-keys wants 0..2^31";
@@ -350,6 +360,7 @@ int main(int argc, char **argv)
 		.on_segment_sealed = broker_on_segment_sealed,
 		.ctx = &g_broker,
 		.repair = repair,
+		.prefill_bytes = prefill_kb ? prefill_kb << 10 : WAL_PREFILL_OFF,
 	};
 	if (cfg.sync_delay_us) {
 		wal_io_delay_init(&delay, NULL, cfg.sync_delay_us);

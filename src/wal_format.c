@@ -10,7 +10,9 @@
  *
  * Thread safety: all functions are reentrant; the error message is thread-local.
  */
+#define _GNU_SOURCE /* memmem */
 #include <dirent.h>
+#include <string.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -475,8 +477,11 @@ int wal_scan_segment(const struct wal_io *io, int fd, uint64_t start_pos, uint64
 			if (r < 4)
 				break;
 			for (ssize_t i = 0; i + 4 <= r; i++) {
-				if (memcmp(win + i, magic, 4) != 0)
-					continue;
+				/* memmem: a prefilled tail is megabytes of zeros */
+				const uint8_t *m = memmem(win + i, (size_t)(r - i), magic, 4);
+				if (!m)
+					break;
+				i = m - win;
 				const char *why;
 				int v = check_block_at(io, fd, at + (uint64_t)i, sc->file_bytes, &h,
 						       payload, &why);

@@ -56,6 +56,7 @@ struct wal_shard {
 	int idx_fd; /* its sparse index, or -1 */
 	uint64_t seg_base;
 	uint64_t seg_bytes;          /* valid bytes in the current segment */
+	uint64_t file_bytes;         /* its size: seg_bytes + zeros written ahead (prefill) */
 	int64_t seg_first_ingest_us; /* INT64_MIN while the segment is empty */
 	uint64_t idx_bytes;
 	uint64_t idx_last_pos; /* position of the last indexed block, UINT64_MAX if none */
@@ -231,6 +232,37 @@ static int set_failed(struct wal_shard *s, int err, const char *what)
 	return -EIO;
 }
 
+/*
+ * Prefill (opt.prefill_bytes): before a block would extend the segment file, zeros are written
+ * from the file's end to prefill_bytes past the block's end (capped near the segment size).
+ * The next group commit makes them durable together with the block; the blocks after it then
+ * overwrite allocated, initialised bytes inside the file's size, and their fdatasync flushes
+ * data only, without the file-system journal commit that a size change needs (docs/wal-format.md
+ * "Prefill"; bench/bench_fsync.c measures the difference). Zeros past the last block are what a
+ * torn tail looks like to recovery, which cuts them. A failed zero write is ignored: the block is
+ * then simply appended. Appender thread.
+ */
+static void prefill(struct wal_shard *s, uint64_t need_end)
+{
+	static const uint8_t zeros[64 << 10];
+	const struct wal_options *o = &s->w->opt;
+	uint64_t cap = o->segment_bytes_max + WAL_BLOCK_HEADER_BYTES + WAL_BLOCK_STORED_BYTES_MAX;
+	uint64_t end = need_end + o->prefill_bytes;
+	if (end > cap)
+		end = cap > need_end ? cap : need_end;
+	while (s->file_bytes < end) {
+		uint64_t n = end - s->file_bytes;
+		if (n > sizeof zeros)
+			n = sizeof zeros;
+		ssize_t r = s->io->pwrite(s->io->ctx, s->fd, zeros, (size_t)n, (off_t)s->file_bytes);
+		if (r == -EINTR)
+			continue;
+		if (r <= 0)
+			return;
+		s->file_bytes += (uint64_t)r;
+	}
+}
+
 /* Seals the current segment and starts a new one based at written_next. */
 static int roll(struct wal_shard *s)
 {
@@ -240,6 +272,14 @@ static int roll(struct wal_shard *s)
 	pthread_mutex_lock(&s->sync_lock);
 	if ((rc = atomic_load(&s->failed)) != 0)
 		goto out_unlock;
+	if (s->file_bytes > s->seg_bytes) { /* a sealed segment ends with its last block */
+		rc = s->io->ftruncate(s->io->ctx, s->fd, (off_t)s->seg_bytes);
+		if (rc < 0) {
+			rc = set_failed(s, rc, "ftruncate of the prefill at segment roll");
+			goto out_unlock;
+		}
+		s->file_bytes = s->seg_bytes;
+	}
 	rc = s->io->fdatasync(s->io->ctx, s->fd);
 	if (rc < 0) {
 		rc = set_failed(s, rc, "fdatasync at segment roll");
@@ -268,6 +308,7 @@ static int roll(struct wal_shard *s)
 	s->fd = nfd;
 	s->seg_base = next;
 	s->seg_bytes = 0;
+	s->file_bytes = 0;
 	s->seg_first_ingest_us = INT64_MIN;
 	idx_open_fresh(s, true);
 out_unlock:
@@ -324,6 +365,8 @@ static int seal(struct wal_shard *s)
 	wal_put_u64(s->out + 64, h.checksum);
 	size_t total = WAL_BLOCK_HEADER_BYTES + h.stored_bytes;
 
+	if (o->prefill_bytes && s->seg_bytes + total > s->file_bytes)
+		prefill(s, s->seg_bytes + total);
 	rc = write_all(s, s->out, total, s->seg_bytes);
 	if (rc < 0) {
 		wal_set_error("%s: write of block at offsets %" PRIu64 "..%" PRIu64
@@ -333,12 +376,15 @@ static int seal(struct wal_shard *s)
 		int tr = s->io->ftruncate(s->io->ctx, s->fd, (off_t)s->seg_bytes);
 		if (tr < 0)
 			rc = set_failed(s, tr, "ftruncate after a failed write");
+		s->file_bytes = s->seg_bytes;
 		goto out_discard;
 	}
 	idx_add(s, s->block_first_offset, s->seg_bytes);
 	if (s->seg_first_ingest_us == INT64_MIN)
 		s->seg_first_ingest_us = s->block_first_ingest_us;
 	s->seg_bytes += total;
+	if (s->file_bytes < s->seg_bytes)
+		s->file_bytes = s->seg_bytes;
 	/* Release: the syncer (acquire) may fdatasync and publish these offsets only after the
 	   pwrite above returned. */
 	atomic_store_explicit(&s->written_next, s->block_first_offset + s->count,
@@ -714,6 +760,7 @@ static int recover_newest(struct wal_shard *s, uint64_t base)
 	fd = -1;
 	s->seg_base = base;
 	s->seg_bytes = sc.valid_bytes;
+	s->file_bytes = sc.valid_bytes; /* a tail (torn, or prefill zeros) was cut */
 	s->seg_first_ingest_us = sc.first_ingest_time_us;
 	s->next_offset = sc.next_offset;
 	if (sc.last_max_ingest_time_us != INT64_MIN)
@@ -839,6 +886,10 @@ static int options_fill(const struct wal_options *in, struct wal_options *o)
 		o->segment_age_us = WAL_SEGMENT_AGE_US_DEFAULT;
 	if (!o->lz4_acceleration)
 		o->lz4_acceleration = 1;
+	if (!o->prefill_bytes)
+		o->prefill_bytes = WAL_PREFILL_BYTES_DEFAULT;
+	else if (o->prefill_bytes == WAL_PREFILL_OFF)
+		o->prefill_bytes = 0;
 	if (o->lz4_acceleration > 65537)
 		o->lz4_acceleration = 65537;
 	if (o->block_bytes_max < WAL_BLOCK_BYTES_MIN ||
@@ -952,6 +1003,12 @@ int wal_close(struct wal *w)
 	for (uint16_t i = 0; i < w->shard_count; i++) {
 		struct wal_shard *s = w->shards[i];
 		int rc = seal(s);
+		if (rc == 0 && s->file_bytes > s->seg_bytes && !atomic_load(&s->failed)) {
+			/* Leave no prefill behind: the file ends with its last block. */
+			rc = s->io->ftruncate(s->io->ctx, s->fd, (off_t)s->seg_bytes);
+			if (rc == 0)
+				s->file_bytes = s->seg_bytes;
+		}
 		if (rc == 0)
 			rc = wal_sync(s, NULL);
 		if (rc < 0 && first == 0)

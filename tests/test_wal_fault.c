@@ -94,12 +94,21 @@ static void test_fdatasync_eio(void)
 }
 
 /* One retryable write failure scenario; `arm` sets up the fault. */
-static void write_fault_case(const char *name, void (*arm)(void), int expect_rc)
+/* Where a segment's valid data ends (the file may go on with prefill zeros). */
+static uint64_t data_end(const char *seg)
+{
+	struct wal_segment_stats st;
+	int rc = wal_segment_verify(seg, 0, false, &st);
+	CHECK(rc == 0 || rc == -EBADMSG);
+	return rc == 0 ? wt_file_size(seg) : st.torn_tail_at;
+}
+
+static void write_fault_case(const char *name, void (*arm)(void), int expect_rc, uint32_t prefill)
 {
 	char dir[512];
 	wt_tmpdir(dir, sizeof dir, "walfault");
 	wt_faultio_init(&fio);
-	struct wal_options o = {.shard_count = 1, .io = &fio.io};
+	struct wal_options o = {.shard_count = 1, .io = &fio.io, .prefill_bytes = prefill};
 	struct wal *w;
 	CHECK_EQ(wal_open(dir, &o, &w), 0);
 	struct wal_shard *s = wal_shard(w, 0);
@@ -108,7 +117,9 @@ static void write_fault_case(const char *name, void (*arm)(void), int expect_rc)
 	append_n(s, 1, 100);
 	CHECK_EQ(wal_flush(s), 0);
 	CHECK_EQ(wal_sync(s, NULL), 0);
-	uint64_t size_before = wt_file_size(seg);
+	uint64_t size_before = data_end(seg);
+	if (prefill != WAL_PREFILL_OFF) /* the zeros went ahead of the data */
+		CHECK(wt_file_size(seg) > size_before);
 	append_n(s, 2, 50); /* offsets 100..149: these will be discarded */
 	arm();
 	CHECK_EQ(wal_flush(s), expect_rc);
@@ -352,9 +363,13 @@ static void test_crash_at_every_op(bool power_loss)
 int main(void)
 {
 	test_fdatasync_eio();
-	write_fault_case("ENOSPC", arm_enospc, -ENOSPC);
-	write_fault_case("EIO", arm_eio, -EIO);
-	write_fault_case("short write then ENOSPC", arm_short_then_enospc, -ENOSPC);
+	for (int k = 0; k < 2; k++) {
+		uint32_t prefill = k ? 0 /* default: 1 MiB */ : WAL_PREFILL_OFF;
+		write_fault_case("ENOSPC", arm_enospc, -ENOSPC, prefill);
+		write_fault_case("EIO", arm_eio, -EIO, prefill);
+		write_fault_case("short write then ENOSPC", arm_short_then_enospc, -ENOSPC,
+				 prefill);
+	}
 	test_short_write_completes();
 	test_enospc_at_roll_and_append();
 	test_ftruncate_fails();

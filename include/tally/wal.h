@@ -58,6 +58,8 @@
 #define WAL_BLOCK_BYTES_MIN         (16u << 10) /* >= WAL_RECORD_BYTES_MAX */
 #define WAL_BLOCK_AGE_US_DEFAULT    200u
 #define WAL_SEGMENT_BYTES_DEFAULT   (128ull << 20)
+#define WAL_PREFILL_BYTES_DEFAULT   (1u << 20)
+#define WAL_PREFILL_OFF             UINT32_MAX /* wal_options.prefill_bytes: append only */
 #define WAL_SEGMENT_BYTES_MIN       (64ull << 10)
 #define WAL_SEGMENT_AGE_US_DEFAULT  (3600ull * 1000000ull)
 #define WAL_RETENTION_DAYS_DEFAULT  400u
@@ -112,6 +114,10 @@ struct wal_options {
 	bool verify_sealed; /* open: checksum every block of every sealed segment too */
 	bool repair;        /* open: quarantine a corrupt tail instead of refusing (logged) */
 	uint32_t lz4_acceleration; /* LZ4_compress_fast acceleration; 0 = 1 (best ratio) */
+	/* Zero-fill the segment file this far ahead of the data, so that group commits overwrite
+	   instead of append (no journal commit per fdatasync); 0 = 1 MiB, WAL_PREFILL_OFF = off.
+	   docs/wal-format.md "Prefill". */
+	uint32_t prefill_bytes;
 	const struct wal_io *io;   /* NULL = libc */
 	/* Called on the appender thread after a segment was sealed (synced) and the next one
 	 * exists. */
