@@ -1,8 +1,10 @@
 /*
  * test_wal.c — WAL round trip across segment rolls, seek by offset, durable-only reads,
  * merged multi-shard reads, segment listing/iteration, option and length checks, clock
- * clamping, ticks, consumer checkpoints and retention.
+ * clamping, ticks, consumer checkpoints and retention; prefill (zeros ahead of the data in the
+ * newest segment only, cut by recovery after a crash).
  */
+#include <sys/wait.h>
 #include "wal_testutil.h"
 
 #define SEED 42
@@ -393,6 +395,92 @@ static void test_index_seek(void)
 	wt_rmrf(dir);
 }
 
+/* True if bytes [from, to) of the file are all zero. */
+static bool zeros_in(const char *path, uint64_t from, uint64_t to)
+{
+	int fd = open(path, O_RDONLY);
+	CHECK(fd >= 0);
+	uint8_t buf[4096];
+	bool all = true;
+	for (uint64_t at = from; all && at < to;) {
+		size_t n = to - at < sizeof buf ? (size_t)(to - at) : sizeof buf;
+		CHECK(pread(fd, buf, n, (off_t)at) == (ssize_t)n);
+		for (size_t i = 0; i < n; i++)
+			all &= buf[i] == 0;
+		at += n;
+	}
+	close(fd);
+	return all;
+}
+
+static void test_prefill(void)
+{
+	char dir[512];
+	wt_tmpdir(dir, sizeof dir, "walprefill");
+	const uint64_t n = 40000;
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		/* Several 256 KiB segments with the default 1 MiB prefill (capped per segment);
+		   everything synced, then the process dies without wal_close. */
+		struct wal_options o = {.shard_count = 1, .segment_bytes_max = 256 << 10};
+		struct wal *w;
+		CHECK_EQ(wal_open(dir, &o, &w), 0);
+		struct wal_shard *s = wal_shard(w, 0);
+		fill(s, 0, n, SEED);
+		CHECK_EQ(wal_flush(s), 0);
+		CHECK_EQ(wal_sync(s, NULL), 0);
+		_exit(0);
+	}
+	int st;
+	CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	struct wal_segment_info segs[256];
+	size_t ns;
+	CHECK_EQ(wal_segments_list(dir, 0, segs, 256, &ns), 0);
+	CHECK(ns >= 3);
+	for (size_t i = 0; i < ns; i++) {
+		struct wal_segment_stats vs;
+		int rc = wal_segment_verify(segs[i].path, segs[i].base_offset, true, &vs);
+		if (i + 1 < ns) {
+			/* Sealed: ends exactly with its last block. */
+			CHECK_EQ(rc, 0);
+			CHECK_EQ(vs.file_bytes, wt_file_size(segs[i].path));
+		} else {
+			/* Newest, left by a dead writer: data, then prefill zeros to the file end. */
+			CHECK_EQ(rc, -EBADMSG);
+			CHECK(wt_file_size(segs[i].path) > vs.torn_tail_at);
+			CHECK(zeros_in(segs[i].path, vs.torn_tail_at, wt_file_size(segs[i].path)));
+		}
+	}
+	/* Recovery cuts the zeros; every record is there; appends continue after them. */
+	struct wal_options o = {.shard_count = 1, .segment_bytes_max = 256 << 10};
+	struct wal *w;
+	CHECK_EQ(wal_open(dir, &o, &w), 0);
+	struct wal_shard *s = wal_shard(w, 0);
+	CHECK_EQ(wal_next_offset(s), n);
+	CHECK_EQ(wal_durable_next(s), n);
+	fill(s, n, n + 5000, SEED);
+	CHECK_EQ(wal_close(w), 0);
+	struct wal_reader *r;
+	CHECK_EQ(wal_reader_open(dir, 0, &r), 0);
+	struct wal_record rec;
+	uint64_t got = 0;
+	int rc;
+	while ((rc = wal_reader_next(r, &rec)) == 1)
+		check_record(&rec, got++, SEED);
+	CHECK_EQ(rc, 0);
+	CHECK_EQ(got, n + 5000);
+	wal_reader_close(r);
+	/* wal_close leaves no zeros: every segment verifies to its end. */
+	CHECK_EQ(wal_segments_list(dir, 0, segs, 256, &ns), 0);
+	for (size_t i = 0; i < ns; i++) {
+		struct wal_segment_stats vs;
+		CHECK_EQ(wal_segment_verify(segs[i].path, segs[i].base_offset, true, &vs), 0);
+		CHECK_EQ(vs.file_bytes, wt_file_size(segs[i].path));
+	}
+	wt_rmrf(dir);
+}
+
 int main(void)
 {
 	test_footprint();
@@ -400,6 +488,7 @@ int main(void)
 	test_round_trip();
 	test_durable_only();
 	test_checkpoint_retention();
+	test_prefill();
 	printf("test_wal: OK\n");
 	return 0;
 }
