@@ -811,7 +811,7 @@ static void test_auth(const char *base)
 	fclose(f);
 	chmod(authf, 0644);
 	/* World-readable key file: refused. */
-	char exe[1100];
+	char exe[2048];
 	snprintf(exe, sizeof exe, "%s/tallyd --data %s --auth-file %s --listen 127.0.0.1:0 2>/dev/null",
 		 bin_dir, s.dir, authf);
 	CHECK(system(exe) != 0);
