@@ -9,6 +9,9 @@
 #      send time (no coordinated omission).
 # Prints one line per run and the median of RUNS runs (default 3) per configuration.
 # Client and broker share this machine's cores, as the issue asks.
+# Env: EVENTS, CONNS, INFLIGHT, BATCH, THREADS, SHARDS, TALLYD_FLAGS (extra tallyd flags, e.g.
+# "--wal-prefill-kb 0" to compare against plain appends), IOS (default "uring epoll"),
+# DELAYS (default "0 2000").
 set -euo pipefail
 bin=${1:?usage: bench/broker.sh BIN_DIR [RUNS]}
 runs=${2:-3}
@@ -35,7 +38,7 @@ start_tallyd() { # io delay
   rm -rf "$tmp/data" "$tmp/port"
   "$bin/tallyd" --listen 127.0.0.1:0 --port-file "$tmp/port" --data "$tmp/data" \
     --threads "$threads" --shards "$shards" --io "$1" --sync-delay-us "$2" \
-    --expected-keys 4194304 --log-level warn 2>"$tmp/tallyd.log" &
+    --expected-keys 4194304 --log-level warn ${TALLYD_FLAGS:-} 2>"$tmp/tallyd.log" &
   pid=$!
   for _ in $(seq 1 300); do [ -s "$tmp/port" ] && break; sleep 0.1; done
   [ -s "$tmp/port" ] || { echo "tallyd did not start"; cat "$tmp/tallyd.log"; exit 1; }
@@ -46,8 +49,8 @@ stop_tallyd() { kill -TERM "$pid"; wait "$pid" || true; pid=""; }
 echo "machine: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "workload: $events events/run, $conns connections x $inflight batches of $batch in flight," \
      "10% duplicates, 150-byte bodies, $shards shards, $threads threads, --fsync always"
-for delay in 0 2000; do
-  for io in uring epoll; do
+for delay in ${DELAYS:-0 2000}; do
+  for io in ${IOS:-uring epoll}; do
     rates=(); p50s=(); p99s=(); p999s=()
     for r in $(seq 1 "$runs"); do
       start_tallyd "$io" "$delay"
