@@ -23,6 +23,7 @@
 
 #include "tally/event.h"
 #include "tally/protocol.h"
+#include "fuzz_fixups.h"
 
 #define FUZZ_ASSERT(c)                                                                             \
 	do {                                                                                       \
@@ -207,26 +208,6 @@ static void parse_stream(const uint8_t *data, size_t size, uint32_t fmax, uint32
 	}
 }
 
-static uint32_t rd32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-/* Rewrites the checksum of every complete frame in the stream (walking by body_len). */
-static void fix_checksums(uint8_t *d, size_t size)
-{
-	size_t pos = 0;
-	while (size - pos >= PROTO_HEADER_BYTES) {
-		size_t total = PROTO_HEADER_BYTES + (size_t)rd32(d + pos + 12);
-		if (total > size - pos)
-			return;
-		uint32_t c = (uint32_t)XXH3_64bits(d + pos + 8, total - 8);
-		for (int i = 0; i < 4; i++)
-			d[pos + 4 + i] = (uint8_t)(c >> (8 * i));
-		pos += total;
-	}
-}
-
 static void parse_all(const uint8_t *data, size_t size)
 {
 	parse_stream(data, size, PROTO_FRAME_BYTES_DEFAULT, PROTO_BATCH_EVENTS_DEFAULT);
@@ -241,7 +222,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* an exact-size copy, so ASan still sees reads past the end */
 	uint8_t *copy = malloc(size ? size : 1);
 	memcpy(copy, data, size);
-	fix_checksums(copy, size);
+	fuzz_fix_frame_checksums(copy, size);
 	if (memcmp(copy, data, size) != 0)
 		parse_all(copy, size);
 	free(copy);

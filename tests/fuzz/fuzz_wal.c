@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "wal_internal.h"
+#include "fuzz_fixups.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -26,17 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!buf)
 		return 0;
 	memcpy(buf, data, size);
-	/* Fix up the checksum of every complete block, in order. */
-	size_t pos = 0;
-	while (size - pos >= WAL_BLOCK_HEADER_BYTES) {
-		uint32_t stored = wal_get_u32(buf + pos + 16);
-		if (stored > size - pos - WAL_BLOCK_HEADER_BYTES)
-			break;
-		uint64_t c =
-		    wal_block_checksum(buf + pos, buf + pos + WAL_BLOCK_HEADER_BYTES, stored);
-		wal_put_u64(buf + pos + 64, c);
-		pos += WAL_BLOCK_HEADER_BYTES + stored;
-	}
+	fuzz_fix_block_checksums(buf, size);
 
 	int fd = memfd_create("fuzz_wal", MFD_CLOEXEC);
 	if (fd < 0 || (size && write(fd, buf, size) != (ssize_t)size))

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "wal_internal.h"
+#include "fuzz_fixups.h"
 
 #define FUZZ_ASSERT(c)                                                                             \
 	do {                                                                                       \
@@ -46,20 +47,6 @@ static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *
 	(void)flag;
 	(void)ftw;
 	return remove(p);
-}
-
-static void fix_checksums(uint8_t *buf, size_t size)
-{
-	size_t pos = 0;
-	while (size - pos >= WAL_BLOCK_HEADER_BYTES) {
-		uint32_t stored = wal_get_u32(buf + pos + 16);
-		if (stored > size - pos - WAL_BLOCK_HEADER_BYTES)
-			break;
-		uint64_t c =
-		    wal_block_checksum(buf + pos, buf + pos + WAL_BLOCK_HEADER_BYTES, stored);
-		wal_put_u64(buf + pos + 64, c);
-		pos += WAL_BLOCK_HEADER_BYTES + stored;
-	}
 }
 
 static void write_file(const char *path, const uint8_t *d, size_t n)
@@ -162,8 +149,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		buf = malloc(n ? n : 1);
 		FUZZ_ASSERT(buf);
 		memcpy(buf, rest, n);
-		fix_checksums(buf, cut);
-		fix_checksums(buf + cut, n - cut);
+		fuzz_fix_block_checksums(buf, cut);
+		fuzz_fix_block_checksums(buf + cut, n - cut);
 		write_segment(0, buf, cut);
 		struct wal_segment_stats st;
 		snprintf(path, sizeof path, "%s/00000000000000000000.log", shard_dir);
@@ -177,7 +164,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		buf = malloc(n ? n : 1);
 		FUZZ_ASSERT(buf);
 		memcpy(buf, rest, n);
-		fix_checksums(buf, n);
+		fuzz_fix_block_checksums(buf, n);
 		write_segment(0, buf, n);
 	}
 	free(buf);
