@@ -1369,6 +1369,13 @@ static int worker_loop_epoll(struct worker *w)
 		if (n < 0 && errno != EINTR)
 			return -errno;
 		w->now_us = broker_now_us();
+		/* Every connection named in this batch stays allocated until the batch is done:
+		   handling one event (the wake event resolves batches and sends their ACKs, and a
+		   failed send closes that connection) can close another connection whose event is
+		   still further down the list. */
+		for (int i = 0; i < n; i++)
+			if (evs[i].data.ptr != &w->listen_fd && evs[i].data.ptr != &w->epfd)
+				conn_hold(evs[i].data.ptr);
 		for (int i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			if (p == &w->listen_fd) {
@@ -1384,16 +1391,18 @@ static int worker_loop_epoll(struct worker *w)
 				worker_drain_rings(w);
 			} else {
 				struct conn *c = p;
-				conn_hold(c);
-				if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))
+				if (!c->closed &&
+				    (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)))
 					epoll_on_readable(w, c);
 				if (!c->closed && (evs[i].events & EPOLLOUT))
 					conn_try_send(w, c);
 				if (!c->closed && (evs[i].events & (EPOLLHUP | EPOLLERR)))
 					conn_close(w, c);
-				conn_release(w, c);
 			}
 		}
+		for (int i = 0; i < n; i++)
+			if (evs[i].data.ptr != &w->listen_fd && evs[i].data.ptr != &w->epfd)
+				conn_release(w, evs[i].data.ptr);
 	}
 	return 0;
 }
