@@ -234,6 +234,24 @@ static int cmd_dump(const struct args *a)
 }
 
 /* Verifies (and accumulates stats over) every segment of one shard. 0 ok, 1 corrupt. */
+
+/* True if bytes [from, to) of fd are all zero (the WAL's prefill, docs/wal-format.md). */
+static bool tail_is_zeros(int fd, uint64_t from, uint64_t to)
+{
+	uint8_t buf[1 << 16];
+	while (from < to) {
+		size_t n = to - from < sizeof buf ? (size_t)(to - from) : sizeof buf;
+		ssize_t r = pread(fd, buf, n, (off_t)from);
+		if (r <= 0)
+			return false;
+		for (ssize_t i = 0; i < r; i++)
+			if (buf[i])
+				return false;
+		from += (uint64_t)r;
+	}
+	return true;
+}
+
 static int check_shard(const char *data, uint16_t shard, bool print_ok,
 		       struct wal_segment_stats *tot, uint64_t *segs_out, uint64_t *disk_out)
 {
@@ -265,10 +283,17 @@ static int check_shard(const char *data, uint16_t shard, bool print_ok,
 					     WAL_SCAN_SEARCH_LATER | WAL_SCAN_DECODE, &sc, NULL,
 					     NULL) == 0 &&
 			    sc.valid_bytes == st.torn_tail_at && sc.later_valid_at == UINT64_MAX) {
-				printf("%s: torn tail at byte %" PRIu64 " (%" PRIu64
-				       " bytes; recovery truncates it, or a write in progress)\n",
-				       segs[k].path, st.torn_tail_at,
-				       sc.file_bytes - sc.valid_bytes);
+				if (tail_is_zeros(fd, sc.valid_bytes, sc.file_bytes))
+					printf("%s: %" PRIu64 " bytes of prefill zeros after byte %" PRIu64
+					       " (a running or killed writer; recovery cuts them)\n",
+					       segs[k].path, sc.file_bytes - sc.valid_bytes,
+					       sc.valid_bytes);
+				else
+					printf("%s: torn tail at byte %" PRIu64 " (%" PRIu64
+					       " bytes; recovery truncates it, or a write in "
+					       "progress)\n",
+					       segs[k].path, st.torn_tail_at,
+					       sc.file_bytes - sc.valid_bytes);
 				rc = 0;
 			}
 			if (fd >= 0)
