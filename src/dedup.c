@@ -355,6 +355,7 @@ static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size
 		const struct dedup_query *x = &q[i];
 		struct dedup_answer *a = &out[i];
 		a->offset = DEDUP_OFFSET_NONE;
+		a->slot = DEDUP_SLOT_NONE;
 		if (x->event_time_us < d->expire_cutoff_us) {
 			a->verdict = DEDUP_TOO_OLD;
 			continue;
@@ -375,10 +376,9 @@ static void check_chunk(struct dedup_shard *d, const struct dedup_query *q, size
 		}
 		struct dedup_rec nr = {.lo = x->fp.lo, .hi = x->fp.hi, .offset = DEDUP_OFFSET_NONE,
 				       .digest = x->digest};
-		if (at_end)
-			dedup_hot_insert_at(&d->hot, end[i], &nr);
-		else
-			dedup_hot_insert(&d->hot, &nr);
+		struct dedup_rec *put = at_end ? dedup_hot_insert_at(&d->hot, end[i], &nr)
+					       : dedup_hot_insert(&d->hot, &nr);
+		a->slot = (uint32_t)(put - d->hot.cur.slots); /* < DEDUP_HOT_SLOTS_MAX = 2^31 */
 		inserted++;
 		a->verdict = DEDUP_NEW;
 	}
@@ -398,6 +398,16 @@ void dedup_check_claim(struct dedup_shard *d, const struct dedup_query *q, size_
 void dedup_set_offset(struct dedup_shard *d, struct tally_fp fp, uint64_t offset)
 {
 	struct dedup_rec *r = dedup_hot_find(&d->hot, fp.lo, fp.hi);
+	if (r && r->offset == DEDUP_OFFSET_NONE)
+		r->offset = offset;
+}
+
+void dedup_set_offset_hint(struct dedup_shard *d, struct tally_fp fp, uint32_t slot,
+			   uint64_t offset)
+{
+	struct dedup_rec *r = dedup_hot_at(&d->hot, slot, fp.lo, fp.hi);
+	if (!r)
+		r = dedup_hot_find(&d->hot, fp.lo, fp.hi);
 	if (r && r->offset == DEDUP_OFFSET_NONE)
 		r->offset = offset;
 }

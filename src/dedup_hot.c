@@ -111,17 +111,36 @@ void dedup_hot_free(struct dedup_hot *h)
 	memset(h, 0, sizeof(*h));
 }
 
-static struct dedup_rec *table_find(const struct dedup_table *t, uint64_t lo, uint64_t hi)
+/* The first slot at or after i (cyclically) whose tag is 0 (empty) or `tag`: where a probe
+ * for `tag` must stop to look. Bounded: load <= 15/16, so an empty slot is always met. (An
+ * SSE2 scan, 8 tags per compare, measured no faster at 100M keys: the cost is memory.) */
+static inline uint64_t tag_stop(const struct dedup_table *t, uint64_t i, uint16_t tag)
+{
+	for (;; i = (i + 1) & t->mask)
+		if (t->tags[i] == 0 || t->tags[i] == tag)
+			return i;
+}
+
+/* As table_find; on a miss *end is the empty slot that ended the probe (where it would go). */
+static struct dedup_rec *table_find_end(const struct dedup_table *t, uint64_t lo, uint64_t hi,
+					uint64_t *end)
 {
 	uint16_t tag = dedup_tag_of(lo);
-	/* Bounded: load <= 15/16, so an empty slot is always met. */
 	for (uint64_t i = lo & t->mask;; i = (i + 1) & t->mask) {
-		uint16_t g = t->tags[i];
-		if (g == 0)
+		i = tag_stop(t, i, tag);
+		if (t->tags[i] == 0) {
+			*end = i;
 			return NULL;
-		if (g == tag && t->slots[i].lo == lo && t->slots[i].hi == hi)
+		}
+		if (t->slots[i].lo == lo && t->slots[i].hi == hi)
 			return &t->slots[i];
 	}
+}
+
+static struct dedup_rec *table_find(const struct dedup_table *t, uint64_t lo, uint64_t hi)
+{
+	uint64_t end;
+	return table_find_end(t, lo, hi, &end);
 }
 
 static uint64_t table_find_index(const struct dedup_table *t, uint64_t lo, uint64_t hi)
@@ -132,9 +151,7 @@ static uint64_t table_find_index(const struct dedup_table *t, uint64_t lo, uint6
 
 static struct dedup_rec *table_insert(struct dedup_table *t, const struct dedup_rec *r)
 {
-	uint64_t i = r->lo & t->mask;
-	while (t->tags[i] != 0)
-		i = (i + 1) & t->mask;
+	uint64_t i = tag_stop(t, r->lo & t->mask, 0);
 	t->tags[i] = dedup_tag_of(r->lo);
 	t->slots[i] = *r;
 	t->count++;
@@ -162,37 +179,16 @@ static void table_delete_at(struct dedup_table *t, uint64_t i)
 	t->count--;
 }
 
-/* As table_find; on a miss *end is the empty slot that ended the probe (where it would go). */
-static struct dedup_rec *table_find_end(const struct dedup_table *t, uint64_t lo, uint64_t hi,
-					uint64_t *end)
-{
-	uint16_t tag = dedup_tag_of(lo);
-	for (uint64_t i = lo & t->mask;; i = (i + 1) & t->mask) {
-		uint16_t g = t->tags[i];
-		if (g == 0) {
-			*end = i;
-			return NULL;
-		}
-		if (g == tag && t->slots[i].lo == lo && t->slots[i].hi == hi)
-			return &t->slots[i];
-	}
-}
-
 bool dedup_hot_probe_tags(const struct dedup_hot *h, uint64_t lo, uint64_t *pos)
 {
 	const struct dedup_table *t = &h->cur;
-	uint16_t tag = dedup_tag_of(lo);
-	for (uint64_t i = lo & t->mask;; i = (i + 1) & t->mask) {
-		uint16_t g = t->tags[i];
-		if (g == 0 || g == tag) {
-			*pos = i;
-			/* Either the record to compare or the slot a claim will write (the home
-			 * line was prefetched with the tags: 2 records per line). */
-			if ((i >> 1) != ((lo & t->mask) >> 1))
-				__builtin_prefetch(&t->slots[i], 1, 3);
-			return g != 0;
-		}
-	}
+	uint64_t i = tag_stop(t, lo & t->mask, dedup_tag_of(lo));
+	*pos = i;
+	/* Either the record to compare or the slot a claim will write (the home line was
+	 * prefetched with the tags: 2 records per line). */
+	if ((i >> 1) != ((lo & t->mask) >> 1))
+		__builtin_prefetch(&t->slots[i], 1, 3);
+	return t->tags[i] != 0;
 }
 
 struct dedup_rec *dedup_hot_resolve(struct dedup_hot *h, uint64_t lo, uint64_t hi, uint64_t pos,
@@ -225,6 +221,15 @@ struct dedup_rec *dedup_hot_find(struct dedup_hot *h, uint64_t lo, uint64_t hi)
 	if (!r && h->migrating)
 		r = table_find(&h->old, lo, hi);
 	return r;
+}
+
+struct dedup_rec *dedup_hot_at(struct dedup_hot *h, uint64_t slot, uint64_t lo, uint64_t hi)
+{
+	/* An empty slot's record is all zeros: (0, 0) must not match it, so that key probes. */
+	if (slot > h->cur.mask || (lo | hi) == 0)
+		return NULL;
+	struct dedup_rec *r = &h->cur.slots[slot];
+	return r->lo == lo && r->hi == hi ? r : NULL;
 }
 
 uint64_t dedup_hot_count(const struct dedup_hot *h)

@@ -92,6 +92,9 @@ struct dedup_rec *dedup_hot_insert_at(struct dedup_hot *h, uint64_t end, const s
 bool dedup_hot_has_room(const struct dedup_hot *h);
 /* Inserts a key known to be absent; dedup_hot_has_room() must be true. */
 struct dedup_rec *dedup_hot_insert(struct dedup_hot *h, const struct dedup_rec *r);
+/* The record in slot `slot` of the current table if it holds (lo, hi), else NULL. Reads that
+ * one record only. */
+struct dedup_rec *dedup_hot_at(struct dedup_hot *h, uint64_t slot, uint64_t lo, uint64_t hi);
 /* Removes fp if present; true if it was. */
 bool dedup_hot_delete(struct dedup_hot *h, uint64_t lo, uint64_t hi);
 /* Background work proportional to the keys `inserted` since the last call (UINT64_MAX: do

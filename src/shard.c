@@ -491,7 +491,7 @@ static void submit_one(struct shard *s, const struct shard_item *it, size_t i, i
 			fail_slot(s, it->slot, write_error_code(rc));
 			return;
 		}
-		dedup_set_offset(s->dd, it->fp, off);
+		dedup_set_offset_hint(s->dd, it->fp, a->slot, off);
 		s->app_off[i] = off;
 		s->dirty = true;
 		s->last_append_us = now_us;

@@ -209,6 +209,7 @@ static void test_reference(void)
 				news++;
 				continue;
 			}
+			CHECK_EQ_U(out[i].slot, DEDUP_SLOT_NONE);
 			bool same = q[i].digest == ref_dig[k];
 			uint64_t off = ref_off[k] == UINT64_MAX ? DEDUP_OFFSET_NONE : ref_off[k] - 1;
 			bool pending = off == DEDUP_OFFSET_NONE || off >= durable;
@@ -233,7 +234,13 @@ static void test_reference(void)
 				news--;
 				continue;
 			}
-			dedup_set_offset(d, q[i].fp, next_off);
+			/* Half the batches pass the claim's slot hint; aborts earlier in this loop
+			 * and grows in later claims make some of those hints stale. */
+			CHECK(out[i].slot != DEDUP_SLOT_NONE);
+			if (done / BATCH % 2)
+				dedup_set_offset_hint(d, q[i].fp, out[i].slot, next_off);
+			else
+				dedup_set_offset(d, q[i].fp, next_off);
 			ref_off[k] = next_off + 1;
 			next_off++;
 		}
@@ -269,6 +276,51 @@ static void test_reference(void)
 	dedup_shard_close(d);
 	free(ref_off);
 	free(ref_dig);
+}
+
+/* dedup_set_offset_hint() with hints that went stale: the offset lands on the right key, or
+ * on none, never on the key that now sits in the hinted slot. */
+static void test_set_offset_hint(void)
+{
+	struct dedup_shard *d = open_hot(0);
+	/* Same home slot (5): b is probed past a, into slot 6. */
+	struct tally_fp a = {.lo = 5, .hi = 1}, b = {.lo = 5 + 1024 * 7, .hi = 2};
+	struct dedup_answer ra = check1(d, a, 1), rb = check1(d, b, 2);
+	CHECK_EQ_U(ra.verdict, DEDUP_NEW);
+	CHECK_EQ_U(rb.verdict, DEDUP_NEW);
+	CHECK(ra.slot != rb.slot);
+	/* a's write fails: the backward shift moves b into a's slot; b's hint is stale. */
+	dedup_abort(d, a);
+	dedup_set_offset_hint(d, b, rb.slot, 40);
+	dedup_set_durable(d, 41);
+	struct dedup_answer r = check1(d, b, 2);
+	CHECK_EQ_U(r.verdict, DEDUP_DUPLICATE);
+	CHECK_EQ_U(r.offset, 40);
+	/* Two pending claims, the first given the other's slot: the other keeps no offset. */
+	struct tally_fp f = dtest_fp(9, 7), g = dtest_fp(9, 8);
+	struct dedup_answer rf = check1(d, f, 1), rg = check1(d, g, 1);
+	CHECK_EQ_U(rf.verdict, DEDUP_NEW);
+	CHECK_EQ_U(rg.verdict, DEDUP_NEW);
+	dedup_set_offset_hint(d, f, rg.slot, 41);
+	CHECK_EQ_U(check1(d, f, 1).offset, 41);
+	CHECK_EQ_U(check1(d, g, 1).offset, DEDUP_OFFSET_NONE);
+	dedup_set_offset_hint(d, g, rg.slot, 42);
+	CHECK_EQ_U(check1(d, g, 1).offset, 42);
+	/* Out of range and NONE hints probe. */
+	struct tally_fp c = dtest_fp(9, 1), e = dtest_fp(9, 2);
+	CHECK_EQ_U(check1(d, c, 3).verdict, DEDUP_NEW);
+	CHECK_EQ_U(check1(d, e, 4).verdict, DEDUP_NEW);
+	dedup_set_offset_hint(d, c, DEDUP_SLOT_NONE, 43);
+	dedup_set_offset_hint(d, e, 1u << 30, 44);
+	CHECK_EQ_U(check1(d, c, 3).offset, 43);
+	CHECK_EQ_U(check1(d, e, 4).offset, 44);
+	/* The all-zero fingerprint must not match an empty slot's zeroed record. */
+	struct tally_fp z = {0, 0};
+	struct dedup_answer rz = check1(d, z, 5);
+	CHECK_EQ_U(rz.verdict, DEDUP_NEW);
+	dedup_set_offset_hint(d, z, 700, 45); /* slot 700 is empty */
+	CHECK_EQ_U(check1(d, z, 5).offset, 45);
+	dedup_shard_close(d);
 }
 
 /* Aborts while a migration is in flight, checked directly on the hot table. */
@@ -330,6 +382,7 @@ int main(void)
 {
 	test_verdicts();
 	test_batch_order_and_abort();
+	test_set_offset_hint();
 	test_too_old();
 	test_backward_shift_wrap();
 	test_delete_during_migration();

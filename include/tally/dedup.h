@@ -92,9 +92,12 @@ struct dedup_query {
 
 struct dedup_answer {
 	uint8_t verdict;  /* enum dedup_verdict */
+	uint32_t slot;    /* NEW: where the claim was put, a hint for dedup_set_offset_hint();
+			     DEDUP_SLOT_NONE otherwise */
 	uint64_t offset;  /* original's offset (DUPLICATE/CONFLICT/PENDING_*; may be NONE when
 			     pending); DEDUP_OFFSET_NONE otherwise */
 };
+#define DEDUP_SLOT_NONE UINT32_MAX
 
 /*
  * Processes q[0..n) IN ORDER: a later query sees the keys claimed by earlier ones in the same
@@ -110,6 +113,13 @@ void dedup_check_claim(struct dedup_shard *d, const struct dedup_query *q, size_
 
 /* Records the WAL offset of a claimed (pending) key. No effect if the key is not hot. */
 void dedup_set_offset(struct dedup_shard *d, struct tally_fp fp, uint64_t offset);
+
+/* The same, given the claim's answer->slot: if the key is still in that slot (it is unless
+ * a later claim call moved it), one record is touched instead of a whole probe — at 100M
+ * keys, a probe's second page walk is what a set_offset costs. A stale hint only costs the
+ * probe: the result is always that of dedup_set_offset(). */
+void dedup_set_offset_hint(struct dedup_shard *d, struct tally_fp fp, uint32_t slot,
+			   uint64_t offset);
 
 /* The original's WAL write failed: removes the pending claim so that a retry is accepted.
  * Only a pending entry is removed; a durable one is left alone. */
