@@ -102,7 +102,7 @@ struct dedup_answer {
 /*
  * Processes q[0..n) IN ORDER: a later query sees the keys claimed by earlier ones in the same
  * call. A NEW key is claimed at once as pending with offset DEDUP_OFFSET_NONE; the caller
- * appends it to the WAL, then calls dedup_set_offset(). Internally works in chunks of
+ * appends it to the WAL, then calls dedup_set_offset_hint(). Internally works in chunks of
  * DEDUP_BATCH queries: home slots are computed and prefetched for the chunk, then probed.
  * Never allocates except when the hot table outgrows opt->expected_keys: then one mmap per
  * doubling (not per key); the move to the bigger table is incremental (bounded per call).
