@@ -229,6 +229,8 @@ int dedup_shard_open(const struct dedup_options *opt, uint16_t shard, struct ded
 	d->compact_fan_in = opt->compact_fan_in ? opt->compact_fan_in : DEDUP_COMPACT_FAN_IN_DEFAULT;
 	d->compact_level_max = opt->compact_level_max ? opt->compact_level_max
 						      : DEDUP_COMPACT_LEVEL_MAX_DEFAULT;
+	d->jr_on = opt->seal_journal;
+	d->jr_from = UINT64_MAX;
 	int rc = dedup_hot_init(&d->hot, expected);
 	if (rc != 0)
 		goto out_free;
@@ -253,6 +255,7 @@ void dedup_shard_close(struct dedup_shard *d)
 	assert(!d->compacting); /* dedup_compact_finish() first: the job reads our runs */
 	assert(!d->sealing);    /* dedup_seal_finish() first */
 	free(d->evict);
+	free(d->jr);
 	for (size_t i = 0; i < d->gen_count; i++)
 		dedup_gen_free(&d->gens[i]);
 	free(d->gens);
@@ -395,11 +398,110 @@ void dedup_check_claim(struct dedup_shard *d, const struct dedup_query *q, size_
 		check_chunk(d, q + i, n - i < DEDUP_BATCH ? n - i : DEDUP_BATCH, out + i);
 }
 
+/* ---- the seal journal -------------------------------------------------------------------
+ * A sealed segment's keys are those with an offset in [base, next): without help, finding them
+ * is a pass over the whole hot table (hundreds of MB at millions of keys per shard: a 100+ ms
+ * stall of the owning thread per segment). The broker gives offsets in increasing order, so a
+ * log of the keys as they get their offsets has each segment's keys as one contiguous slice.
+ * Invariant: jr[] holds, in offset order, exactly the keys given an offset >= jr_from and still
+ * claimed. Whatever could break it — an offset out of order (a WAL rewind after a failed write
+ * reuses offsets), an abort of a key that had an offset, no memory — restarts the journal
+ * above every offset seen so far (journal_break); seals of ranges it does not cover scan. */
+
+static void journal_break(struct dedup_shard *d)
+{
+	d->jr_n = 0;
+	d->jr_from = d->jr_max;
+}
+
+static void journal_add(struct dedup_shard *d, const struct dedup_rec *r)
+{
+	if (!d->jr_on)
+		return;
+	if (r->offset < d->jr_max) {
+		journal_break(d);
+		return;
+	}
+	d->jr_max = r->offset + 1;
+	if (d->jr_from == UINT64_MAX)
+		d->jr_from = r->offset;
+	if (d->jr_n == d->jr_cap) { /* doubling: amortized, not per key */
+		size_t c = d->jr_cap ? d->jr_cap * 2 : 65536;
+		struct dedup_rec *p = realloc(d->jr, c * sizeof(*p));
+		if (!p) {
+			journal_break(d);
+			return;
+		}
+		d->jr = p;
+		d->jr_cap = c;
+	}
+	d->jr[d->jr_n++] = *r;
+}
+
+static size_t journal_lower_bound(const struct dedup_shard *d, uint64_t offset)
+{
+	size_t lo = 0, hi = d->jr_n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (d->jr[mid].offset < offset)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+int dedup_journal_take(struct dedup_shard *d, uint64_t base, uint64_t next, struct dedup_rec **keys,
+		       size_t *n)
+{
+	if (!d->jr_on || d->jr_from == UINT64_MAX || d->jr_from > base)
+		return 0;
+	size_t k = journal_lower_bound(d, base), e = journal_lower_bound(d, next);
+	size_t rest = d->jr_n - e, cap = d->jr_cap > 65536 ? d->jr_cap : 65536;
+	/* The caller gets the array itself; the keys after the range start a new one. */
+	struct dedup_rec *fresh = malloc(cap * sizeof(*fresh));
+	if (!fresh)
+		return -ENOMEM;
+	if (rest)
+		memcpy(fresh, d->jr + e, rest * sizeof(*fresh));
+	if (k > 0) /* keys below base (sealed by dedup_seal_generation): not this range's */
+		memmove(d->jr, d->jr + k, (e - k) * sizeof(*d->jr));
+	*keys = d->jr;
+	*n = e - k;
+	if (!*keys) { /* nothing journaled yet: an empty range */
+		*keys = fresh;
+		fresh = malloc(cap * sizeof(*fresh));
+		if (!fresh) {
+			free(*keys);
+			return -ENOMEM;
+		}
+	}
+	d->jr = fresh;
+	d->jr_n = rest;
+	d->jr_cap = cap;
+	d->jr_from = next > d->jr_from ? next : d->jr_from;
+	d->jr_takes++;
+	return 1;
+}
+
+/* Keys below `next` were sealed another way: drop them from the journal. */
+static void journal_trim(struct dedup_shard *d, uint64_t next)
+{
+	if (!d->jr_on || d->jr_from == UINT64_MAX || d->jr_from >= next)
+		return;
+	size_t e = journal_lower_bound(d, next);
+	memmove(d->jr, d->jr + e, (d->jr_n - e) * sizeof(*d->jr));
+	d->jr_n -= e;
+	d->jr_from = next;
+}
+
 void dedup_set_offset(struct dedup_shard *d, struct tally_fp fp, uint64_t offset)
 {
 	struct dedup_rec *r = dedup_hot_find(&d->hot, fp.lo, fp.hi);
-	if (r && r->offset == DEDUP_OFFSET_NONE)
+	if (r && r->offset == DEDUP_OFFSET_NONE) {
 		r->offset = offset;
+		journal_add(d, r);
+	}
 }
 
 void dedup_set_offset_hint(struct dedup_shard *d, struct tally_fp fp, uint32_t slot,
@@ -408,15 +510,20 @@ void dedup_set_offset_hint(struct dedup_shard *d, struct tally_fp fp, uint32_t s
 	struct dedup_rec *r = dedup_hot_at(&d->hot, slot, fp.lo, fp.hi);
 	if (!r)
 		r = dedup_hot_find(&d->hot, fp.lo, fp.hi);
-	if (r && r->offset == DEDUP_OFFSET_NONE)
+	if (r && r->offset == DEDUP_OFFSET_NONE) {
 		r->offset = offset;
+		journal_add(d, r);
+	}
 }
 
 void dedup_abort(struct dedup_shard *d, struct tally_fp fp)
 {
 	struct dedup_rec *r = dedup_hot_find(&d->hot, fp.lo, fp.hi);
-	if (r && dedup_is_pending(d, r->offset))
-		dedup_hot_delete(&d->hot, fp.lo, fp.hi);
+	if (!r || !dedup_is_pending(d, r->offset))
+		return;
+	if (r->offset != DEDUP_OFFSET_NONE && d->jr_on)
+		journal_break(d); /* it is in the journal: must not reach a run */
+	dedup_hot_delete(&d->hot, fp.lo, fp.hi);
 }
 
 /* ---- seal, rebuild, expire, restore ----------------------------------------------------- */
@@ -491,10 +598,12 @@ int dedup_seal_generation(struct dedup_shard *d, uint64_t base_offset, uint64_t 
 		dedup_sort_recs(keys, tmp, n);
 		rc = install_generation(d, base_offset, next_offset, max_event_time_us, keys, n);
 	}
-	if (rc != 0)
+	if (rc != 0) {
 		dedup_hot_reinsert(&d->hot, keys, n);
-	else
+	} else {
 		d->hot.grow_failed = false; /* room was made: a later grow may be tried again */
+		journal_trim(d, next_offset);
+	}
 	free(tmp);
 	free(keys);
 	return rc;
@@ -625,4 +734,6 @@ void dedup_stats(const struct dedup_shard *d, struct dedup_stats *out)
 	out->bloom_checks = d->bloom_checks;
 	out->run_searches = d->run_searches;
 	out->grows = d->hot.grows;
+	out->journal_seals = d->jr_takes;
+	out->journal_bytes = d->jr_cap * sizeof(struct dedup_rec);
 }

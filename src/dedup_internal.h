@@ -225,7 +225,21 @@ struct dedup_shard {
 	 * from it a bounded number per dedup_check_claim call (same answer from either tier). */
 	struct dedup_rec *evict;
 	size_t evict_n, evict_pos;
+	/* The seal journal (opt->seal_journal; dedup.c "journal"): jr[0..jr_n) holds, in offset
+	 * order, every key that dedup_set_offset*() gave an offset >= jr_from, and nothing else. */
+	bool jr_on;
+	struct dedup_rec *jr;
+	size_t jr_n, jr_cap;
+	uint64_t jr_from; /* UINT64_MAX: nothing journaled yet */
+	uint64_t jr_max;  /* 1 + the highest offset ever set (0: none) */
+	uint64_t jr_takes;
 };
+
+/* dedup_seal_begin(): if the journal covers [base, next), moves those keys into a malloc'd
+ * *keys (caller frees) and returns 1; 0 if it does not cover them (scan the hot table); -ENOMEM
+ * leaves the journal as it was. */
+int dedup_journal_take(struct dedup_shard *d, uint64_t base, uint64_t next, struct dedup_rec **keys,
+		       size_t *n);
 
 /* Removes up to `budget` keys of the eviction list from the hot table (UINT64_MAX: all). */
 void dedup_evict_step(struct dedup_shard *d, uint64_t budget);

@@ -3,7 +3,8 @@
  * on the owning thread (contract in include/tally/dedup.h, "Sealing off the owning thread").
  *
  * Invariants:
- *  - begin copies the keys of [base, next) out of the hot table and leaves them there: until
+ *  - begin takes the keys of [base, next) from the seal journal if it covers the range (a
+ *    slice, no scan), else copies them out of the hot table; they stay in the table: until
  *    the generation is installed they are answered from the hot table, afterwards from either
  *    tier with the same answer (same fp, digest, offset), until evicted from the hot table.
  *  - those keys cannot change meanwhile: their offsets are set and below the durable watermark
@@ -47,8 +48,14 @@ int dedup_seal_begin(struct dedup_shard *d, uint64_t base_offset, uint64_t next_
 		return -ENOMEM;
 	int len = snprintf(s->dir, sizeof(s->dir), "%s", d->dir);
 	int rc = (len < 0 || (size_t)len >= sizeof(s->dir)) ? -ENAMETOOLONG : 0;
-	if (rc == 0)
-		rc = dedup_hot_copy_range(&d->hot, base_offset, next_offset, &s->keys, &s->n);
+	if (rc == 0) {
+		rc = dedup_journal_take(d, base_offset, next_offset, &s->keys, &s->n);
+		if (rc == 0) /* not covered: a read-only pass over the hot table */
+			rc = dedup_hot_copy_range(&d->hot, base_offset, next_offset, &s->keys,
+						  &s->n);
+		else if (rc == 1)
+			rc = 0;
+	}
 	if (rc == 0 && s->n > DEDUP_RUN_KEYS_MAX)
 		rc = -E2BIG;
 	if (rc != 0) {

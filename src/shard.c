@@ -71,7 +71,8 @@ struct shard {
 
 	pthread_t th;
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
+	pthread_cond_t cv;        /* the syncer waits on it (kick, stop) */
+	pthread_cond_t sealer_cv; /* the sealer waits on it (job, sealer_stop); same mutex */
 	bool kick, stop, started;
 	_Atomic bool busy;
 	_Atomic int sync_error;
@@ -163,7 +164,7 @@ static void *sealer_main(void *arg)
 	for (;;) {
 		pthread_mutex_lock(&s->mu);
 		while (atomic_load(&s->job_state) != SEAL_RUNNING && !s->sealer_stop)
-			pthread_cond_wait(&s->cv, &s->mu);
+			pthread_cond_wait(&s->sealer_cv, &s->mu);
 		bool stop = s->sealer_stop && atomic_load(&s->job_state) != SEAL_RUNNING;
 		pthread_mutex_unlock(&s->mu);
 		if (stop)
@@ -181,7 +182,7 @@ static void job_start(struct shard *s, int kind)
 	pthread_mutex_lock(&s->mu);
 	s->job_kind = kind;
 	atomic_store(&s->job_state, SEAL_RUNNING);
-	pthread_cond_broadcast(&s->cv);
+	pthread_cond_signal(&s->sealer_cv);
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -245,7 +246,7 @@ static void syncer_kick(struct shard *s)
 	atomic_store_explicit(&s->busy, true, memory_order_relaxed);
 	pthread_mutex_lock(&s->mu);
 	s->kick = true;
-	pthread_cond_broadcast(&s->cv); /* the sealer waits on the same condition variable */
+	pthread_cond_signal(&s->cv); /* only the syncer waits on it: no wake-up of the sealer */
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -414,6 +415,7 @@ int shard_open(const struct broker_config *cfg, struct wal *wal, uint16_t id,
 	s->app_off = malloc(s->scratch_cap * sizeof *s->app_off);
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
+	pthread_cond_init(&s->sealer_cv, NULL);
 	int rc = -ENOMEM;
 	if (!s->q || !s->qry || !s->ans || !s->app_off)
 		goto out_free;
@@ -424,6 +426,7 @@ int shard_open(const struct broker_config *cfg, struct wal *wal, uint16_t id,
 		.expected_keys = cfg->expected_keys,
 		.window_us = cfg->dedup_window_us,
 		.dir = dir,
+		.seal_journal = true, /* a seal takes its keys without scanning the hot table */
 	};
 	rc = dedup_shard_open(&dopt, id, &s->dd);
 	if (rc < 0) {
@@ -631,7 +634,7 @@ int shard_close(struct shard *s)
 	if (s->sealer_started) {
 		pthread_mutex_lock(&s->mu);
 		s->sealer_stop = true;
-		pthread_cond_broadcast(&s->cv);
+		pthread_cond_signal(&s->sealer_cv);
 		pthread_mutex_unlock(&s->mu);
 		pthread_join(s->sealer, NULL); /* a running job completes first */
 		if (atomic_load(&s->job_state) == SEAL_DONE)
@@ -640,7 +643,7 @@ int shard_close(struct shard *s)
 	if (s->started) {
 		pthread_mutex_lock(&s->mu);
 		s->stop = true;
-		pthread_cond_broadcast(&s->cv);
+		pthread_cond_signal(&s->cv);
 		pthread_mutex_unlock(&s->mu);
 		pthread_join(s->th, NULL);
 	}
@@ -665,6 +668,7 @@ int shard_close(struct shard *s)
 	dedup_shard_close(s->dd);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
+	pthread_cond_destroy(&s->sealer_cv);
 	free(s->q);
 	free(s->qry);
 	free(s->ans);

@@ -53,6 +53,10 @@ struct dedup_options {
 	/* Compaction policy (additions to the brief's shape; 0 = default): */
 	uint32_t compact_fan_in;           /* generations merged at once; 0 = 8, 2..16 */
 	uint32_t compact_level_max;        /* merges of merges up to this level; 0 = 2 */
+	/* Keep a journal of the keys given an offset, in offset order (32 bytes per key not yet
+	 * sealed), so that dedup_seal_begin() takes a segment's keys from it instead of scanning
+	 * the whole hot table on the owning thread. For a broker that seals in three steps. */
+	bool seal_journal;
 };
 
 /* Routes a fingerprint to one of shard_count shards (fp.hi bits 48..63, fastrange). */
@@ -144,9 +148,10 @@ int dedup_seal_generation(struct dedup_shard *d, uint64_t base_offset, uint64_t 
 
 /*
  * Sealing off the owning thread: the same as dedup_seal_generation() in three steps.
- *   begin  (owning thread) checks as dedup_seal_generation does and copies the segment's keys out
- *          of the hot table — a read-only pass, the only part that stays on this thread; the keys
- *          stay hot and keep being answered. -EBUSY while another sealing job is out.
+ *   begin  (owning thread) checks as dedup_seal_generation does and takes the segment's keys:
+ *          with opt->seal_journal, from the journal when it covers the range (the keys are a
+ *          contiguous slice of it: no scan); otherwise by a read-only pass over the hot table.
+ *          The keys stay hot and keep being answered. -EBUSY while another job is out.
  *   run    (any thread; touches only the job) sorts, writes the run, builds bloom and index.
  *   finish (owning thread) installs the generation and frees the job; from then on the sealed
  *          keys leave the hot table a bounded number per dedup_check_claim() call (the same
@@ -260,6 +265,8 @@ struct dedup_stats {
 	uint64_t generations;
 	uint64_t bloom_checks, run_searches; /* cumulative */
 	uint64_t grows;                      /* hot-table doublings so far */
+	uint64_t journal_seals;              /* dedup_seal_begin()s served by the seal journal */
+	uint64_t journal_bytes;              /* memory held by the seal journal */
 	uint64_t blooms_loaded;              /* loaded generations whose bloom and index came
 						from their .bloom file instead of a rebuild */
 };
