@@ -177,6 +177,8 @@ int dedup_run_write(const char *dir, uint16_t shard, uint64_t base, uint64_t nex
 void dedup_run_header(uint8_t h[DEDUP_RUN_HEADER_BYTES], uint16_t shard, uint16_t level,
 		      uint64_t base, uint64_t next, int64_t max_event_time_us, uint64_t count);
 int dedup_fsync_dir(const char *path) __attribute__((warn_unused_result));
+/* write() all of buf, pacing the file's writeback (dedup_cold.c): <= 2 pieces dirty. */
+#define DEDUP_WRITEBACK_BYTES (1u << 20)
 int dedup_write_all(int fd, const void *buf, size_t len) __attribute__((warn_unused_result));
 /* A generation for a run just written from recs[0..n) (sorted): maps the file without
  * re-reading it, builds bloom + index from recs. 0 or -errno. */
