@@ -51,6 +51,7 @@ struct broker_config {
 	uint64_t segment_bytes_max;
 	uint32_t tick_idle_ms;
 	uint64_t rbuf_budget_bytes; /* all connections' receive buffers above their initial size */
+	uint64_t dedup_write_rate;  /* bytes/s for .keys/.bloom files written by sealers; 0 = no cap */
 };
 
 struct broker_tenant {

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <xxhash.h>
@@ -245,10 +246,39 @@ static uint64_t get_u64(const uint8_t *p)
  * sync wait 120 ms (every acknowledgement of the shard with it). RocksDB's bytes_per_sync.
  * sync_file_range() is only pacing here, no durability claim; its errors are ignored.
  */
+static _Thread_local uint64_t write_rate; /* bytes/s, 0 = no cap */
+
+void dedup_set_thread_write_rate(uint64_t bytes_per_s)
+{
+	write_rate = bytes_per_s;
+}
+
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* With a rate cap: sleeps until `done` bytes since t0 are within it. */
+static void rate_wait(int64_t t0, uint64_t done)
+{
+	if (!write_rate)
+		return;
+	int64_t due = t0 + (int64_t)(done * 1000000000u / write_rate), now = mono_ns();
+	if (due > now) {
+		struct timespec ts = {(time_t)((due - now) / 1000000000), (long)((due - now) % 1000000000)};
+		while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+			;
+	}
+}
+
 int dedup_write_all(int fd, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 	off_t at = lseek(fd, 0, SEEK_CUR); /* < 0 (a pipe): no pacing */
+	int64_t t0 = len >= DEDUP_WRITEBACK_BYTES && write_rate ? mono_ns() : 0;
+	uint64_t done = 0;
 	while (len > 0) {
 		size_t chunk = len > DEDUP_WRITEBACK_BYTES ? DEDUP_WRITEBACK_BYTES : len;
 		ssize_t w = write(fd, p, chunk);
@@ -273,6 +303,9 @@ int dedup_write_all(int fd, const void *buf, size_t len)
 		}
 		p += w;
 		len -= (size_t)w;
+		done += (uint64_t)w;
+		if (t0)
+			rate_wait(t0, done);
 	}
 	return 0;
 }

@@ -1487,6 +1487,9 @@ static int worker_loop_uring(struct worker *w)
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
+	char name[16];
+	snprintf(name, sizeof name, "tally-loop%u", (unsigned)w->id);
+	(void)pthread_setname_np(pthread_self(), name); /* for top -H, perf, gdb */
 	w->now_us = broker_now_us();
 	int rc = w->uring ? worker_loop_uring(w) : worker_loop_epoll(w);
 	if (rc < 0) {

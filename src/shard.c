@@ -20,6 +20,7 @@
  * Threads: everything but syncer_main() runs on the owner thread. The syncer only calls
  * wal_sync() and the wake callback; `busy` (atomic) says whether a sync is running or asked for.
  */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -158,9 +159,18 @@ static void on_write_error(struct shard *s, int rc)
 /* The sealer thread: runs one dedup job at a time — sealing a segment's keys (sort, write the
    run, build the bloom) or merging generations (compaction) — then wakes the owner, which
    installs the result. Shares only the job with the owner. */
+static void thread_name(const char *what, unsigned id)
+{
+	char name[16];
+	snprintf(name, sizeof name, "tally-%s%u", what, id);
+	(void)pthread_setname_np(pthread_self(), name); /* for top -H, perf, gdb */
+}
+
 static void *sealer_main(void *arg)
 {
 	struct shard *s = arg;
+	thread_name("seal", s->id);
+	dedup_set_thread_write_rate(s->cfg->dedup_write_rate);
 	for (;;) {
 		pthread_mutex_lock(&s->mu);
 		while (atomic_load(&s->job_state) != SEAL_RUNNING && !s->sealer_stop)
@@ -253,6 +263,7 @@ static void syncer_kick(struct shard *s)
 static void *syncer_main(void *arg)
 {
 	struct shard *s = arg;
+	thread_name("sync", s->id);
 	for (;;) {
 		pthread_mutex_lock(&s->mu);
 		while (!s->kick && !s->stop) {

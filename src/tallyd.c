@@ -63,6 +63,8 @@ static void usage(FILE *f)
 		"                         fdatasync need not commit a new file size (default 1024;\n"
 		"                         0 = off, append only)\n"
 		"  --expected-keys N      dedup hot-table keys to preallocate per shard (default 1Mi)\n"
+		"  --dedup-write-mb-per-s N  cap on the rate each shard's sealer writes dedup runs,\n"
+		"                         so WAL syncs do not queue behind them (default 128; 0 = none)\n"
 		"  --sync-delay-us N      inject N us of latency per fdatasync (benchmarks)\n"
 		"  --repair               on a corrupt WAL tail, move the bad bytes to a .quarantine file\n"
 		"                         and start (default: refuse to start and say where)\n"
@@ -128,6 +130,7 @@ int main(int argc, char **argv)
 		.expected_keys = 0,
 		.tick_idle_ms = 1000,
 		.rbuf_budget_bytes = 1024ull << 20,
+		.dedup_write_rate = 128ull << 20,
 	};
 	const char *port_file = NULL;
 	uint32_t prefill_kb = 1024;
@@ -135,7 +138,7 @@ int main(int argc, char **argv)
 	enum {
 		O_LISTEN = 256, O_DATA, O_THREADS, O_SHARDS, O_IO, O_FSYNC, O_WINDOW, O_MAXAGE,
 		O_FUTURE, O_AUTH, O_INSECURE, O_CONNS, O_FRAME, O_BATCH, O_INFLIGHT, O_IDLE,
-		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_KEYS, O_SYNCDELAY, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
+		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_KEYS, O_DWRATE, O_SYNCDELAY, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
 	};
 	static const struct option opts[] = {
 		{"listen", 1, 0, O_LISTEN},       {"data", 1, 0, O_DATA},
@@ -148,6 +151,7 @@ int main(int argc, char **argv)
 		{"max-inflight", 1, 0, O_INFLIGHT}, {"idle-timeout", 1, 0, O_IDLE},
 		{"read-timeout", 1, 0, O_READ},   {"segment-bytes", 1, 0, O_SEGMENT},
 		{"wal-prefill-kb", 1, 0, O_PREFILL},
+		{"dedup-write-mb-per-s", 1, 0, O_DWRATE},
 		{"max-buffer-mb", 1, 0, O_BUFMB},
 		{"expected-keys", 1, 0, O_KEYS},  {"sync-delay-us", 1, 0, O_SYNCDELAY},
 		{"port-file", 1, 0, O_PORTFILE},  {"log-level", 1, 0, O_LOG},
@@ -262,6 +266,11 @@ int main(int argc, char **argv)
 			if (parse_u64(optarg, 1u << 20, &v) < 0)
 				bad = "--wal-prefill-kb wants 0..1048576";
 			prefill_kb = (uint32_t)v;
+			break;
+		case O_DWRATE:
+			if (parse_u64(optarg, 1u << 20, &v) < 0)
+				bad = "--dedup-write-mb-per-s wants 0..1048576";
+			cfg.dedup_write_rate = v << 20;
 			break;
 		case O_KEYS:
 			if (parse_u64(optarg, 1ull << 31, &v) < 0)

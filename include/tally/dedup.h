@@ -115,6 +115,11 @@ struct dedup_answer {
 void dedup_check_claim(struct dedup_shard *d, const struct dedup_query *q, size_t n,
 		       struct dedup_answer *out);
 
+/* Caps the rate at which the calling thread writes .keys runs and .bloom files (bytes per
+ * second; 0 = no cap, the default). For a background sealing thread: the disk is left to the
+ * WAL, whose fdatasync would otherwise queue behind a run's megabytes. */
+void dedup_set_thread_write_rate(uint64_t bytes_per_s);
+
 /* Records the WAL offset of a claimed (pending) key. No effect if the key is not hot. */
 void dedup_set_offset(struct dedup_shard *d, struct tally_fp fp, uint64_t offset);
 
