@@ -265,7 +265,9 @@ static void rate_wait(int64_t t0, uint64_t done)
 {
 	if (!write_rate)
 		return;
-	int64_t due = t0 + (int64_t)(done * 1000000000u / write_rate), now = mono_ns();
+	/* 128-bit: done * 10^9 overflows 64 bits past 18 GB (a run may be larger) */
+	int64_t due = t0 + (int64_t)((unsigned __int128)done * 1000000000u / write_rate);
+	int64_t now = mono_ns();
 	if (due > now) {
 		struct timespec ts = {(time_t)((due - now) / 1000000000), (long)((due - now) % 1000000000)};
 		while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
