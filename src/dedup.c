@@ -457,6 +457,13 @@ int dedup_journal_take(struct dedup_shard *d, uint64_t base, uint64_t next, stru
 {
 	if (!d->jr_on || d->jr_from == UINT64_MAX || d->jr_from > base)
 		return 0;
+	if (!d->jr) { /* covered, and nothing was journaled: an empty range (as copy_range) */
+		*keys = NULL;
+		*n = 0;
+		d->jr_from = next > d->jr_from ? next : d->jr_from;
+		d->jr_takes++;
+		return 1;
+	}
 	size_t k = journal_lower_bound(d, base), e = journal_lower_bound(d, next);
 	size_t rest = d->jr_n - e, cap = d->jr_cap > 65536 ? d->jr_cap : 65536;
 	/* The caller gets the array itself; the keys after the range start a new one. */
@@ -469,14 +476,6 @@ int dedup_journal_take(struct dedup_shard *d, uint64_t base, uint64_t next, stru
 		memmove(d->jr, d->jr + k, (e - k) * sizeof(*d->jr));
 	*keys = d->jr;
 	*n = e - k;
-	if (!*keys) { /* nothing journaled yet: an empty range */
-		*keys = fresh;
-		fresh = malloc(cap * sizeof(*fresh));
-		if (!fresh) {
-			free(*keys);
-			return -ENOMEM;
-		}
-	}
 	d->jr = fresh;
 	d->jr_n = rest;
 	d->jr_cap = cap;
