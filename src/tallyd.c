@@ -62,6 +62,8 @@ static void usage(FILE *f)
 		"  --wal-prefill-kb N     zero-fill WAL segments N KiB ahead of the data, so that\n"
 		"                         fdatasync need not commit a new file size (default 1024;\n"
 		"                         0 = off, append only)\n"
+		"  --wal-lz4-accel N      LZ4 acceleration of WAL blocks: 1 = best ratio, higher is\n"
+		"                         faster with a lower ratio (default 1; 1..64)\n"
 		"  --expected-keys N      dedup hot-table keys to preallocate per shard (default 1Mi)\n"
 		"  --dedup-write-mb-per-s N  cap on the rate each shard's sealer writes dedup runs,\n"
 		"                         so WAL syncs do not queue behind them (default 128; 0 = none)\n"
@@ -134,11 +136,12 @@ int main(int argc, char **argv)
 	};
 	const char *port_file = NULL;
 	uint32_t prefill_kb = 1024;
+	uint32_t lz4_accel = 1;
 	bool repair = false;
 	enum {
 		O_LISTEN = 256, O_DATA, O_THREADS, O_SHARDS, O_IO, O_FSYNC, O_WINDOW, O_MAXAGE,
 		O_FUTURE, O_AUTH, O_INSECURE, O_CONNS, O_FRAME, O_BATCH, O_INFLIGHT, O_IDLE,
-		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_KEYS, O_DWRATE, O_SYNCDELAY, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
+		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
 	};
 	static const struct option opts[] = {
 		{"listen", 1, 0, O_LISTEN},       {"data", 1, 0, O_DATA},
@@ -151,6 +154,7 @@ int main(int argc, char **argv)
 		{"max-inflight", 1, 0, O_INFLIGHT}, {"idle-timeout", 1, 0, O_IDLE},
 		{"read-timeout", 1, 0, O_READ},   {"segment-bytes", 1, 0, O_SEGMENT},
 		{"wal-prefill-kb", 1, 0, O_PREFILL},
+		{"wal-lz4-accel", 1, 0, O_LZ4},
 		{"dedup-write-mb-per-s", 1, 0, O_DWRATE},
 		{"max-buffer-mb", 1, 0, O_BUFMB},
 		{"expected-keys", 1, 0, O_KEYS},  {"sync-delay-us", 1, 0, O_SYNCDELAY},
@@ -267,6 +271,11 @@ int main(int argc, char **argv)
 				bad = "--wal-prefill-kb wants 0..1048576";
 			prefill_kb = (uint32_t)v;
 			break;
+		case O_LZ4:
+			if (parse_u64(optarg, 64, &v) < 0 || v < 1)
+				bad = "--wal-lz4-accel wants 1..64";
+			lz4_accel = (uint32_t)v;
+			break;
 		case O_DWRATE:
 			if (parse_u64(optarg, 1u << 20, &v) < 0)
 				bad = "--dedup-write-mb-per-s wants 0..1048576";
@@ -370,6 +379,7 @@ int main(int argc, char **argv)
 		.ctx = &g_broker,
 		.repair = repair,
 		.prefill_bytes = prefill_kb ? prefill_kb << 10 : WAL_PREFILL_OFF,
+		.lz4_acceleration = lz4_accel,
 	};
 	if (cfg.sync_delay_us) {
 		wal_io_delay_init(&delay, NULL, cfg.sync_delay_us);

@@ -602,6 +602,79 @@ static void test_encoder_validates(void)
 #undef ENC_EINVAL
 }
 
+/*
+ * The encoder checks the byte-level rules on its input; the decoder on the bytes. For random
+ * inputs drawn to break each rule now and then (bytes from UTF-8 fragments, name characters
+ * and others; property keys that repeat), the encoder must accept exactly the events whose
+ * bytes, written here without any check, the decoder accepts.
+ */
+static uint64_t agree_rng = 0x9E3779B97F4A7C15ull;
+static uint32_t agree_next(uint32_t n)
+{
+	agree_rng ^= agree_rng << 13;
+	agree_rng ^= agree_rng >> 7;
+	agree_rng ^= agree_rng << 17;
+	return (uint32_t)(agree_rng % n);
+}
+static void agree_fill(uint8_t *p, uint32_t len)
+{
+	static const uint8_t pool[] = {'a', 'Z', '0', '.', '_', ':', '-', ' ', '/', 0x00, 0x7F,
+				       0xC3, 0xA9, 0xE2, 0x82, 0xAC, 0xF0, 0x9F, 0x98, 0x80,
+				       0xC0, 0xED, 0xA0, 0xFF, 0x80};
+	for (uint32_t i = 0; i < len; i++)
+		p[i] = agree_next(8) ? (uint8_t)('a' + agree_next(26)) : pool[agree_next(sizeof pool)];
+}
+static void test_encoder_agrees(void)
+{
+	static uint8_t strs[40][64], buf[16384];
+	struct tally_prop props[6];
+	unsigned accepted = 0, refused = 0;
+	for (int iter = 0; iter < 200000; iter++) {
+		struct tally_event_in in = sample_event();
+		uint32_t cl = 1 + agree_next(6), nl = 1 + agree_next(6);
+		agree_fill(strs[0], cl);
+		agree_fill(strs[1], nl);
+		in.customer = (struct tally_view){strs[0], cl};
+		in.name = (struct tally_view){strs[1], nl};
+		in.prop_count = agree_next(6);
+		in.props = props;
+		for (uint32_t i = 0; i < in.prop_count; i++) {
+			uint32_t kl = 1 + agree_next(3);
+			agree_fill(strs[2 + i], kl);
+			props[i] = (struct tally_prop){.key = {strs[2 + i], kl},
+						       .kind = TALLY_VALUE_INT,
+						       .i64 = (int64_t)i};
+		}
+		W.n = 0;
+		wb_event_head(&W, in.event_time_us, in.key.ptr, in.key.len, in.customer.ptr,
+			      in.customer.len, in.name.ptr, in.name.len, in.prop_count);
+		for (uint32_t i = 0; i < in.prop_count; i++) {
+			wb_u8(&W, (uint8_t)props[i].key.len);
+			wb_u8(&W, TALLY_VALUE_INT);
+			wb_bytes(&W, props[i].key.ptr, props[i].key.len);
+			wb_u64(&W, (uint64_t)props[i].i64);
+		}
+		struct tally_event ev;
+		bool dec_ok = event_decode(W.b, W.n, &ev) == TALLY_REJECT_NONE;
+		long n = event_encode(&in, buf, sizeof(buf));
+		if (n > 0) {
+			accepted++;
+			CHECK_EQ_CASE("encoder accepts what the decoder refuses", dec_ok, true);
+			CHECK_EQ_CASE("encoder bytes differ from the plain writer's",
+				      (size_t)n == W.n && !memcmp(buf, W.b, W.n), true);
+		} else {
+			refused++;
+			CHECK_EQ_CASE("encoder refusal", n, -EINVAL);
+			CHECK_EQ_CASE("encoder refuses what the decoder accepts", dec_ok, false);
+		}
+		if (proto_t_failures > 20)
+			break;
+	}
+	/* Both outcomes must be common, or the test checks nothing. */
+	CHECK(accepted > 20000);
+	CHECK(refused > 20000);
+}
+
 static void test_name_chars(void)
 {
 	int allowed = 0;
@@ -735,6 +808,7 @@ int main(void)
 	test_rejects();
 	test_truncation_every_byte();
 	test_encoder_validates();
+	test_encoder_agrees();
 	test_name_chars();
 	test_fingerprint();
 	test_content_digest();
