@@ -860,6 +860,7 @@ static void conn_send_batch(struct conn *c, uint32_t n, int64_t intended_ns, boo
 	proto_batch_start(&b, c->sbuf + c->slen, c->scap - c->slen, rid);
 	for (uint32_t i = 0; i < n; i++) {
 		bench_gen_next(&c->gen, &c->ev);
+		size_t before = b.len;
 		int rc = proto_batch_add(&b, &c->ev.in);
 		if (rc) {
 			/* Cannot happen: the frame limit is sized for the generator's largest body. */
@@ -867,7 +868,7 @@ static void conn_send_batch(struct conn *c, uint32_t n, int64_t intended_ns, boo
 			abort();
 		}
 		s->evinfo[i] = c->ev.fresh_index << 2 | c->ev.kind;
-		bytes += (uint32_t)event_encoded_size(&c->ev.in);
+		bytes += (uint32_t)(b.len - before - 2); /* the body, without its u16 length */
 	}
 	long len = proto_batch_finish(&b);
 	if (len <= 0) {

@@ -47,6 +47,10 @@ struct broker_config {
 	uint32_t read_timeout_ms;   /* a started frame must complete within this */
 	uint32_t auth_fail_delay_ms;
 	uint32_t sync_delay_us;     /* injected latency per fdatasync (benchmarks) */
+	/* Group-commit window (--fsync always): a shard starts at most one fdatasync per window of
+	   this many microseconds, windows aligned on the clock so all shards sync together.
+	   0 = a sync starts whenever the previous one has finished. */
+	uint32_t commit_window_us;
 	uint64_t expected_keys;     /* per shard, dedup hot-table preallocation */
 	uint64_t segment_bytes_max;
 	uint32_t tick_idle_ms;

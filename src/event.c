@@ -25,6 +25,12 @@ bool event_name_char_ok(uint8_t c)
 
 bool event_utf8_valid(const uint8_t *s, size_t len)
 {
+	/* Ids, names and keys are nearly always short ASCII: one branch-free pass decides it. */
+	uint8_t any = 0;
+	for (size_t k = 0; k < len; k++)
+		any |= s[k];
+	if (!(any & 0x80))
+		return true;
 	size_t i = 0;
 	while (i < len) {
 		/* Fast path: eight ASCII bytes at a time (ids and keys are nearly always ASCII). */

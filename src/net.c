@@ -156,6 +156,8 @@ struct worker {
 
 	int64_t now_us;
 	int64_t last_timer_us;
+	int64_t sync_at_us; /* a shard holds a sync back for its next commit window until then */
+	bool epoll_us;      /* epoll_pwait2 (microsecond timeouts) works here */
 	bool stopping_seen;
 	bool lingering;
 	int64_t stop_deadline_us;
@@ -1262,10 +1264,11 @@ static void worker_timers(struct worker *w)
 
 static int worker_poll_shards(struct worker *w)
 {
+	w->sync_at_us = INT64_MAX;
 	for (uint16_t s = 0; s < w->b->nshards; s++) {
 		if (!w->shards[s])
 			continue;
-		int rc = shard_poll(w->shards[s], w->now_us);
+		int rc = shard_poll(w->shards[s], w->now_us, &w->sync_at_us);
 		if (rc < 0)
 			return rc;
 	}
@@ -1353,6 +1356,17 @@ static bool worker_turn(struct worker *w)
 	return true;
 }
 
+/* How long the loop may sleep: the timer period, or less when a held-back sync is due. */
+static int64_t worker_sleep_us(const struct worker *w)
+{
+	int64_t us = (atomic_load(&w->b->stopping) ? 10 : NET_TIMER_MS) * 1000LL;
+	if (w->sync_at_us != INT64_MAX) {
+		int64_t left = w->sync_at_us - broker_now_us();
+		us = left < 0 ? 0 : left < us ? left : us;
+	}
+	return us;
+}
+
 static int worker_loop_epoll(struct worker *w)
 {
 	struct epoll_event evs[NET_EPOLL_EVENTS];
@@ -1364,8 +1378,18 @@ static int worker_loop_epoll(struct worker *w)
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, wake_fd, &ev) < 0)
 		return -errno;
 	while (worker_turn(w)) {
-		int timeout = atomic_load(&w->b->stopping) ? 10 : NET_TIMER_MS;
-		int n = epoll_wait(w->epfd, evs, NET_EPOLL_EVENTS, timeout);
+		int64_t us = worker_sleep_us(w);
+		int n;
+		if (w->epoll_us) {
+			struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = us % 1000000 * 1000};
+			n = epoll_pwait2(w->epfd, evs, NET_EPOLL_EVENTS, &ts, NULL);
+			if (n < 0 && errno == ENOSYS) { /* Linux < 5.11: milliseconds, rounded up */
+				w->epoll_us = false;
+				continue;
+			}
+		} else {
+			n = epoll_wait(w->epfd, evs, NET_EPOLL_EVENTS, (int)((us + 999) / 1000));
+		}
 		if (n < 0 && errno != EINTR)
 			return -errno;
 		w->now_us = broker_now_us();
@@ -1435,8 +1459,8 @@ static int worker_loop_uring(struct worker *w)
 	while (worker_turn(w)) {
 		if (accepting && atomic_load(&w->b->stopping))
 			accepting = false;
-		struct __kernel_timespec ts = {.tv_sec = 0,
-					       .tv_nsec = (atomic_load(&w->b->stopping) ? 10 : NET_TIMER_MS) * 1000000L};
+		int64_t us = worker_sleep_us(w);
+		struct __kernel_timespec ts = {.tv_sec = us / 1000000, .tv_nsec = us % 1000000 * 1000};
 		struct io_uring_cqe *cqe;
 		int rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
 		if (rc < 0 && rc != -ETIME && rc != -EINTR)
@@ -1692,6 +1716,7 @@ int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker
 	for (uint16_t i = 0; i < b->nworkers; i++) {
 		struct worker *w = &b->workers[i];
 		w->id = i;
+		w->epoll_us = true;
 		w->b = b;
 		w->listen_fd = -1;
 		w->epfd = -1;

@@ -15,7 +15,11 @@
  *    retry is ACCEPTED. Nothing is ever answered DUPLICATE for an event not in the WAL.
  *  - A failed fdatasync is fatal: shard_poll() returns it and nothing more is acknowledged.
  *  - Group commit: the owner flushes the open block only while the syncer is idle; while a sync
- *    runs, records accumulate into the next block, which the next sync covers.
+ *    runs, records accumulate into the next block, which the next sync covers. With a commit
+ *    window W (cfg->commit_window_us) a shard also starts at most one sync per window
+ *    [k*W, (k+1)*W) of the wall clock: under load every shard syncs at the start of the
+ *    same windows (a batch spread over all shards waits for one window, not for eight
+ *    unaligned ones), and a lone event after a quiet spell is synced at once.
  *
  * Threads: everything but syncer_main() runs on the owner thread. The syncer only calls
  * wal_sync() and the wake callback; `busy` (atomic) says whether a sync is running or asked for.
@@ -56,6 +60,7 @@ struct shard {
 
 	uint64_t acked_next;
 	int64_t last_append_us;
+	int64_t sync_window;     /* index of the commit window the last sync started in */
 	int64_t seg_max_event_time_us;
 	bool dirty;
 	int fatal;
@@ -573,7 +578,7 @@ void shard_submit(struct shard *s, struct shard_item *items, size_t n, int64_t n
 	}
 }
 
-int shard_poll(struct shard *s, int64_t now_us)
+int shard_poll(struct shard *s, int64_t now_us, int64_t *sync_at_us)
 {
 	int err = atomic_load(&s->sync_error);
 	if (err && !s->fatal) {
@@ -612,13 +617,26 @@ int shard_poll(struct shard *s, int64_t now_us)
 	}
 
 	bool interval = s->cfg->fsync_mode == WAL_FSYNC_INTERVAL;
+	if (s->dirty && !interval && !busy && s->cfg->commit_window_us) {
+		int64_t win = now_us / s->cfg->commit_window_us;
+		if (win == s->sync_window) {
+			/* Synced in this window already: hold the records for the next one. */
+			int64_t at = (win + 1) * (int64_t)s->cfg->commit_window_us;
+			if (at < *sync_at_us)
+				*sync_at_us = at;
+			return s->fatal;
+		}
+	}
 	if (s->dirty && (interval || !busy)) {
 		int rc = wal_flush(s->ws);
 		s->dirty = false;
 		if (rc < 0)
 			on_write_error(s, rc);
-		if (!interval && wal_written_next(s->ws) > wal_durable_next(s->ws))
+		if (!interval && wal_written_next(s->ws) > wal_durable_next(s->ws)) {
+			if (s->cfg->commit_window_us)
+				s->sync_window = now_us / s->cfg->commit_window_us;
 			syncer_kick(s);
+		}
 	}
 	return s->fatal;
 }

@@ -45,10 +45,14 @@ void shard_submit(struct shard *s, struct shard_item *items, size_t n, int64_t n
 
 /*
  * Owner thread: resolves the events the WAL made durable since the last call, flushes the open
- * block when the syncer is idle (group commit), writes an idle tick. Returns a fatal -errno if
- * the shard's storage failed (the broker must stop acknowledging and exit), else 0.
+ * block and starts a sync when the syncer is idle and this commit window has had none yet
+ * (group commit), writes an idle tick. Returns a fatal -errno if the shard's storage failed
+ * (the broker must stop acknowledging and exit), else 0. *sync_at_us is lowered to the time
+ * the shard wants to be polled again to start a sync it is holding back for the next window
+ * (left alone if none).
  */
-int shard_poll(struct shard *s, int64_t now_us) __attribute__((warn_unused_result));
+int shard_poll(struct shard *s, int64_t now_us, int64_t *sync_at_us)
+	__attribute__((warn_unused_result));
 
 /* Events waiting for durability, and whether the open block holds unflushed records. */
 bool shard_busy(const struct shard *s);

@@ -63,10 +63,13 @@ static void usage(FILE *f)
 		"                         fdatasync need not commit a new file size (default 1024;\n"
 		"                         0 = off, append only)\n"
 		"  --wal-lz4-accel N      LZ4 acceleration of WAL blocks: 1 = best ratio, higher is\n"
-		"                         faster with a lower ratio (default 1; 1..64)\n"
+		"                         faster with a lower ratio (default 4; 1..64)\n"
 		"  --expected-keys N      dedup hot-table keys to preallocate per shard (default 1Mi)\n"
 		"  --dedup-write-mb-per-s N  cap on the rate each shard's sealer writes dedup runs,\n"
 		"                         so WAL syncs do not queue behind them (default 128; 0 = none)\n"
+		"  --commit-window-us N   group commit: each shard starts at most one fdatasync per\n"
+		"                         window of N us, all shards in step (default 1000; 0 = sync\n"
+		"                         as soon as the previous sync is done)\n"
 		"  --sync-delay-us N      inject N us of latency per fdatasync (benchmarks)\n"
 		"  --repair               on a corrupt WAL tail, move the bad bytes to a .quarantine file\n"
 		"                         and start (default: refuse to start and say where)\n"
@@ -133,15 +136,16 @@ int main(int argc, char **argv)
 		.tick_idle_ms = 1000,
 		.rbuf_budget_bytes = 1024ull << 20,
 		.dedup_write_rate = 128ull << 20,
+		.commit_window_us = 1000,
 	};
 	const char *port_file = NULL;
 	uint32_t prefill_kb = 1024;
-	uint32_t lz4_accel = 1;
+	uint32_t lz4_accel = 4;
 	bool repair = false;
 	enum {
 		O_LISTEN = 256, O_DATA, O_THREADS, O_SHARDS, O_IO, O_FSYNC, O_WINDOW, O_MAXAGE,
 		O_FUTURE, O_AUTH, O_INSECURE, O_CONNS, O_FRAME, O_BATCH, O_INFLIGHT, O_IDLE,
-		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
+		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_WINDOWUS, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
 	};
 	static const struct option opts[] = {
 		{"listen", 1, 0, O_LISTEN},       {"data", 1, 0, O_DATA},
@@ -160,6 +164,7 @@ int main(int argc, char **argv)
 		{"expected-keys", 1, 0, O_KEYS},  {"sync-delay-us", 1, 0, O_SYNCDELAY},
 		{"port-file", 1, 0, O_PORTFILE},  {"log-level", 1, 0, O_LOG},
 		{"repair", 0, 0, O_REPAIR},
+		{"commit-window-us", 1, 0, O_WINDOWUS},
 		{"help", 0, 0, O_HELP},           {0, 0, 0, 0},
 	};
 	uint64_t v;
@@ -270,6 +275,11 @@ int main(int argc, char **argv)
 			if (parse_u64(optarg, 1u << 20, &v) < 0)
 				bad = "--wal-prefill-kb wants 0..1048576";
 			prefill_kb = (uint32_t)v;
+			break;
+		case O_WINDOWUS:
+			if (parse_u64(optarg, 1000000, &v) < 0)
+				bad = "--commit-window-us wants 0..1000000";
+			cfg.commit_window_us = (uint32_t)v;
 			break;
 		case O_LZ4:
 			if (parse_u64(optarg, 64, &v) < 0 || v < 1)

@@ -6,7 +6,8 @@
  * Shows: receipts only after the covering fdatasync; in-batch duplicate waits for its original
  * and reports its offset; duplicate/conflict of a durable key answered at once; a write failure
  * (ENOSPC) fails the batch with DISK_FULL, aborts the claims, and a retry is ACCEPTED; a failed
- * fdatasync is fatal and nothing after it is acknowledged.
+ * fdatasync is fatal and nothing after it is acknowledged; with a commit window, a second
+ * sync in the same window waits for the next one and the shard says when.
  */
 #include <errno.h>
 #include <poll.h>
@@ -36,6 +37,7 @@ static int failures;
 static _Atomic int fail_pwrite_enospc; /* fail the next N pwrites with ENOSPC */
 static _Atomic int fail_sync_eio;      /* fail every fdatasync with EIO */
 static _Atomic long syncs;
+static int64_t sync_at; /* shard_poll's "poll me again then" output */
 
 static const struct wal_io *libc_io;
 static ssize_t f_pwrite(void *ctx, int fd, const void *b, size_t n, off_t off)
@@ -138,7 +140,7 @@ static struct shard_item item(struct broker_slot *s, uint32_t idx, const char *k
 static int run_until(struct shard *sh, struct broker_slot *s, int max_ms)
 {
 	for (int i = 0; i < max_ms; i++) {
-		int rc = shard_poll(sh, broker_now_us());
+		int rc = shard_poll(sh, broker_now_us(), &sync_at);
 		if (rc < 0)
 			return rc;
 		if (atomic_load(&s->pending) == 0)
@@ -222,6 +224,30 @@ int main(void)
 	CHECK_EQ(r[0].status, PROTO_ACCEPTED);
 	CHECK_EQ(r[1].status, PROTO_ACCEPTED);
 
+	/* 3b. Commit window: one sync per window; the next waits for the window's end. */
+	const int64_t W = 200000;
+	cfg.commit_window_us = (uint32_t)W;
+	int64_t t = broker_now_us();
+	usleep((useconds_t)(W - t % W + 1000)); /* 1 ms into a fresh window */
+	int64_t k = broker_now_us() / W;
+	struct broker_slot *sx = slot_new(1), *sy = slot_new(1);
+	struct shard_item itx[1] = {item(sx, 0, "wx", 1)}, ity[1] = {item(sy, 0, "wy", 1)};
+	shard_submit(sh, itx, 1, broker_now_us());
+	CHECK_EQ(run_until(sh, sx, 5000), 0); /* first sync of the window: at once */
+	CHECK_EQ(broker_now_us() / W, k);
+	long syncs1 = atomic_load(&syncs);
+	shard_submit(sh, ity, 1, broker_now_us());
+	sync_at = INT64_MAX;
+	CHECK_EQ(shard_poll(sh, broker_now_us(), &sync_at), 0);
+	CHECK_EQ(sync_at, (k + 1) * W); /* held back, and the shard says until when */
+	CHECK_EQ(atomic_load(&sy->pending), 1);
+	CHECK_EQ(atomic_load(&syncs), syncs1);
+	CHECK_EQ(run_until(sh, sy, 5000), 0);
+	CHECK_EQ(broker_now_us() >= (k + 1) * W, 1); /* acknowledged only in the next window */
+	cfg.commit_window_us = 0;
+	free(sx);
+	free(sy);
+
 	/* 4. fdatasync EIO: fatal, and the event it covered is never acknowledged. */
 	struct broker_slot *s5 = slot_new(1);
 	struct shard_item it5[1] = {item(s5, 0, "e", 1)};
@@ -230,7 +256,7 @@ int main(void)
 	int rc = run_until(sh, s5, 5000);
 	CHECK_EQ(rc, -EIO);
 	CHECK_EQ(atomic_load(&s5->pending), 1);
-	CHECK_EQ(shard_poll(sh, broker_now_us()), -EIO);
+	CHECK_EQ(shard_poll(sh, broker_now_us(), &sync_at), -EIO);
 
 	(void)shard_close(sh);
 	(void)wal_close(wal);
