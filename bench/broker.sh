@@ -7,7 +7,9 @@
 #      every receipt checked (--expect) and the WAL checked against them (--verify-wal);
 #   2. open loop at half the closed-loop rate: p50/p99/p99.9 ack latency from the intended
 #      send time (no coordinated omission).
-# Prints one line per run and the median of RUNS runs (default 3) per configuration.
+# Prints one line per run and the median of RUNS runs (default 3) per configuration. Each run
+# line ends with the CPU steal over the run (/proc/stat): the share of this VM's CPU time the
+# hypervisor gave to other guests; figures from runs with high steal measure the neighbours.
 # Client and broker share this machine's cores, as the issue asks.
 # Env: EVENTS, CONNS, INFLIGHT, BATCH, THREADS, SHARDS, TALLYD_FLAGS (extra tallyd flags, e.g.
 # "--wal-prefill-kb 0" to compare against plain appends), IOS (default "uring epoll"),
@@ -32,6 +34,10 @@ d=json.loads([l for l in sys.stdin.read().splitlines() if l.startswith("{")][0])
 for k in sys.argv[1].split("."): d=d[int(k)] if isinstance(d,list) else d[k]
 print(d)' "$1"
 }
+cpu_ticks() { awk '/^cpu /{print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; } # steal, all
+steal_pct() { # steal_pct "S0 T0" "S1 T1": the hypervisor's share of this VM's CPU time between
+  echo "$1 $2" | awk '{d = $4 - $2; printf "%.1f", d > 0 ? 100 * ($3 - $1) / d : 0}'
+}
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}'; }
 
 start_tallyd() { # io delay
@@ -54,6 +60,7 @@ for delay in ${DELAYS:-0 2000}; do
     rates=(); p50s=(); p99s=(); p999s=()
     for r in $(seq 1 "$runs"); do
       start_tallyd "$io" "$delay"
+      st0=$(cpu_ticks)
       out=$("$bin/tally-bench" --connect "127.0.0.1:$port" --connections "$conns" \
               --inflight "$inflight" --batch "$batch" --events "$events" --dup-rate 0.1 \
               --seed "$r$delay" --expect --verify-wal "$tmp/data" --quiet --json 2>&1) || {
@@ -66,9 +73,10 @@ for delay in ${DELAYS:-0 2000}; do
       p50=$(echo "$lat" | jget phases.0.latency_us.p50)
       p99=$(echo "$lat" | jget phases.0.latency_us.p99)
       p999=$(echo "$lat" | jget phases.0.latency_us.p999)
+      steal=$(steal_pct "$st0" "$(cpu_ticks)")
       stop_tallyd
-      printf '  run %d  io %-5s sync+%4d us  closed loop %9.0f ev/s (verified)   open loop at %d ev/s: p50 %s us p99 %s us p99.9 %s us\n' \
-        "$r" "$io" "$delay" "$rate" "$half" "$p50" "$p99" "$p999"
+      printf '  run %d  io %-5s sync+%4d us  closed loop %9.0f ev/s (verified)   open loop at %d ev/s: p50 %s us p99 %s us p99.9 %s us   steal %s%%\n' \
+        "$r" "$io" "$delay" "$rate" "$half" "$p50" "$p99" "$p999" "$steal"
       rates+=("$rate"); p50s+=("$p50"); p99s+=("$p99"); p999s+=("$p999")
     done
     printf 'MEDIAN io %-5s sync+%4d us: %s ev/s; at half rate p50 %s us, p99 %s us, p99.9 %s us\n' \
