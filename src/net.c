@@ -40,6 +40,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "net.h"
@@ -158,6 +159,7 @@ struct worker {
 	int64_t last_timer_us;
 	int64_t sync_at_us; /* a shard holds a sync back for its next commit window until then */
 	bool epoll_us;      /* epoll_pwait2 (microsecond timeouts) works here */
+	bool uring_disabled; /* ring created disabled (SINGLE_ISSUER): this thread enables it */
 	bool stopping_seen;
 	bool lingering;
 	int64_t stop_deadline_us;
@@ -1508,6 +1510,16 @@ static int worker_loop_uring(struct worker *w)
 	return 0;
 }
 
+/* IORING_REGISTER_ENABLE_RINGS by syscall: Debian 12's liburing 2.3 declares
+   io_uring_enable_rings() but does not export it. */
+static int uring_enable(struct worker *w)
+{
+	if (syscall(__NR_io_uring_register, w->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL,
+		    0) < 0)
+		return -errno;
+	return 0;
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -1515,7 +1527,11 @@ static void *worker_main(void *arg)
 	snprintf(name, sizeof name, "tally-loop%u", (unsigned)w->id);
 	(void)pthread_setname_np(pthread_self(), name); /* for top -H, perf, gdb */
 	w->now_us = broker_now_us();
-	int rc = w->uring ? worker_loop_uring(w) : worker_loop_epoll(w);
+	int rc = 0;
+	if (w->uring && w->uring_disabled)
+		rc = uring_enable(w); /* this thread becomes the ring's submitter */
+	if (rc == 0)
+		rc = w->uring ? worker_loop_uring(w) : worker_loop_epoll(w);
 	if (rc < 0) {
 		broker_log(LOG_ERROR, "worker %u: event loop failed: %s", w->id, strerror(-rc));
 		int zero = 0;
@@ -1575,6 +1591,38 @@ static bool uring_usable(char *why, size_t len)
 		io_uring_free_probe(p);
 	io_uring_queue_exit(&r);
 	return ok;
+}
+
+/*
+ * The worker's ring. Completions of a multishot recv are task work on the worker's thread;
+ * by default the kernel interrupts the thread (an IPI, on a VM a hypervisor exit) to run it
+ * at once. DEFER_TASKRUN (Linux 6.1) runs it only when the worker waits for completions,
+ * which it does once per loop turn anyway; it needs SINGLE_ISSUER, so the ring starts
+ * disabled and the worker thread enables it (becoming its only submitter). Older kernels:
+ * COOP_TASKRUN (5.19, no interrupt), else none.
+ */
+static int uring_init_ring(struct worker *w)
+{
+	static const unsigned flags[] = {
+	    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+	    IORING_SETUP_COOP_TASKRUN,
+	    0,
+	};
+	int rc = -EINVAL;
+	for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+		rc = io_uring_queue_init(NET_URING_ENTRIES, &w->ring, flags[i]);
+		if (rc == 0) {
+			w->uring_disabled = (flags[i] & IORING_SETUP_R_DISABLED) != 0;
+			if (w->id == 0)
+				broker_log(LOG_DEBUG, "io_uring task work: %s",
+					   i == 0 ? "deferred to the loop's wait (DEFER_TASKRUN)"
+					   : i == 1 ? "cooperative (COOP_TASKRUN)" : "interrupting");
+			return 0;
+		}
+		if (rc != -EINVAL)
+			return rc;
+	}
+	return rc;
 }
 
 static int uring_setup_buffers(struct worker *w)
@@ -1766,7 +1814,7 @@ int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker
 			}
 		}
 		if (b->io == BROKER_IO_URING) {
-			rc = io_uring_queue_init(NET_URING_ENTRIES, &w->ring, 0);
+			rc = uring_init_ring(w);
 			if (rc < 0)
 				goto out_free;
 			w->uring = true;
