@@ -18,8 +18,8 @@ set -euo pipefail
 bin=${1:?usage: bench/broker.sh BIN_DIR [RUNS]}
 runs=${2:-3}
 events=${EVENTS:-3000000}
-conns=${CONNS:-4}
-inflight=${INFLIGHT:-16}
+conns=${CONNS:-16}
+inflight=${INFLIGHT:-8}
 batch=${BATCH:-500}
 threads=${THREADS:-2}
 shards=${SHARDS:-8}
@@ -36,7 +36,7 @@ print(d)' "$1"
 }
 cpu_ticks() { awk '/^cpu /{print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; } # steal, all
 steal_pct() { # steal_pct "S0 T0" "S1 T1": the hypervisor's share of this VM's CPU time between
-  echo "$1 $2" | awk '{d = $4 - $2; printf "%.1f", d > 0 ? 100 * ($3 - $1) / d : 0}'
+  echo "$1 $2" | awk '{d = $4 - $2; printf "%.1f", (d > 0 ? 100 * ($3 - $1) / d : 0)}'
 }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}'; }
 

@@ -68,7 +68,7 @@ static void usage(FILE *f)
 		"  --dedup-write-mb-per-s N  cap on the rate each shard's sealer writes dedup runs,\n"
 		"                         so WAL syncs do not queue behind them (default 128; 0 = none)\n"
 		"  --commit-window-us N   group commit: each shard starts at most one fdatasync per\n"
-		"                         window of N us, all shards in step (default 1000; 0 = sync\n"
+		"                         window of N us, all shards in step (default 4000; 0 = sync\n"
 		"                         as soon as the previous sync is done)\n"
 		"  --sync-delay-us N      inject N us of latency per fdatasync (benchmarks)\n"
 		"  --repair               on a corrupt WAL tail, move the bad bytes to a .quarantine file\n"
@@ -136,7 +136,7 @@ int main(int argc, char **argv)
 		.tick_idle_ms = 1000,
 		.rbuf_budget_bytes = 1024ull << 20,
 		.dedup_write_rate = 128ull << 20,
-		.commit_window_us = 1000,
+		.commit_window_us = 4000,
 	};
 	const char *port_file = NULL;
 	uint32_t prefill_kb = 1024;
