@@ -19,7 +19,8 @@
  *    window W (cfg->commit_window_us) a shard also starts at most one sync per window
  *    [k*W, (k+1)*W) of the wall clock: under load every shard syncs at the start of the
  *    same windows (a batch spread over all shards waits for one window, not for eight
- *    unaligned ones), and a lone event after a quiet spell is synced at once.
+ *    unaligned ones), and a lone event after a quiet spell is synced at once. Only while the
+ *    last sync took less than W/2: slower syncs space themselves out.
  *
  * Threads: everything but syncer_main() runs on the owner thread. The syncer only calls
  * wal_sync() and the wake callback; `busy` (atomic) says whether a sync is running or asked for.
@@ -84,6 +85,7 @@ struct shard {
 	_Atomic int sync_error;
 	/* fdatasync latency, written by the syncer only, read at close (after join). */
 	uint64_t sync_count, sync_us_max;
+	_Atomic uint32_t last_sync_us; /* duration of the last sync (syncer writes, owner reads) */
 	uint64_t sync_hist[24]; /* bucket b: [2^b, 2^(b+1)) microseconds */
 
 	/* Sealing sealed segments' keys into cold runs, off the event loop (see seal_pump). */
@@ -298,6 +300,8 @@ static void *syncer_main(void *arg)
 			unsigned b = 0;
 			while (b < 23 && (us >> (b + 1)) != 0)
 				b++;
+			atomic_store_explicit(&s->last_sync_us, us > UINT32_MAX ? UINT32_MAX : (uint32_t)us,
+					      memory_order_relaxed);
 			s->sync_hist[b]++;
 			s->sync_count++;
 			if (us > s->sync_us_max)
@@ -617,7 +621,12 @@ int shard_poll(struct shard *s, int64_t now_us, int64_t *sync_at_us)
 	}
 
 	bool interval = s->cfg->fsync_mode == WAL_FSYNC_INTERVAL;
-	if (s->dirty && !interval && !busy && s->cfg->commit_window_us) {
+	/* The window only amortises syncs that are short next to it: a sync that took half a
+	   window or more already spaces the next one out, and holding it would add latency for
+	   no saving (a disk whose fdatasync takes 2 ms, against a 4 ms window). */
+	if (s->dirty && !interval && !busy && s->cfg->commit_window_us &&
+	    2 * (uint64_t)atomic_load_explicit(&s->last_sync_us, memory_order_relaxed) <
+		s->cfg->commit_window_us) {
 		int64_t win = now_us / s->cfg->commit_window_us;
 		if (win == s->sync_window) {
 			/* Synced in this window already: hold the records for the next one. */

@@ -48,9 +48,12 @@ static ssize_t f_pwrite(void *ctx, int fd, const void *b, size_t n, off_t off)
 	}
 	return libc_io->pwrite(libc_io->ctx, fd, b, n, off);
 }
+static _Atomic int sync_sleep_us; /* make every fdatasync take at least this long */
 static int f_fdatasync(void *ctx, int fd)
 {
 	atomic_fetch_add(&syncs, 1);
+	if (atomic_load(&sync_sleep_us))
+		usleep((useconds_t)atomic_load(&sync_sleep_us));
 	if (atomic_load(&fail_sync_eio))
 		return -EIO;
 	return libc_io->fdatasync(libc_io->ctx, fd);
@@ -244,9 +247,29 @@ int main(void)
 	CHECK_EQ(atomic_load(&syncs), syncs1);
 	CHECK_EQ(run_until(sh, sy, 5000), 0);
 	CHECK_EQ(broker_now_us() >= (k + 1) * W, 1); /* acknowledged only in the next window */
+	/* 3c. Syncs taking half a window or more are not held back: the next starts at once. */
+	atomic_store(&sync_sleep_us, (int)(W * 6 / 10));
+	struct broker_slot *sz = slot_new(1), *sw = slot_new(1);
+	struct shard_item itz[1] = {item(sz, 0, "wz", 1)}, itw[1] = {item(sw, 0, "ww", 1)};
+	t = broker_now_us();
+	usleep((useconds_t)(W - t % W + 1000));
+	shard_submit(sh, itz, 1, broker_now_us());
+	CHECK_EQ(run_until(sh, sz, 5000), 0); /* a slow sync: 120 ms of the 200 ms window */
+	k = broker_now_us() / W;
+	long syncs2 = atomic_load(&syncs);
+	shard_submit(sh, itw, 1, broker_now_us());
+	sync_at = INT64_MAX;
+	CHECK_EQ(shard_poll(sh, broker_now_us(), &sync_at), 0);
+	CHECK_EQ(sync_at, INT64_MAX); /* nothing held */
+	CHECK_EQ(atomic_load(&syncs) > syncs2 || atomic_load(&sw->pending) == 0, 1);
+	CHECK_EQ(run_until(sh, sw, 5000), 0);
+	CHECK_EQ(broker_now_us() / W <= k + 1, 1);
+	atomic_store(&sync_sleep_us, 0);
 	cfg.commit_window_us = 0;
 	free(sx);
 	free(sy);
+	free(sz);
+	free(sw);
 
 	/* 4. fdatasync EIO: fatal, and the event it covered is never acknowledged. */
 	struct broker_slot *s5 = slot_new(1);
