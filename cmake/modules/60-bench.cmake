@@ -45,3 +45,4 @@ if(TARGET tallyd)
 endif()
 # fdatasync latency of appends vs preallocated (zero-filled / fallocated) files: the WAL I/O question.
 tally_bench(bench_fsync SOURCES bench/bench_fsync.c DEPS Threads::Threads)
+tally_bench(bench_flush SOURCES bench/bench_flush.c DEPS Threads::Threads)
