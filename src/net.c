@@ -143,6 +143,7 @@ struct worker {
 	struct conn *stalled;
 
 	struct shard *shards[BROKER_SHARDS_MAX]; /* indexed by global shard id; NULL if not ours */
+	struct shard_group *group;               /* our shards' sync group */
 
 	struct chunk *out[BROKER_THREADS_MAX];       /* chunk being filled for each worker */
 	struct chunk *free_chunks[BROKER_THREADS_MAX];
@@ -1267,14 +1268,7 @@ static void worker_timers(struct worker *w)
 static int worker_poll_shards(struct worker *w)
 {
 	w->sync_at_us = INT64_MAX;
-	for (uint16_t s = 0; s < w->b->nshards; s++) {
-		if (!w->shards[s])
-			continue;
-		int rc = shard_poll(w->shards[s], w->now_us, &w->sync_at_us);
-		if (rc < 0)
-			return rc;
-	}
-	return 0;
+	return shard_group_poll(w->group, w->now_us, &w->sync_at_us);
 }
 
 static bool worker_quiet(struct worker *w)
@@ -1702,7 +1696,7 @@ static void *shard_opener_main(void *arg)
 {
 	struct shard_opener *o = arg;
 	struct worker *w = &o->b->workers[o->id % o->b->nworkers];
-	o->rc = shard_open(o->b->cfg, o->b->wal, o->id, worker_wake_cb, w, worker_resolve, w,
+	o->rc = shard_open(o->b->cfg, o->b->wal, o->id, w->group, worker_resolve, w,
 			   &o->b->shards[o->id]);
 	return NULL;
 }
@@ -1768,6 +1762,11 @@ int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker
 		w->b = b;
 		w->listen_fd = -1;
 		w->epfd = -1;
+	}
+	for (uint16_t i = 0; i < b->nworkers; i++) {
+		rc = shard_group_open(cfg, i, worker_wake_cb, &b->workers[i], &b->workers[i].group);
+		if (rc < 0)
+			goto out_free;
 	}
 	/* Shards first: dedup state is rebuilt before anything is accepted, all shards at once
 	   (loading cold runs and re-reading the unsealed segments is most of a restart). */
@@ -1849,8 +1848,10 @@ out_free:
 		if (b->shards[s])
 			shard_close(b->shards[s]);
 	if (b->workers)
-		for (uint16_t i = 0; i < b->nworkers; i++)
+		for (uint16_t i = 0; i < b->nworkers; i++) {
+			(void)shard_group_close(b->workers[i].group);
 			worker_free(&b->workers[i]);
+		}
 	free(b->workers);
 	ring_mesh_destroy(b->mesh);
 	free(b);
@@ -1912,6 +1913,9 @@ int broker_wait(struct broker *b)
 	}
 	for (uint16_t i = 0; i < b->nworkers; i++) {
 		struct worker *w = &b->workers[i];
+		int r = shard_group_close(w->group);
+		if (r < 0 && rc == 0 && !fatal)
+			rc = r;
 		/* Connections kept alive by slots that never completed (fatal stop). */
 		while (w->conns) {
 			struct conn *c = w->conns;

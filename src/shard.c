@@ -14,16 +14,23 @@
  *    batches fail with a retryable error, and the NEW keys among them are aborted in dedup so a
  *    retry is ACCEPTED. Nothing is ever answered DUPLICATE for an event not in the WAL.
  *  - A failed fdatasync is fatal: shard_poll() returns it and nothing more is acknowledged.
- *  - Group commit: the owner flushes the open block only while the syncer is idle; while a sync
- *    runs, records accumulate into the next block, which the next sync covers. With a commit
- *    window W (cfg->commit_window_us) a shard also starts at most one sync per window
- *    [k*W, (k+1)*W) of the wall clock: under load every shard syncs at the start of the
- *    same windows (a batch spread over all shards waits for one window, not for eight
+ *  - Group commit: the shards of one owner form a sync group with ONE syncer thread, which
+ *    makes all of them durable with one wal_sync_group() call: their blocks are written back
+ *    and the device cache is flushed once for all of them (wal.h says when a shard needs its
+ *    own fdatasync instead). The owner flushes the open blocks only while the group's syncer
+ *    is idle, all in one shard_group_poll(), then kicks it once; while a sync runs, records
+ *    accumulate into the next blocks, which the next sync covers. With a commit window W
+ *    (cfg->commit_window_us) a group also starts at most one sync per window
+ *    [k*W, (k+1)*W) of the wall clock: under load every group syncs at the start of the
+ *    same windows (a batch spread over all shards waits for one window, not for several
  *    unaligned ones), and a lone event after a quiet spell is synced at once. Only while the
  *    last sync took less than W/2: slower syncs space themselves out.
  *
- * Threads: everything but syncer_main() runs on the owner thread. The syncer only calls
- * wal_sync() and the wake callback; `busy` (atomic) says whether a sync is running or asked for.
+ * Threads: everything but syncer_main() and sealer_main() runs on the owner thread. The syncer
+ * only calls wal_sync_group() and the wake callback; the group's `busy` (atomic) says whether
+ * a sync is running or asked for. The group's member list changes only in shard_open and
+ * shard_close (before the owner's loop starts, after it ended), under the group's mutex, which
+ * the syncer holds while it reads the list.
  */
 #define _GNU_SOURCE /* pthread_setname_np */
 #include <errno.h>
@@ -39,6 +46,32 @@
 #define SHARD_SEAL_QUEUE 16
 
 enum { SEAL_IDLE = 0, SEAL_RUNNING, SEAL_DONE };
+
+struct shard_group {
+	const struct broker_config *cfg;
+	unsigned id;
+	void (*wake)(void *ctx);
+	void *wake_ctx;
+
+	pthread_t th;
+	pthread_mutex_t mu;            /* members, kick, stop */
+	pthread_cond_t cv;             /* the syncer waits on it */
+	struct shard *members[BROKER_SHARDS_MAX]; /* increasing shard id */
+	size_t n;
+	bool kick, stop;
+
+	/* Owner thread only. */
+	bool want;           /* a shard flushed in this poll: kick the syncer at its end */
+	int64_t sync_window; /* index of the commit window the last sync started in */
+
+	_Atomic bool busy;
+	_Atomic int sync_error;
+	_Atomic uint32_t last_sync_us; /* duration of the last sync (syncer writes, owner reads) */
+	/* Syncer only; read at close (after join). */
+	uint64_t sync_count, sync_us_max;
+	uint64_t sync_hist[24]; /* bucket b: [2^b, 2^(b+1)) microseconds */
+	struct wal_shard *ws[BROKER_SHARDS_MAX];
+};
 enum { JOB_SEAL = 1, JOB_COMPACT = 2 };
 
 struct wait_ent {
@@ -53,6 +86,7 @@ struct wait_ent {
 struct shard {
 	uint16_t id;
 	const struct broker_config *cfg;
+	struct shard_group *g;
 	struct wal_shard *ws;
 	struct dedup_shard *dd;
 
@@ -61,7 +95,6 @@ struct shard {
 
 	uint64_t acked_next;
 	int64_t last_append_us;
-	int64_t sync_window;     /* index of the commit window the last sync started in */
 	int64_t seg_max_event_time_us;
 	bool dirty;
 	int fatal;
@@ -76,17 +109,8 @@ struct shard {
 	void (*wake)(void *ctx);
 	void *wake_ctx;
 
-	pthread_t th;
 	pthread_mutex_t mu;
-	pthread_cond_t cv;        /* the syncer waits on it (kick, stop) */
-	pthread_cond_t sealer_cv; /* the sealer waits on it (job, sealer_stop); same mutex */
-	bool kick, stop, started;
-	_Atomic bool busy;
-	_Atomic int sync_error;
-	/* fdatasync latency, written by the syncer only, read at close (after join). */
-	uint64_t sync_count, sync_us_max;
-	_Atomic uint32_t last_sync_us; /* duration of the last sync (syncer writes, owner reads) */
-	uint64_t sync_hist[24]; /* bucket b: [2^b, 2^(b+1)) microseconds */
+	pthread_cond_t sealer_cv; /* the sealer waits on it (job, sealer_stop) */
 
 	/* Sealing sealed segments' keys into cold runs, off the event loop (see seal_pump). */
 	pthread_t sealer;
@@ -258,61 +282,123 @@ static void seal_pump(struct shard *s)
 	}
 }
 
-static void syncer_kick(struct shard *s)
+static void syncer_kick(struct shard_group *g)
 {
-	atomic_store_explicit(&s->busy, true, memory_order_relaxed);
-	pthread_mutex_lock(&s->mu);
-	s->kick = true;
-	pthread_cond_signal(&s->cv); /* only the syncer waits on it: no wake-up of the sealer */
-	pthread_mutex_unlock(&s->mu);
+	atomic_store_explicit(&g->busy, true, memory_order_relaxed);
+	pthread_mutex_lock(&g->mu);
+	g->kick = true;
+	pthread_cond_signal(&g->cv);
+	pthread_mutex_unlock(&g->mu);
 }
 
 static void *syncer_main(void *arg)
 {
-	struct shard *s = arg;
-	thread_name("sync", s->id);
+	struct shard_group *g = arg;
+	thread_name("sync", g->id);
 	for (;;) {
-		pthread_mutex_lock(&s->mu);
-		while (!s->kick && !s->stop) {
-			if (s->cfg->fsync_mode == WAL_FSYNC_INTERVAL) {
+		pthread_mutex_lock(&g->mu);
+		while (!g->kick && !g->stop) {
+			if (g->cfg->fsync_mode == WAL_FSYNC_INTERVAL) {
 				struct timespec ts;
 				clock_gettime(CLOCK_REALTIME, &ts);
 				uint64_t ns = (uint64_t)ts.tv_nsec +
-					      (uint64_t)s->cfg->fsync_interval_ms * 1000000u;
+					      (uint64_t)g->cfg->fsync_interval_ms * 1000000u;
 				ts.tv_sec += (time_t)(ns / 1000000000u);
 				ts.tv_nsec = (long)(ns % 1000000000u);
-				if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) == ETIMEDOUT)
+				if (pthread_cond_timedwait(&g->cv, &g->mu, &ts) == ETIMEDOUT)
 					break;
 			} else {
-				pthread_cond_wait(&s->cv, &s->mu);
+				pthread_cond_wait(&g->cv, &g->mu);
 			}
 		}
-		bool stop = s->stop;
-		s->kick = false;
-		pthread_mutex_unlock(&s->mu);
+		bool stop = g->stop;
+		g->kick = false;
+		size_t n = 0;
+		for (size_t i = 0; i < g->n; i++) {
+			struct wal_shard *ws = g->members[i]->ws;
+			if (wal_written_next(ws) > wal_durable_next(ws))
+				g->ws[n++] = ws;
+		}
+		pthread_mutex_unlock(&g->mu);
 
-		if (wal_written_next(s->ws) > wal_durable_next(s->ws)) {
+		if (n > 0) {
 			int64_t t0 = broker_now_us();
-			int rc = wal_sync(s->ws, NULL);
+			int rc = wal_sync_group(g->ws, n);
 			if (rc < 0)
-				atomic_store(&s->sync_error, rc);
+				atomic_store(&g->sync_error, rc);
 			uint64_t us = (uint64_t)(broker_now_us() - t0);
 			unsigned b = 0;
 			while (b < 23 && (us >> (b + 1)) != 0)
 				b++;
-			atomic_store_explicit(&s->last_sync_us, us > UINT32_MAX ? UINT32_MAX : (uint32_t)us,
+			atomic_store_explicit(&g->last_sync_us, us > UINT32_MAX ? UINT32_MAX : (uint32_t)us,
 					      memory_order_relaxed);
-			s->sync_hist[b]++;
-			s->sync_count++;
-			if (us > s->sync_us_max)
-				s->sync_us_max = us;
+			g->sync_hist[b]++;
+			g->sync_count++;
+			if (us > g->sync_us_max)
+				g->sync_us_max = us;
 		}
-		/* Release: the owner that sees busy == false also sees the new watermark. */
-		atomic_store_explicit(&s->busy, false, memory_order_release);
-		s->wake(s->wake_ctx);
+		/* Release: the owner that sees busy == false also sees the new watermarks. */
+		atomic_store_explicit(&g->busy, false, memory_order_release);
+		g->wake(g->wake_ctx);
 		if (stop)
 			return NULL;
 	}
+}
+
+int shard_group_open(const struct broker_config *cfg, unsigned id, void (*wake)(void *ctx),
+		     void *wake_ctx, struct shard_group **out)
+{
+	struct shard_group *g = calloc(1, sizeof *g);
+	if (!g)
+		return -ENOMEM;
+	g->cfg = cfg;
+	g->id = id;
+	g->wake = wake;
+	g->wake_ctx = wake_ctx;
+	g->sync_window = INT64_MIN;
+	pthread_mutex_init(&g->mu, NULL);
+	pthread_cond_init(&g->cv, NULL);
+	int rc = -pthread_create(&g->th, NULL, syncer_main, g);
+	if (rc < 0) {
+		pthread_mutex_destroy(&g->mu);
+		pthread_cond_destroy(&g->cv);
+		free(g);
+		return rc;
+	}
+	*out = g;
+	return 0;
+}
+
+int shard_group_close(struct shard_group *g)
+{
+	if (!g)
+		return 0;
+	pthread_mutex_lock(&g->mu);
+	g->stop = true;
+	pthread_cond_signal(&g->cv);
+	pthread_mutex_unlock(&g->mu);
+	pthread_join(g->th, NULL);
+	int rc = atomic_load(&g->sync_error);
+	if (g->sync_count) {
+		/* The syncer has been joined: its counters are stable. */
+		uint64_t half = (g->sync_count + 1) / 2, p99 = (g->sync_count * 99 + 99) / 100;
+		uint64_t acc = 0, b50 = 0, b99 = 0;
+		for (unsigned b = 0; b < 24; b++) {
+			acc += g->sync_hist[b];
+			if (!b50 && acc >= half)
+				b50 = 2ull << b;
+			if (!b99 && acc >= p99)
+				b99 = 2ull << b;
+		}
+		broker_log(LOG_INFO, "sync group %u: %llu group commits, p50 < %llu us, p99 < %llu "
+				     "us, max %llu us", g->id, (unsigned long long)g->sync_count,
+			   (unsigned long long)b50, (unsigned long long)b99,
+			   (unsigned long long)g->sync_us_max);
+	}
+	pthread_mutex_destroy(&g->mu);
+	pthread_cond_destroy(&g->cv);
+	free(g);
+	return rc;
 }
 
 /* Reads every record of one segment, feeding keys to fn. Returns 0 or -errno. */
@@ -414,8 +500,8 @@ out:
 }
 
 int shard_open(const struct broker_config *cfg, struct wal *wal, uint16_t id,
-	       void (*wake)(void *ctx), void *wake_ctx, shard_resolve_fn resolve,
-	       void *resolve_ctx, struct shard **out)
+	       struct shard_group *g, shard_resolve_fn resolve, void *resolve_ctx,
+	       struct shard **out)
 {
 	struct shard *s = calloc(1, sizeof *s);
 	if (!s)
@@ -423,8 +509,9 @@ int shard_open(const struct broker_config *cfg, struct wal *wal, uint16_t id,
 	s->id = id;
 	s->cfg = cfg;
 	s->ws = wal_shard(wal, id);
-	s->wake = wake;
-	s->wake_ctx = wake_ctx;
+	s->g = g;
+	s->wake = g->wake;
+	s->wake_ctx = g->wake_ctx;
 	s->resolve = resolve;
 	s->resolve_ctx = resolve_ctx;
 	s->qcap = SHARD_QCAP_INIT;
@@ -434,7 +521,6 @@ int shard_open(const struct broker_config *cfg, struct wal *wal, uint16_t id,
 	s->ans = malloc(s->scratch_cap * sizeof *s->ans);
 	s->app_off = malloc(s->scratch_cap * sizeof *s->app_off);
 	pthread_mutex_init(&s->mu, NULL);
-	pthread_cond_init(&s->cv, NULL);
 	pthread_cond_init(&s->sealer_cv, NULL);
 	int rc = -ENOMEM;
 	if (!s->q || !s->qry || !s->ans || !s->app_off)
@@ -461,16 +547,22 @@ int shard_open(const struct broker_config *cfg, struct wal *wal, uint16_t id,
 	}
 	s->acked_next = wal_durable_next(s->ws);
 	s->last_append_us = broker_now_us();
-	rc = -pthread_create(&s->th, NULL, syncer_main, s);
-	if (rc < 0)
-		goto out_free;
-	s->started = true;
 	rc = -pthread_create(&s->sealer, NULL, sealer_main, s);
 	if (rc < 0) {
 		(void)shard_close(s);
 		return rc;
 	}
 	s->sealer_started = true;
+	/* Join the group, keeping it in shard id order (wal_sync_group's lock order). */
+	pthread_mutex_lock(&g->mu);
+	size_t at = g->n;
+	while (at > 0 && g->members[at - 1]->id > id) {
+		g->members[at] = g->members[at - 1];
+		at--;
+	}
+	g->members[at] = s;
+	g->n++;
+	pthread_mutex_unlock(&g->mu);
 	*out = s;
 	return 0;
 out_free:
@@ -582,9 +674,10 @@ void shard_submit(struct shard *s, struct shard_item *items, size_t n, int64_t n
 	}
 }
 
-int shard_poll(struct shard *s, int64_t now_us, int64_t *sync_at_us)
+static int shard_poll(struct shard *s, int64_t now_us, int64_t *sync_at_us)
 {
-	int err = atomic_load(&s->sync_error);
+	struct shard_group *g = s->g;
+	int err = atomic_load(&g->sync_error);
 	if (err && !s->fatal) {
 		s->fatal = err;
 		broker_log(LOG_ERROR, "shard %u: fdatasync failed: %s; no further acknowledgements",
@@ -594,7 +687,7 @@ int shard_poll(struct shard *s, int64_t now_us, int64_t *sync_at_us)
 		return s->fatal;
 
 	seal_pump(s);
-	bool busy = atomic_load_explicit(&s->busy, memory_order_acquire);
+	bool busy = atomic_load_explicit(&g->busy, memory_order_acquire);
 	uint64_t ack = s->cfg->fsync_mode == WAL_FSYNC_ALWAYS ? wal_durable_next(s->ws)
 							      : wal_written_next(s->ws);
 	if (ack > s->acked_next) {
@@ -625,10 +718,10 @@ int shard_poll(struct shard *s, int64_t now_us, int64_t *sync_at_us)
 	   window or more already spaces the next one out, and holding it would add latency for
 	   no saving (a disk whose fdatasync takes 2 ms, against a 4 ms window). */
 	if (s->dirty && !interval && !busy && s->cfg->commit_window_us &&
-	    2 * (uint64_t)atomic_load_explicit(&s->last_sync_us, memory_order_relaxed) <
+	    2 * (uint64_t)atomic_load_explicit(&g->last_sync_us, memory_order_relaxed) <
 		s->cfg->commit_window_us) {
 		int64_t win = now_us / s->cfg->commit_window_us;
-		if (win == s->sync_window) {
+		if (win == g->sync_window) {
 			/* Synced in this window already: hold the records for the next one. */
 			int64_t at = (win + 1) * (int64_t)s->cfg->commit_window_us;
 			if (at < *sync_at_us)
@@ -641,13 +734,27 @@ int shard_poll(struct shard *s, int64_t now_us, int64_t *sync_at_us)
 		s->dirty = false;
 		if (rc < 0)
 			on_write_error(s, rc);
-		if (!interval && wal_written_next(s->ws) > wal_durable_next(s->ws)) {
-			if (s->cfg->commit_window_us)
-				s->sync_window = now_us / s->cfg->commit_window_us;
-			syncer_kick(s);
-		}
+		if (!interval && wal_written_next(s->ws) > wal_durable_next(s->ws))
+			g->want = true;
 	}
 	return s->fatal;
+}
+
+int shard_group_poll(struct shard_group *g, int64_t now_us, int64_t *sync_at_us)
+{
+	int first = 0;
+	for (size_t i = 0; i < g->n; i++) {
+		int rc = shard_poll(g->members[i], now_us, sync_at_us);
+		if (rc < 0 && first == 0)
+			first = rc;
+	}
+	if (g->want) {
+		g->want = false;
+		if (g->cfg->commit_window_us)
+			g->sync_window = now_us / g->cfg->commit_window_us;
+		syncer_kick(g);
+	}
+	return first;
 }
 
 bool shard_busy(const struct shard *s)
@@ -678,34 +785,24 @@ int shard_close(struct shard *s)
 		if (atomic_load(&s->job_state) == SEAL_DONE)
 			seal_pump(s); /* installs it; sealer_stop keeps it from starting another */
 	}
-	if (s->started) {
-		pthread_mutex_lock(&s->mu);
-		s->stop = true;
-		pthread_cond_signal(&s->cv);
-		pthread_mutex_unlock(&s->mu);
-		pthread_join(s->th, NULL);
-	}
-	if (rc == 0)
-		rc = atomic_load(&s->sync_error);
-	if (s->sync_count) {
-		/* The syncer has been joined: its counters are stable. */
-		uint64_t half = (s->sync_count + 1) / 2, p99 = (s->sync_count * 99 + 99) / 100;
-		uint64_t acc = 0, b50 = 0, b99 = 0;
-		for (unsigned b = 0; b < 24; b++) {
-			acc += s->sync_hist[b];
-			if (!b50 && acc >= half)
-				b50 = 2ull << b;
-			if (!b99 && acc >= p99)
-				b99 = 2ull << b;
+	/* Leave the group, then make the last blocks durable here (the group's syncer may
+	   still be syncing this shard too: wal_sync and wal_sync_group share its sync_lock). */
+	struct shard_group *g = s->g;
+	pthread_mutex_lock(&g->mu);
+	for (size_t i = 0; i < g->n; i++)
+		if (g->members[i] == s) {
+			memmove(g->members + i, g->members + i + 1,
+				(g->n - i - 1) * sizeof *g->members);
+			g->n--;
+			break;
 		}
-		broker_log(LOG_INFO, "shard %u: %llu syncs, fdatasync p50 < %llu us, p99 < %llu us, "
-				     "max %llu us", s->id, (unsigned long long)s->sync_count,
-			   (unsigned long long)b50, (unsigned long long)b99,
-			   (unsigned long long)s->sync_us_max);
-	}
+	pthread_mutex_unlock(&g->mu);
+	if (rc == 0 && !s->fatal)
+		rc = wal_sync(s->ws, NULL);
+	if (rc == 0)
+		rc = atomic_load(&g->sync_error);
 	dedup_shard_close(s->dd);
 	pthread_mutex_destroy(&s->mu);
-	pthread_cond_destroy(&s->cv);
 	pthread_cond_destroy(&s->sealer_cv);
 	free(s->q);
 	free(s->qry);

@@ -1,8 +1,10 @@
 /*
  * wal_io.c — the WAL's I/O seam: the libc implementation (every call returns -errno on
- * failure, never -1) and a wrapper that injects a fixed sleep before every sync, used by the
- * benchmarks to model a slow disk. Fault-injecting seams for tests live in tests/wal_faultio.h.
+ * failure, never -1) and a wrapper that injects a fixed sleep before every sync (fdatasync,
+ * fsync: each is one device cache flush), used by the benchmarks to model a slow disk.
+ * Fault-injecting seams for tests live in tests/wal_testutil.h.
  */
+#define _GNU_SOURCE /* sync_file_range */
 #include <errno.h>
 #include <fcntl.h>
 #include <time.h>
@@ -48,6 +50,14 @@ static int libc_close(void *ctx, int fd)
 	return close(fd) < 0 ? -errno : 0;
 }
 
+static int libc_sync_range(void *ctx, int fd, off_t off, off_t n, bool wait)
+{
+	unsigned flags = wait ? SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+				    SYNC_FILE_RANGE_WAIT_AFTER
+			      : SYNC_FILE_RANGE_WRITE;
+	return sync_file_range(fd, off, n, flags) < 0 ? -errno : 0;
+}
+
 static const struct wal_io wal_io_libc_v = {
     .open = libc_open,
     .pwrite = libc_pwrite,
@@ -56,6 +66,7 @@ static const struct wal_io wal_io_libc_v = {
     .fsync = libc_fsync,
     .ftruncate = libc_ftruncate,
     .close = libc_close,
+    .sync_range = libc_sync_range,
     .ctx = NULL,
 };
 
@@ -103,6 +114,11 @@ static int delay_close(void *ctx, int fd)
 {
 	return D(ctx)->inner->close(D(ctx)->inner->ctx, fd);
 }
+/* No delay: a write-back without a cache flush is what the modelled disk does fast. */
+static int delay_sync_range(void *ctx, int fd, off_t off, off_t n, bool wait)
+{
+	return D(ctx)->inner->sync_range(D(ctx)->inner->ctx, fd, off, n, wait);
+}
 #undef D
 
 void wal_io_delay_init(struct wal_io_delay *d, const struct wal_io *inner, uint32_t sync_delay_us)
@@ -117,6 +133,7 @@ void wal_io_delay_init(struct wal_io_delay *d, const struct wal_io *inner, uint3
 	    .fsync = delay_fsync,
 	    .ftruncate = delay_ftruncate,
 	    .close = delay_close,
+	    .sync_range = d->inner->sync_range ? delay_sync_range : NULL,
 	    .ctx = d,
 	};
 }

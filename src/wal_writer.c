@@ -32,6 +32,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -47,6 +48,18 @@ struct wal_shard {
 	_Atomic int failed; /* 0 or the fatal -errno; set once, never cleared */
 	pthread_mutex_t sync_lock;
 	uint8_t *wm; /* shared watermark page (mmap of shard-NN/durable) */
+	/* Group flush (wal_sync_group). The appender stores written_bytes (segment bytes of the
+	   blocks below written_next) before written_next, and file_bytes_pub (the file's size,
+	   prefill included) after the bytes are written. Under sync_lock: durable_size (bytes of
+	   the current segment file, from 0, allocated and written with their size committed by
+	   an fdatasync: overwriting them needs no metadata) and wb_from (bytes below it were
+	   written back or synced). A segment roll and a shrinking truncate lower both. */
+	_Atomic uint64_t written_bytes;
+	_Atomic uint64_t file_bytes_pub;
+	uint64_t durable_size;
+	uint64_t wb_from;
+	dev_t dev;         /* st_dev of the shard's directory */
+	bool group_flush;  /* io->sync_range exists, the file system flushes on fdatasync, option */
 
 	/* Appender-owned below. */
 	_Alignas(64) struct wal *w;
@@ -94,6 +107,8 @@ static const char *shard_name(const struct wal_shard *s)
 	const char *p = strrchr(s->dir, '/');
 	return p ? p + 1 : s->dir;
 }
+
+static void group_flush_probe(struct wal_shard *s);
 
 /* ---------- watermark page ---------- */
 
@@ -258,9 +273,23 @@ static void prefill(struct wal_shard *s, uint64_t need_end)
 		if (r == -EINTR)
 			continue;
 		if (r <= 0)
-			return;
+			break;
 		s->file_bytes += (uint64_t)r;
 	}
+	atomic_store_explicit(&s->file_bytes_pub, s->file_bytes, memory_order_release);
+}
+
+/* Appender thread: the file was cut back to seg_bytes; space above it is no longer durable. */
+static void file_shrunk(struct wal_shard *s)
+{
+	pthread_mutex_lock(&s->sync_lock);
+	s->file_bytes = s->seg_bytes;
+	atomic_store_explicit(&s->file_bytes_pub, s->file_bytes, memory_order_relaxed);
+	if (s->durable_size > s->seg_bytes)
+		s->durable_size = s->seg_bytes;
+	if (s->wb_from > s->seg_bytes)
+		s->wb_from = s->seg_bytes;
+	pthread_mutex_unlock(&s->sync_lock);
 }
 
 /* Seals the current segment and starts a new one based at written_next. */
@@ -279,6 +308,7 @@ static int roll(struct wal_shard *s)
 			goto out_unlock;
 		}
 		s->file_bytes = s->seg_bytes;
+		s->durable_size = 0;
 	}
 	rc = s->io->fdatasync(s->io->ctx, s->fd);
 	if (rc < 0) {
@@ -309,6 +339,10 @@ static int roll(struct wal_shard *s)
 	s->seg_base = next;
 	s->seg_bytes = 0;
 	s->file_bytes = 0;
+	s->durable_size = 0;
+	s->wb_from = 0;
+	atomic_store_explicit(&s->written_bytes, 0, memory_order_relaxed);
+	atomic_store_explicit(&s->file_bytes_pub, 0, memory_order_relaxed);
 	s->seg_first_ingest_us = INT64_MIN;
 	idx_open_fresh(s, true);
 out_unlock:
@@ -376,15 +410,18 @@ static int seal(struct wal_shard *s)
 		int tr = s->io->ftruncate(s->io->ctx, s->fd, (off_t)s->seg_bytes);
 		if (tr < 0)
 			rc = set_failed(s, tr, "ftruncate after a failed write");
-		s->file_bytes = s->seg_bytes;
+		file_shrunk(s);
 		goto out_discard;
 	}
 	idx_add(s, s->block_first_offset, s->seg_bytes);
 	if (s->seg_first_ingest_us == INT64_MIN)
 		s->seg_first_ingest_us = s->block_first_ingest_us;
 	s->seg_bytes += total;
-	if (s->file_bytes < s->seg_bytes)
+	if (s->file_bytes < s->seg_bytes) {
 		s->file_bytes = s->seg_bytes;
+		atomic_store_explicit(&s->file_bytes_pub, s->file_bytes, memory_order_release);
+	}
+	atomic_store_explicit(&s->written_bytes, s->seg_bytes, memory_order_relaxed);
 	/* Release: the syncer (acquire) may fdatasync and publish these offsets only after the
 	   pwrite above returned. */
 	atomic_store_explicit(&s->written_next, s->block_first_offset + s->count,
@@ -507,6 +544,23 @@ int wal_shard_failed(const struct wal_shard *s)
 	return atomic_load(&((struct wal_shard *)s)->failed);
 }
 
+/* fdatasync of the current segment. Called with sync_lock held. The file's size and every
+   byte below it (prefill included) are durable afterwards: the size loaded before the call
+   covers only bytes whose pwrite had returned. */
+static int sync_full(struct wal_shard *s)
+{
+	uint64_t size = atomic_load_explicit(&s->file_bytes_pub, memory_order_acquire);
+	uint64_t wb = atomic_load_explicit(&s->written_bytes, memory_order_relaxed);
+	int rc = s->io->fdatasync(s->io->ctx, s->fd);
+	if (rc < 0)
+		return set_failed(s, rc, "fdatasync");
+	if (size > s->durable_size)
+		s->durable_size = size;
+	if (wb > s->wb_from)
+		s->wb_from = wb;
+	return 0;
+}
+
 int wal_sync(struct wal_shard *s, uint64_t *durable_next_out)
 {
 	int rc;
@@ -517,11 +571,8 @@ int wal_sync(struct wal_shard *s, uint64_t *durable_next_out)
 	   s->fd (s->fd cannot change while we hold sync_lock). */
 	uint64_t w = atomic_load_explicit(&s->written_next, memory_order_acquire);
 	if (w > atomic_load_explicit(&s->durable_next, memory_order_relaxed)) {
-		rc = s->io->fdatasync(s->io->ctx, s->fd);
-		if (rc < 0) {
-			rc = set_failed(s, rc, "fdatasync");
+		if ((rc = sync_full(s)) < 0)
 			goto out_unlock;
-		}
 		publish_durable(s, w);
 	}
 out_unlock:
@@ -529,6 +580,121 @@ out_unlock:
 		*durable_next_out = atomic_load_explicit(&s->durable_next, memory_order_acquire);
 	pthread_mutex_unlock(&s->sync_lock);
 	return rc;
+}
+
+/*
+ * The group commit (wal.h). Per shard, with its sync_lock held for the whole call (the locks
+ * are taken in array order; a shard has one syncer, so no two callers share a shard):
+ *   1. `want`: written_next (acquire) is past durable_next; `wb` = written_bytes, loaded after
+ *      it, so every block below written_next lies below wb, in the file behind s->fd (a roll,
+ *      the only fd change, needs sync_lock).
+ *   2. cheap iff group_flush, the same device as the first cheap shard, and wb <= durable_size:
+ *      the blocks overwrite bytes an fdatasync already made durable together with the size,
+ *      so writing them back (sync_range: started on every cheap shard, then waited for on
+ *      each) leaves only the device's volatile cache between them and the medium. Else:
+ *      sync_full().
+ *   3. After every sync_range returned: one fdatasync on a cheap shard's file flushes that
+ *      device's cache (ext4/XFS issue the flush even with nothing dirty), making every cheap
+ *      shard's written-back blocks durable. Only then are their watermarks published. A full
+ *      sync of step 2 on the same device (it runs after the write-backs) is that flush.
+ */
+int wal_sync_group(struct wal_shard *const *shards, size_t n)
+{
+	enum { SKIP, CHEAP, FULL };
+	uint8_t how[n ? n : 1];
+	uint64_t next[n ? n : 1], wb[n ? n : 1];
+	int first = 0;
+	size_t flush_by = n; /* the cheap shard whose fdatasync flushes the device */
+	for (size_t i = 0; i < n; i++) {
+		struct wal_shard *s = shards[i];
+		pthread_mutex_lock(&s->sync_lock);
+		how[i] = SKIP;
+		if (atomic_load(&s->failed) != 0) {
+			if (!first)
+				first = atomic_load(&s->failed);
+			continue;
+		}
+		next[i] = atomic_load_explicit(&s->written_next, memory_order_acquire);
+		wb[i] = atomic_load_explicit(&s->written_bytes, memory_order_relaxed);
+		if (next[i] <= atomic_load_explicit(&s->durable_next, memory_order_relaxed))
+			continue;
+		how[i] = FULL;
+		if (s->group_flush && wb[i] <= s->durable_size &&
+		    (flush_by == n || s->dev == shards[flush_by]->dev)) {
+			how[i] = CHEAP;
+			if (flush_by == n)
+				flush_by = i;
+		}
+	}
+	int rc;
+	/* Start every write-back first, so the device has them all in its queue at once; its
+	   errors are seen again by the waiting call below. */
+	for (size_t i = 0; i < n; i++) {
+		struct wal_shard *s = shards[i];
+		if (how[i] == CHEAP && wb[i] > s->wb_from)
+			(void)s->io->sync_range(s->io->ctx, s->fd, (off_t)s->wb_from,
+						(off_t)(wb[i] - s->wb_from), false);
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct wal_shard *s = shards[i];
+		if (how[i] != CHEAP || wb[i] <= s->wb_from)
+			continue;
+		rc = s->io->sync_range(s->io->ctx, s->fd, (off_t)s->wb_from,
+				       (off_t)(wb[i] - s->wb_from), true);
+		if (rc < 0) {
+			/* A write-back error: the data may not be on the device (as fdatasync). */
+			rc = set_failed(s, rc, "sync_file_range");
+			how[i] = SKIP;
+			if (!first)
+				first = rc;
+			continue;
+		}
+		s->wb_from = wb[i];
+	}
+	/* A full sync of a file on the cheap shards' device, started after every write-back
+	   above completed, flushes that device for them too. */
+	bool flushed = false;
+	for (size_t i = 0; i < n; i++) {
+		if (how[i] != FULL)
+			continue;
+		if ((rc = sync_full(shards[i])) < 0) {
+			how[i] = SKIP;
+			if (!first)
+				first = rc;
+			continue;
+		}
+		publish_durable(shards[i], next[i]);
+		if (flush_by < n && shards[i]->group_flush && shards[i]->dev == shards[flush_by]->dev)
+			flushed = true;
+	}
+	/* Else the device flush, through any shard still cheap (they share the device). */
+	flush_by = n;
+	for (size_t i = 0; i < n && flush_by == n; i++)
+		if (how[i] == CHEAP)
+			flush_by = i;
+	if (flush_by < n) {
+		struct wal_shard *f = shards[flush_by];
+		rc = flushed ? 0 : f->io->fdatasync(f->io->ctx, f->fd);
+		for (size_t i = 0; i < n; i++) {
+			if (how[i] != CHEAP)
+				continue;
+			if (rc < 0) {
+				int e = set_failed(shards[i], rc, "fdatasync (group flush)");
+				if (!first)
+					first = e;
+				continue;
+			}
+			publish_durable(shards[i], next[i]);
+		}
+	}
+	for (size_t i = n; i-- > 0;)
+		pthread_mutex_unlock(&shards[i]->sync_lock);
+	return first;
+}
+
+bool wal_shard_group_flush(const struct wal_shard *s)
+{
+	return s->group_flush;
 }
 
 uint16_t wal_shard_count(const struct wal *w)
@@ -846,12 +1012,38 @@ static int shard_open(struct wal *w, uint16_t i, struct wal_shard **out)
 		goto out_free;
 	}
 	/* Everything that survived recovery is durable (recovery synced it). */
+	atomic_store(&s->written_bytes, s->seg_bytes);
+	atomic_store(&s->file_bytes_pub, s->file_bytes);
+	s->durable_size = 0; /* the first sync of this process is a full one */
+	s->wb_from = 0;
+	group_flush_probe(s);
 	atomic_store(&s->written_next, s->next_offset);
 	atomic_store(&s->durable_next, s->next_offset);
 	wm_publish(s, s->next_offset);
 out_free:
 	free(bases);
 	return rc;
+}
+
+/* Whether the shard may share a device flush (wal_sync_group): see wal.h for the rule. */
+static void group_flush_probe(struct wal_shard *s)
+{
+	struct statfs sf;
+	struct stat st;
+	s->group_flush = false;
+	if (s->w->opt.no_group_flush || !s->io->sync_range || fstat(s->fd, &st) < 0 ||
+	    fstatfs(s->fd, &sf) < 0)
+		return;
+	s->dev = st.st_dev;
+	switch ((unsigned long)sf.f_type) {
+	case 0xEF53UL:     /* EXT2/3/4_SUPER_MAGIC */
+	case 0x58465342UL: /* XFS_SUPER_MAGIC */
+	case 0x01021994UL: /* TMPFS_MAGIC */
+		s->group_flush = true;
+		break;
+	default:
+		break;
+	}
 }
 
 static void shard_free(struct wal_shard *s)

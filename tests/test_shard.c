@@ -37,7 +37,8 @@ static int failures;
 static _Atomic int fail_pwrite_enospc; /* fail the next N pwrites with ENOSPC */
 static _Atomic int fail_sync_eio;      /* fail every fdatasync with EIO */
 static _Atomic long syncs;
-static int64_t sync_at; /* shard_poll's "poll me again then" output */
+static struct shard_group *grp;
+static int64_t sync_at; /* shard_group_poll's "poll me again then" output */
 
 static const struct wal_io *libc_io;
 static ssize_t f_pwrite(void *ctx, int fd, const void *b, size_t n, off_t off)
@@ -143,7 +144,7 @@ static struct shard_item item(struct broker_slot *s, uint32_t idx, const char *k
 static int run_until(struct shard *sh, struct broker_slot *s, int max_ms)
 {
 	for (int i = 0; i < max_ms; i++) {
-		int rc = shard_poll(sh, broker_now_us(), &sync_at);
+		int rc = shard_group_poll(grp, broker_now_us(), &sync_at);
 		if (rc < 0)
 			return rc;
 		if (atomic_load(&s->pending) == 0)
@@ -165,7 +166,7 @@ int main(void)
 	broker_log_min = LOG_ERROR + 1; /* the fault cases log on purpose */
 	libc_io = wal_io_libc();
 	struct wal_io io = {f_open, f_pwrite, f_pread, f_fdatasync, f_fsync, f_ftruncate, f_close,
-			    NULL};
+			    NULL, NULL};
 	struct wal_options wo = {.shard_count = 1, .io = &io};
 	struct wal *wal;
 	if (wal_open(dir, &wo, &wal) != 0) {
@@ -177,7 +178,8 @@ int main(void)
 				    .dedup_window_us = 35LL * 86400 * 1000000,
 				    .fsync_mode = WAL_FSYNC_ALWAYS, .expected_keys = 1024};
 	struct shard *sh;
-	if (shard_open(&cfg, wal, 0, wake, NULL, resolve, NULL, &sh) != 0)
+	if (shard_group_open(&cfg, 0, wake, NULL, &grp) != 0 ||
+	    shard_open(&cfg, wal, 0, grp, resolve, NULL, &sh) != 0)
 		return 1;
 
 	/* 1. New keys, an in-batch duplicate and an in-batch conflict. */
@@ -244,7 +246,7 @@ int main(void)
 	   holds nor starts a sync. */
 	for (int i = 0; i < 100; i++) {
 		sync_at = INT64_MAX;
-		CHECK_EQ(shard_poll(sh, broker_now_us(), &sync_at), 0);
+		CHECK_EQ(shard_group_poll(grp, broker_now_us(), &sync_at), 0);
 		if (sync_at != INT64_MAX)
 			break;
 		usleep(1000);
@@ -266,7 +268,7 @@ int main(void)
 	shard_submit(sh, itw, 1, broker_now_us());
 	for (int i = 0; i < 100; i++) { /* until the sync starts (or, wrongly, is held) */
 		sync_at = INT64_MAX;
-		CHECK_EQ(shard_poll(sh, broker_now_us(), &sync_at), 0);
+		CHECK_EQ(shard_group_poll(grp, broker_now_us(), &sync_at), 0);
 		if (sync_at != INT64_MAX || atomic_load(&syncs) > syncs2)
 			break;
 		usleep(1000);
@@ -289,9 +291,10 @@ int main(void)
 	int rc = run_until(sh, s5, 5000);
 	CHECK_EQ(rc, -EIO);
 	CHECK_EQ(atomic_load(&s5->pending), 1);
-	CHECK_EQ(shard_poll(sh, broker_now_us(), &sync_at), -EIO);
+	CHECK_EQ(shard_group_poll(grp, broker_now_us(), &sync_at), -EIO);
 
 	(void)shard_close(sh);
+	(void)shard_group_close(grp);
 	(void)wal_close(wal);
 	free(s1);
 	free(s2);

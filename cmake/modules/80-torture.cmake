@@ -29,14 +29,19 @@ set(TORTURE_ENV "TALLY_BIN=${CMAKE_BINARY_DIR}/bin" "TALLY_SRC=${PROJECT_SOURCE_
 add_test(NAME torture_selftest COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh selftest)
 add_test(NAME torture_kill9 COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh kill9)
 add_test(NAME torture_lostwrites COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh lostwrites)
+# Two shards on one thread: one sync group, so most group commits write back both files and
+# flush the device through one of them (the shim's device-cache model); every 11th op.
+add_test(NAME torture_lostwrites_group COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh lostwrites)
 add_test(NAME torture_faults COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh faults)
 add_test(NAME torture_abuse COMMAND torture_abuse)
 set_tests_properties(torture_selftest PROPERTIES ENVIRONMENT "${TORTURE_ENV}")
 set_tests_properties(torture_kill9 PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_CYCLES=10;TORTURE_MAX_MS=3000;TORTURE_RATE=5000")
 set_tests_properties(torture_lostwrites PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_LW_SHORT=1")
+set_tests_properties(torture_lostwrites_group PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_LW_SHARDS=2;TORTURE_LW_STEP=11")
 set_tests_properties(torture_faults PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_FAULT_RUNS=1")
 set_tests_properties(torture_abuse PROPERTIES ENVIRONMENT "${TORTURE_ENV}")
-set_tests_properties(torture_selftest torture_kill9 torture_lostwrites torture_faults torture_abuse
+set_tests_properties(torture_selftest torture_kill9 torture_lostwrites torture_lostwrites_group
+  torture_faults torture_abuse
   PROPERTIES LABELS torture SKIP_RETURN_CODE 77 TIMEOUT 300 RUN_SERIAL TRUE)
 # tally-rate kill -9 with 2 s periods closing during the run: 10 kills (5 aimed at a close).
 add_test(NAME torture_rate COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh rate)

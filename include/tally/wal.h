@@ -89,6 +89,14 @@ struct wal_io {
 	int (*fsync)(void *ctx, int fd); /* directories and metadata files */
 	int (*ftruncate)(void *ctx, int fd, off_t len);
 	int (*close)(void *ctx, int fd);
+	/*
+	 * Optional (NULL = absent): writes back [off, off + n) of fd without a device cache flush
+	 * and without any metadata. wait = false only starts the write-back (libc:
+	 * sync_file_range WRITE); wait = true also waits until the device has every byte of the
+	 * range (WAIT_BEFORE | WRITE | WAIT_AFTER). wal_sync_group() starts it on every file
+	 * first, then waits on each, then flushes the device once for all of them.
+	 */
+	int (*sync_range)(void *ctx, int fd, off_t off, off_t n, bool wait);
 	void *ctx;
 };
 
@@ -118,6 +126,10 @@ struct wal_options {
 	   instead of append (no journal commit per fdatasync); 0 = 1 MiB, WAL_PREFILL_OFF = off.
 	   docs/wal-format.md "Prefill". */
 	uint32_t prefill_bytes;
+	/* wal_sync_group() flushes each shard with its own fdatasync, never sharing one device
+	   flush (the group flush is also off by itself where it is not known to be sound: see
+	   wal_sync_group). */
+	bool no_group_flush;
 	const struct wal_io *io;   /* NULL = libc */
 	/* Called on the appender thread after a segment was sealed (synced) and the next one
 	 * exists. */
@@ -182,6 +194,26 @@ int wal_shard_failed(const struct wal_shard *s);      /* 0, or the fatal -errno 
  * Failure is fatal for the shard: -EIO now and forever.
  */
 int wal_sync(struct wal_shard *s, uint64_t *durable_next_out) WAL_WUR;
+
+/*
+ * Group commit for several shards served by ONE syncer thread (each shard of shards[0..n) must
+ * have no other syncer; give them in increasing index order, each once): makes everything
+ * written in each of them durable, then publishes each durable watermark, like wal_sync() on
+ * each, but with as few device cache flushes as is sound:
+ *   - a shard whose new blocks lie inside space that an earlier fdatasync of the same segment
+ *     file made durable (its prefill: allocated, zero-written, size committed) needs no
+ *     metadata. Its blocks are written back with io->sync_range, and ONE fdatasync on one of
+ *     those files then flushes the device cache for all of them;
+ *   - any other shard (new blocks past the durable prefill, another device, no sync_range in
+ *     the seam, a file system not known to flush the whole device on fdatasync, or
+ *     opt.no_group_flush) gets its own fdatasync.
+ * Known to flush the device: ext2/3/4 and XFS (fdatasync issues a cache flush even when the
+ * file has nothing dirty), tmpfs (nothing to flush). Failure is fatal for the shards it
+ * touched, as in wal_sync(). Returns 0 or the first error.
+ */
+int wal_sync_group(struct wal_shard *const *shards, size_t n) WAL_WUR;
+/* Whether wal_sync_group() may let this shard share a device flush (decided at wal_open). */
+bool wal_shard_group_flush(const struct wal_shard *s);
 
 /* --- readers (any process) --- */
 

@@ -2,9 +2,11 @@
  * tests/torture/iofault.c — LD_PRELOAD shim (libtorture_iofault.so) that injects I/O faults
  * into a real tallyd, on files under one directory only (docs/reliability.md).
  *
- * It wraps open/openat/creat, pwrite/pwrite64/write/pwritev, fdatasync/fsync, ftruncate and
- * close. A call on a file whose path (as opened) starts with TORTURE_FAULT_DIR is an *op*;
- * ops are numbered from 1 in the order they start (one global counter, all threads).
+ * It wraps open/openat/creat, pwrite/pwrite64/write/pwritev, fdatasync/fsync,
+ * sync_file_range, ftruncate and close. A call on a file whose path (as opened) starts with
+ * TORTURE_FAULT_DIR is an *op*; ops are numbered from 1 in the order they start (one global
+ * counter, all threads). A sync_file_range that waits (WRITE | WAIT_AFTER) is of the fdatasync
+ * kind for TORTURE_FAULT_OP.
  *
  * Environment:
  *   TORTURE_FAULT_DIR    path prefix of the files to act on (e.g. DATA/wal). Unset = inert.
@@ -28,6 +30,14 @@
  * or dropped independently (drop, tear, reorder); space the file grew by is either cut off
  * (size not persisted) or kept with the dropped pieces filled with garbage; a file created
  * since its directory's last fsync may vanish. Then the process SIGKILLs itself.
+ *
+ * The device cache (the WAL's group flush, docs/reliability.md): a write that a waiting
+ * sync_file_range covered is *written back*: on the device, but in its volatile cache, so
+ * still lost at a power cut like any unsynced write. A later successful fdatasync/fsync of
+ * ANY regular file under the directory flushes the device and makes it durable, but only if
+ * it needed no metadata: it overwrote bytes inside the file's size, and no earlier unsynced
+ * write of the same file grew or cut the file or touched the same bytes (that size or those
+ * bytes are not durable yet, so neither is it).
  * Threads: one mutex guards the state; a thread finishing an fdatasync takes it before it
  * returns, so no thread can acknowledge anything once a crash has started.
  */
@@ -66,6 +76,8 @@ struct rec { /* one unsynced write (or truncate) */
 	uint8_t *old_bytes; /* size n: bytes before the write (those below size_before) */
 	uint8_t *new_bytes;
 	bool forced_drop; /* EVIL: synced, but the lying disk loses it */
+	uint64_t wb_at;   /* 0, or the write-back (sync_file_range) that covered it */
+	bool flushed;     /* scratch of flush_device() */
 };
 
 struct created {
@@ -78,7 +90,7 @@ static char *fd_path[FD_MAX];
 static struct rec *recs, **recs_tail = &recs;
 static struct rec *evil_recs; /* EVIL: the writes of each file's last sync */
 static struct created *creates;
-static uint64_t rec_seq;
+static uint64_t rec_seq, wb_clock;
 static atomic_ulong op_count, op_kind_count;
 static int inited, active, mode, op_kind, fault_errno = EIO, drop_on_sync_fail, evil;
 static unsigned long fault_at, fault_count = 1;
@@ -96,6 +108,7 @@ static ssize_t (*r_pwritev)(int, const struct iovec *, int, off_t);
 static int (*r_fdatasync)(int);
 static int (*r_fsync)(int);
 static int (*r_ftruncate)(int, off_t);
+static int (*r_sync_file_range)(int, off_t, off_t, unsigned int);
 static int (*r_close)(int);
 
 static void init(void)
@@ -113,6 +126,7 @@ static void init(void)
 		r_fdatasync = dlsym(RTLD_NEXT, "fdatasync");
 		r_fsync = dlsym(RTLD_NEXT, "fsync");
 		r_ftruncate = dlsym(RTLD_NEXT, "ftruncate");
+		r_sync_file_range = dlsym(RTLD_NEXT, "sync_file_range");
 		r_close = dlsym(RTLD_NEXT, "close");
 		const char *d = getenv("TORTURE_FAULT_DIR");
 		if (d && *d) {
@@ -242,6 +256,80 @@ static void recs_drop_synced(const char *path, uint64_t seq_before)
 		pp = &r->next;
 		recs_tail = pp;
 	}
+}
+
+/* EVIL: the lying disk forgets the writes it had kept for `path` before this sync. */
+static void evil_forget(const char *path)
+{
+	for (struct rec **pp = &evil_recs; *pp;) {
+		struct rec *r = *pp;
+		if (!strcmp(r->path, path)) {
+			*pp = r->next;
+			free(r->path), free(r->old_bytes), free(r->new_bytes), free(r);
+		} else {
+			pp = &r->next;
+		}
+	}
+}
+
+static bool overlaps(const struct rec *a, const struct rec *b)
+{
+	return a->off < b->off + (off_t)b->n && b->off < a->off + (off_t)a->n;
+}
+
+/*
+ * A device cache flush (a successful fdatasync/fsync of a regular file, started when wb_clock
+ * was wb_before): every written-back write that needed no metadata is now durable (see the
+ * file comment). With mu held.
+ */
+static void flush_device(uint64_t wb_before)
+{
+	for (struct rec *r = recs; r; r = r->next) {
+		r->flushed = false;
+		if (!r->wb_at || r->wb_at > wb_before || r->trunc_to >= 0 ||
+		    r->off + (off_t)r->n > r->size_before)
+			continue;
+		bool blocked = false;
+		for (struct rec *q = recs; q != r && !blocked; q = q->next)
+			if (!strcmp(q->path, r->path) && !q->flushed &&
+			    (q->trunc_to >= 0 || q->off + (off_t)q->n > q->size_before ||
+			     overlaps(q, r)))
+				blocked = true;
+		r->flushed = !blocked;
+	}
+	for (struct rec **pp = &recs; *pp;) {
+		struct rec *r = *pp;
+		if (!r->flushed) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		r->next = NULL;
+		logf_("device flush: %s bytes %lld..%lld durable (written back)\n", r->path,
+		      (long long)r->off, (long long)(r->off + (off_t)r->n));
+		if (evil) { /* kept as this file's latest synced writes: lost at the cut */
+			bool fresh = true;
+			for (struct rec *e = evil_recs; e; e = e->next)
+				if (!strcmp(e->path, r->path) && e->wb_at == UINT64_MAX)
+					fresh = false;
+			if (fresh)
+				evil_forget(r->path);
+			r->forced_drop = true;
+			r->wb_at = UINT64_MAX; /* marks "taken by this flush" until the next */
+			struct rec **tail = &evil_recs;
+			while (*tail)
+				tail = &(*tail)->next;
+			*tail = r;
+		} else {
+			free(r->path), free(r->old_bytes), free(r->new_bytes), free(r);
+		}
+	}
+	for (struct rec *e = evil_recs; e; e = e->next)
+		if (e->wb_at == UINT64_MAX)
+			e->wb_at = 0;
+	recs_tail = &recs;
+	while (*recs_tail)
+		recs_tail = &(*recs_tail)->next;
 }
 
 /* Reverts every unsynced write of `path`, newest first; returns the size before them all. */
@@ -496,7 +584,7 @@ static int do_sync(int fd, bool data_only)
 		return -1;
 	}
 	pthread_mutex_lock(&mu);
-	uint64_t before = rec_seq + 1;
+	uint64_t before = rec_seq + 1, wb_before = wb_clock;
 	pthread_mutex_unlock(&mu);
 	int rc = data_only ? r_fdatasync(fd) : r_fsync(fd);
 	int e = errno;
@@ -504,15 +592,7 @@ static int do_sync(int fd, bool data_only)
 	pthread_mutex_lock(&mu);
 	if (rc == 0 && evil) {
 		/* The lying disk: forget the previous sync's writes of this file, keep this one's. */
-		for (struct rec **pp = &evil_recs; *pp;) {
-			struct rec *r = *pp;
-			if (!strcmp(r->path, path)) {
-				*pp = r->next;
-				free(r->path), free(r->old_bytes), free(r->new_bytes), free(r);
-			} else {
-				pp = &r->next;
-			}
-		}
+		evil_forget(path);
 		struct rec **tail = &evil_recs;
 		while (*tail)
 			tail = &(*tail)->next;
@@ -536,6 +616,8 @@ static int do_sync(int fd, bool data_only)
 		if (!evil)
 			recs_drop_synced(path, before);
 		struct stat st;
+		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+			flush_device(wb_before);
 		if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
 			size_t pl = strlen(path);
 			for (struct created **cp = &creates; *cp;) {
@@ -563,6 +645,54 @@ int fdatasync(int fd)
 int fsync(int fd)
 {
 	return do_sync(fd, false);
+}
+
+int sync_file_range(int fd, off_t off, off_t n, unsigned int flags)
+{
+	init();
+	if (!tracked(fd))
+		return r_sync_file_range(fd, off, n, flags);
+	const char *path = fd_path[fd];
+	bool waits = (flags & SYNC_FILE_RANGE_WRITE) && (flags & SYNC_FILE_RANGE_WAIT_AFTER);
+	bool hit = op_hits(waits ? OP_FDATASYNC : OP_ANY, waits ? "sync_file_range" :
+				   "sync_file_range-start", path);
+	if (hit && mode == M_CRASH) {
+		pthread_mutex_lock(&mu);
+		power_loss();
+	}
+	if (hit && mode == M_ERRNO && waits) {
+		if (drop_on_sync_fail) { /* a failed write-back loses the pages, as fsyncgate */
+			pthread_mutex_lock(&mu);
+			int wfd = r_open(path, O_RDWR | O_CLOEXEC);
+			if (wfd >= 0) {
+				off_t o = revert_path(wfd, path);
+				logf_("write-back failure drops the unsynced writes of %s (back to "
+				      "%lld bytes)\n", path, (long long)o);
+				r_close(wfd);
+			}
+			recs_drop_synced(path, UINT64_MAX);
+			pthread_mutex_unlock(&mu);
+		}
+		errno = EIO;
+		return -1;
+	}
+	pthread_mutex_lock(&mu);
+	uint64_t before = rec_seq + 1; /* writes started later may miss this write-back */
+	pthread_mutex_unlock(&mu);
+	int rc = r_sync_file_range(fd, off, n, flags);
+	int e = errno;
+	if (rc == 0 && waits) {
+		pthread_mutex_lock(&mu);
+		uint64_t t = ++wb_clock;
+		off_t end = n ? off + n : (off_t)INT64_MAX;
+		for (struct rec *r = recs; r; r = r->next)
+			if (!strcmp(r->path, path) && r->seq < before && r->trunc_to < 0 &&
+			    !r->wb_at && r->off >= off && r->off + (off_t)r->n <= end)
+				r->wb_at = t;
+		pthread_mutex_unlock(&mu);
+	}
+	errno = e;
+	return rc;
 }
 
 int ftruncate(int fd, off_t len)

@@ -1,0 +1,304 @@
+/*
+ * test_wal_group.c — wal_sync_group(), the group commit with one device flush, through a
+ * counting I/O seam (libc underneath):
+ *   - the first group sync of a process is a full fdatasync per shard (no durable prefill is
+ *     known yet); after it, blocks inside the prefill are written back with sync_range (a
+ *     start, then a wait, per shard) and ONE fdatasync flushes the device for all of them;
+ *   - a block past the durable prefill gets its own fdatasync; a segment roll starts over;
+ *   - opt.no_group_flush, or a seam without sync_range: one fdatasync per shard, never a
+ *     sync_range;
+ *   - a failed write-back fails that shard only (the flush still serves the others); a failed
+ *     flush fails every shard that relied on it; nothing is published for a failed shard;
+ *   - every record is readable back after each case.
+ * The power-loss side (a written-back block is lost without the flush) is the torture suite's
+ * (tests/torture/run.sh lostwrites with 2 shards).
+ */
+#include "wal_testutil.h"
+
+struct cio {
+	struct wal_io io;
+	const struct wal_io *inner;
+	int fdatasyncs, starts, waits;
+	int fail_wait_nth; /* fail the n-th waiting sync_range (counted by waits) with EIO */
+	int fail_sync_eio; /* fail every fdatasync with EIO */
+};
+
+static struct cio cio;
+
+static int c_open(void *ctx, const char *path, int flags, mode_t mode)
+{
+	return cio.inner->open(cio.inner->ctx, path, flags, mode);
+}
+static ssize_t c_pwrite(void *ctx, int fd, const void *b, size_t n, off_t off)
+{
+	return cio.inner->pwrite(cio.inner->ctx, fd, b, n, off);
+}
+static ssize_t c_pread(void *ctx, int fd, void *b, size_t n, off_t off)
+{
+	return cio.inner->pread(cio.inner->ctx, fd, b, n, off);
+}
+static int c_fdatasync(void *ctx, int fd)
+{
+	cio.fdatasyncs++;
+	if (cio.fail_sync_eio)
+		return -EIO;
+	return cio.inner->fdatasync(cio.inner->ctx, fd);
+}
+static int c_fsync(void *ctx, int fd)
+{
+	return cio.inner->fsync(cio.inner->ctx, fd);
+}
+static int c_ftruncate(void *ctx, int fd, off_t len)
+{
+	return cio.inner->ftruncate(cio.inner->ctx, fd, len);
+}
+static int c_close(void *ctx, int fd)
+{
+	return cio.inner->close(cio.inner->ctx, fd);
+}
+static int c_sync_range(void *ctx, int fd, off_t off, off_t n, bool wait)
+{
+	CHECK(off >= 0 && n > 0);
+	if (!wait) {
+		cio.starts++;
+		return cio.inner->sync_range(cio.inner->ctx, fd, off, n, false);
+	}
+	cio.waits++;
+	if (cio.waits == cio.fail_wait_nth)
+		return -EIO;
+	return cio.inner->sync_range(cio.inner->ctx, fd, off, n, true);
+}
+
+static void cio_init(bool with_range)
+{
+	memset(&cio, 0, sizeof cio);
+	cio.inner = wal_io_libc();
+	cio.io = (struct wal_io){.open = c_open,
+				 .pwrite = c_pwrite,
+				 .pread = c_pread,
+				 .fdatasync = c_fdatasync,
+				 .fsync = c_fsync,
+				 .ftruncate = c_ftruncate,
+				 .close = c_close,
+				 .sync_range = with_range ? c_sync_range : NULL,
+				 .ctx = &cio};
+}
+
+static void cio_zero(void)
+{
+	cio.fdatasyncs = cio.starts = cio.waits = 0;
+}
+
+static void append_n(struct wal_shard *s, uint64_t n)
+{
+	uint8_t body[WT_BODY_MAX];
+	for (uint64_t k = 0; k < n; k++) {
+		uint64_t i = wal_next_offset(s);
+		uint64_t seed = 100 + wal_shard_index(s);
+		struct tally_view v = {body, (uint32_t)wt_event(seed, i, body)};
+		CHECK_EQ(wal_append(s, wt_tenant(seed, i), &v, WT_BASE_TIME_US + (int64_t)i, NULL),
+			 0);
+	}
+	CHECK_EQ(wal_flush(s), 0);
+}
+
+static void check_shard(const char *dir, uint16_t shard, uint64_t n)
+{
+	struct wal_reader *r;
+	CHECK_EQ(wal_reader_open(dir, shard, &r), 0);
+	struct wal_record rec;
+	uint8_t body[WT_BODY_MAX];
+	for (uint64_t i = 0; i < n; i++) {
+		CHECK_EQ(wal_reader_next(r, &rec), 1);
+		CHECK_EQ(rec.offset, i);
+		size_t len = wt_event(100 + shard, i, body);
+		CHECK(rec.ev.body.len == len && memcmp(rec.ev.body.ptr, body, len) == 0);
+	}
+	wal_reader_close(r);
+}
+
+static struct wal *open_wal(const char *dir, uint16_t shards, bool no_group, uint64_t seg)
+{
+	struct wal_options o = {.shard_count = shards, .io = &cio.io, .no_group_flush = no_group,
+				.segment_bytes_max = seg, .prefill_bytes = 64 << 10};
+	struct wal *w;
+	CHECK_EQ(wal_open(dir, &o, &w), 0);
+	return w;
+}
+
+static void all_durable(struct wal_shard *const *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		CHECK_EQ(wal_durable_next(s[i]), wal_next_offset(s[i]));
+}
+
+/* The cheap path, the prefill boundary, a roll. */
+static void test_group_flush(void)
+{
+	char dir[512];
+	wt_tmpdir(dir, sizeof dir, "walgroup");
+	cio_init(true);
+	struct wal *w = open_wal(dir, 3, false, 256 << 10);
+	struct wal_shard *s[3] = {wal_shard(w, 0), wal_shard(w, 1), wal_shard(w, 2)};
+	if (!wal_shard_group_flush(s[0])) {
+		/* Not ext4/XFS/tmpfs here: the group flush is off by design; check the fallback. */
+		printf("test_wal_group: file system not known to flush on fdatasync: fallback only\n");
+		for (int i = 0; i < 3; i++)
+			append_n(s[i], 10);
+		cio_zero();
+		CHECK_EQ(wal_sync_group(s, 3), 0);
+		CHECK_EQ(cio.fdatasyncs, 3);
+		CHECK_EQ(cio.waits, 0);
+		all_durable(s, 3);
+		CHECK_EQ(wal_close(w), 0);
+		wt_rmrf(dir);
+		return;
+	}
+	/* 1. First sync: nothing durable is known about the files yet: one fdatasync each. */
+	for (int i = 0; i < 3; i++)
+		append_n(s[i], 20);
+	cio_zero();
+	CHECK_EQ(wal_sync_group(s, 3), 0);
+	CHECK_EQ(cio.fdatasyncs, 3);
+	CHECK_EQ(cio.waits, 0);
+	all_durable(s, 3);
+
+	/* 2. Inside the durable prefill (64 KiB): a write-back each, ONE flush for the three. */
+	for (int i = 0; i < 3; i++)
+		append_n(s[i], 20);
+	cio_zero();
+	CHECK_EQ(wal_sync_group(s, 3), 0);
+	CHECK_EQ(cio.starts, 3);
+	CHECK_EQ(cio.waits, 3);
+	CHECK_EQ(cio.fdatasyncs, 1);
+	all_durable(s, 3);
+
+	/* 3. Only shards with new blocks take part; nothing new: no I/O at all. */
+	append_n(s[1], 5);
+	cio_zero();
+	CHECK_EQ(wal_sync_group(s, 3), 0);
+	CHECK_EQ(cio.waits, 1);
+	CHECK_EQ(cio.fdatasyncs, 1);
+	cio_zero();
+	CHECK_EQ(wal_sync_group(s, 3), 0);
+	CHECK_EQ(cio.waits + cio.starts + cio.fdatasyncs, 0);
+	all_durable(s, 3);
+
+	/* 4. Shard 0 writes past its durable prefill: its own fdatasync (which also flushes the
+	      device for shard 2's write-back: no extra flush). */
+	uint64_t n0 = wal_next_offset(s[0]);
+	while (wal_next_offset(s[0]) < n0 + 2000)
+		append_n(s[0], 100);
+	append_n(s[2], 5);
+	cio_zero();
+	CHECK_EQ(wal_sync_group(s, 3), 0);
+	CHECK_EQ(cio.waits, 1);      /* shard 2 */
+	CHECK_EQ(cio.fdatasyncs, 1); /* shard 0's, serving as the flush */
+	all_durable(s, 3);
+	/* ... and the new prefill it made durable is cheap again. */
+	append_n(s[0], 5);
+	cio_zero();
+	CHECK_EQ(wal_sync_group(s, 3), 0);
+	CHECK_EQ(cio.waits, 1);
+	CHECK_EQ(cio.fdatasyncs, 1);
+
+	/* 5. A roll (256 KiB segments): the new file has nothing durable: full sync again. */
+	uint64_t segs0 = 0, segs1 = 0;
+	CHECK_EQ(wal_segments_list(dir, 1, NULL, 0, &segs0), 0);
+	while (segs1 <= segs0) {
+		append_n(s[1], 200);
+		CHECK_EQ(wal_segments_list(dir, 1, NULL, 0, &segs1), 0);
+	}
+	append_n(s[1], 5);
+	cio_zero();
+	CHECK_EQ(wal_sync_group(s, 3), 0);
+	CHECK_EQ(cio.waits, 0);
+	CHECK_EQ(cio.fdatasyncs, 1);
+	all_durable(s, 3);
+
+	uint64_t n[3] = {wal_next_offset(s[0]), wal_next_offset(s[1]), wal_next_offset(s[2])};
+	CHECK_EQ(wal_close(w), 0);
+	for (uint16_t i = 0; i < 3; i++)
+		check_shard(dir, i, n[i]);
+	wt_rmrf(dir);
+}
+
+/* no_group_flush, and a seam without sync_range: per-shard fdatasync only. */
+static void test_no_group(bool with_range, bool no_group)
+{
+	char dir[512];
+	wt_tmpdir(dir, sizeof dir, "walgroup");
+	cio_init(with_range);
+	struct wal *w = open_wal(dir, 2, no_group, 0);
+	struct wal_shard *s[2] = {wal_shard(w, 0), wal_shard(w, 1)};
+	CHECK(!wal_shard_group_flush(s[0]) && !wal_shard_group_flush(s[1]));
+	for (int round = 0; round < 3; round++) {
+		append_n(s[0], 10);
+		append_n(s[1], 10);
+		cio_zero();
+		CHECK_EQ(wal_sync_group(s, 2), 0);
+		CHECK_EQ(cio.fdatasyncs, 2);
+		CHECK_EQ(cio.waits + cio.starts, 0);
+		all_durable(s, 2);
+	}
+	CHECK_EQ(wal_close(w), 0);
+	check_shard(dir, 0, 30);
+	check_shard(dir, 1, 30);
+	wt_rmrf(dir);
+}
+
+/* Failures: a write-back error fails its shard only; a flush error fails all that used it. */
+static void test_failures(void)
+{
+	char dir[512];
+	wt_tmpdir(dir, sizeof dir, "walgroup");
+	cio_init(true);
+	struct wal *w = open_wal(dir, 3, false, 0);
+	struct wal_shard *s[3] = {wal_shard(w, 0), wal_shard(w, 1), wal_shard(w, 2)};
+	if (!wal_shard_group_flush(s[0])) {
+		CHECK_EQ(wal_close(w), 0);
+		wt_rmrf(dir);
+		return;
+	}
+	for (int i = 0; i < 3; i++)
+		append_n(s[i], 10);
+	CHECK_EQ(wal_sync_group(s, 3), 0); /* full: the prefill is durable from here */
+	for (int i = 0; i < 3; i++)
+		append_n(s[i], 10);
+	uint64_t d1 = wal_durable_next(s[1]);
+	/* The waits run in array order: the second is shard 1's. */
+	cio.fail_wait_nth = 2;
+	cio_zero();
+	CHECK_EQ(wal_sync_group(s, 3), -EIO);
+	CHECK_EQ(cio.fdatasyncs, 1); /* the others still flushed */
+	CHECK_EQ(wal_shard_failed(s[1]), -EIO);
+	CHECK_EQ(wal_durable_next(s[1]), d1); /* nothing published for it */
+	CHECK_EQ(wal_shard_failed(s[0]), 0);
+	CHECK_EQ(wal_shard_failed(s[2]), 0);
+	CHECK_EQ(wal_durable_next(s[0]), wal_next_offset(s[0]));
+	CHECK_EQ(wal_durable_next(s[2]), wal_next_offset(s[2]));
+
+	/* The flush itself fails: both shards that relied on it fail, nothing is published. */
+	cio.fail_wait_nth = 0;
+	append_n(s[0], 10);
+	append_n(s[2], 10);
+	uint64_t d0 = wal_durable_next(s[0]), d2 = wal_durable_next(s[2]);
+	cio.fail_sync_eio = 1;
+	CHECK_EQ(wal_sync_group(s, 3), -EIO);
+	CHECK_EQ(wal_shard_failed(s[0]), -EIO);
+	CHECK_EQ(wal_shard_failed(s[2]), -EIO);
+	CHECK_EQ(wal_durable_next(s[0]), d0);
+	CHECK_EQ(wal_durable_next(s[2]), d2);
+	(void)wal_close(w);
+	wt_rmrf(dir);
+}
+
+int main(void)
+{
+	test_group_flush();
+	test_no_group(true, true);
+	test_no_group(false, false);
+	test_failures();
+	printf("test_wal_group: OK\n");
+	return 0;
+}
