@@ -143,7 +143,11 @@ struct worker {
 	struct conn *stalled;
 
 	struct shard *shards[BROKER_SHARDS_MAX]; /* indexed by global shard id; NULL if not ours */
-	struct shard_group *group;               /* our shards' sync group */
+	/* Our shards' sync groups: one for all of them when they can share a device flush
+	   (wal_shard_group_flush), else one per shard (each with its own syncer, so slow
+	   fdatasyncs of different shards overlap). */
+	struct shard_group *groups[BROKER_SHARDS_MAX];
+	uint16_t ngroups;
 
 	struct chunk *out[BROKER_THREADS_MAX];       /* chunk being filled for each worker */
 	struct chunk *free_chunks[BROKER_THREADS_MAX];
@@ -1268,7 +1272,12 @@ static void worker_timers(struct worker *w)
 static int worker_poll_shards(struct worker *w)
 {
 	w->sync_at_us = INT64_MAX;
-	return shard_group_poll(w->group, w->now_us, &w->sync_at_us);
+	for (uint16_t i = 0; i < w->ngroups; i++) {
+		int rc = shard_group_poll(w->groups[i], w->now_us, &w->sync_at_us);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
 }
 
 static bool worker_quiet(struct worker *w)
@@ -1696,7 +1705,8 @@ static void *shard_opener_main(void *arg)
 {
 	struct shard_opener *o = arg;
 	struct worker *w = &o->b->workers[o->id % o->b->nworkers];
-	o->rc = shard_open(o->b->cfg, o->b->wal, o->id, w->group, worker_resolve, w,
+	struct shard_group *g = w->ngroups == 1 ? w->groups[0] : w->groups[o->id / o->b->nworkers];
+	o->rc = shard_open(o->b->cfg, o->b->wal, o->id, g, worker_resolve, w,
 			   &o->b->shards[o->id]);
 	return NULL;
 }
@@ -1763,10 +1773,19 @@ int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker
 		w->listen_fd = -1;
 		w->epfd = -1;
 	}
-	for (uint16_t i = 0; i < b->nworkers; i++) {
-		rc = shard_group_open(cfg, i, worker_wake_cb, &b->workers[i], &b->workers[i].group);
+	bool shared = true;
+	for (uint16_t s = 0; s < b->nshards; s++)
+		shared &= wal_shard_group_flush(wal_shard(wal, s));
+	for (uint16_t s = 0; s < b->nshards; s++) {
+		/* Shard s is worker s % n's (s / n)-th: one group per worker, or one per shard. */
+		struct worker *w = &b->workers[s % b->nworkers];
+		if (shared && w->ngroups == 1)
+			continue;
+		rc = shard_group_open(cfg, shared ? w->id : s, worker_wake_cb, w,
+				      &w->groups[w->ngroups]);
 		if (rc < 0)
 			goto out_free;
+		w->ngroups++;
 	}
 	/* Shards first: dedup state is rebuilt before anything is accepted, all shards at once
 	   (loading cold runs and re-reading the unsealed segments is most of a restart). */
@@ -1849,7 +1868,8 @@ out_free:
 			shard_close(b->shards[s]);
 	if (b->workers)
 		for (uint16_t i = 0; i < b->nworkers; i++) {
-			(void)shard_group_close(b->workers[i].group);
+			for (uint16_t k = 0; k < b->workers[i].ngroups; k++)
+				(void)shard_group_close(b->workers[i].groups[k]);
 			worker_free(&b->workers[i]);
 		}
 	free(b->workers);
@@ -1913,9 +1933,11 @@ int broker_wait(struct broker *b)
 	}
 	for (uint16_t i = 0; i < b->nworkers; i++) {
 		struct worker *w = &b->workers[i];
-		int r = shard_group_close(w->group);
-		if (r < 0 && rc == 0 && !fatal)
-			rc = r;
+		for (uint16_t k = 0; k < w->ngroups; k++) {
+			int r = shard_group_close(w->groups[k]);
+			if (r < 0 && rc == 0 && !fatal)
+				rc = r;
+		}
 		/* Connections kept alive by slots that never completed (fatal stop). */
 		while (w->conns) {
 			struct conn *c = w->conns;

@@ -33,8 +33,10 @@ struct shard;
 struct shard_group;
 
 /*
- * A sync group: the shards of one owner thread and their one syncer thread, which makes them
+ * A sync group: shards of one owner thread and their one syncer thread, which makes them
  * durable together (wal_sync_group: one device flush for all of them where that is sound).
+ * The broker makes one group per owner when its shards can share a flush, else one per shard
+ * (a group's syncer syncs its shards one after the other).
  * Starts the syncer. `wake` is called from the syncer thread after each sync, and from the
  * members' sealer threads (it must wake the owner). Close it after all its shards.
  */

@@ -73,7 +73,7 @@ static void usage(FILE *f)
 		"  --group-flush on|off   one device cache flush per group commit for all of a\n"
 		"                         thread's shards (their blocks written back first), where\n"
 		"                         the file system is known to honour it: ext4, XFS (default\n"
-		"                         on; off = one fdatasync per shard)\n"
+		"                         on; off = a syncer thread and an fdatasync per shard)\n"
 		"  --sync-delay-us N      inject N us of latency per fdatasync (benchmarks)\n"
 		"  --repair               on a corrupt WAL tail, move the bad bytes to a .quarantine file\n"
 		"                         and start (default: refuse to start and say where)\n"

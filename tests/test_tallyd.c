@@ -1,6 +1,7 @@
 /*
  * test_tallyd — integration tests: the client library against a real tallyd on an ephemeral
- * port, run once per I/O backend (argv[1] = uring | epoll).
+ * port, run once per I/O backend (argv[1] = uring | epoll), with argv[2] = on | off for
+ * --group-flush (ctest: uring with it on, epoll with it off, so both sync-group layouts run).
  *
  * Covers: receipts (accepted / duplicate / conflict / rejected), duplicates within a batch,
  * across batches, across connections and across kill -9 + restart; pipelined batches matched
@@ -30,6 +31,7 @@
 
 static int failures;
 static const char *io_mode = "epoll";
+static const char *group_flush = "on"; /* --group-flush: one sync group per worker or per shard */
 static char bin_dir[1024];
 
 #define CHECK(cond)                                                                              \
@@ -80,6 +82,8 @@ static void server_start(struct server *s, const char *extra1, const char *extra
 					"--port-file", portfile, "--io", io_mode, "--threads", "2",
 					"--idle-timeout", "60", "--expected-keys", "65536"};
 		int n = 15;
+		argv[n++] = "--group-flush";
+		argv[n++] = group_flush;
 		if (extra1)
 			argv[n++] = extra1;
 		if (extra2)
@@ -871,6 +875,8 @@ int main(int argc, char **argv)
 {
 	if (argc > 1)
 		io_mode = argv[1];
+	if (argc > 2)
+		group_flush = argv[2];
 	const char *b = getenv("TALLY_BIN");
 	snprintf(bin_dir, sizeof bin_dir, "%s", b ? b : "./bin");
 	char base[] = "/tmp/test_tallyd.XXXXXX";
