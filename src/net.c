@@ -65,6 +65,7 @@
 #define TAG_CHUNK  0u /* from -> to: events to run */
 #define TAG_RETURN 1u /* to -> from: chunk run, reusable */
 #define TAG_SLOT   2u /* shard owner -> connection's thread: slot resolved */
+#define TAG_FD     3u /* accepting thread -> a less loaded one: a new connection (fd << 2) */
 #define TAG_MASK   3u
 
 enum conn_state {
@@ -140,6 +141,8 @@ struct worker {
 
 	struct conn *conns;
 	uint32_t nconns;
+	_Atomic uint32_t load; /* open connections, plus those handed to us and not yet taken */
+	uint64_t conns_taken, conns_handed; /* for the log line at stop */
 	struct conn *stalled;
 
 	struct shard *shards[BROKER_SHARDS_MAX]; /* indexed by global shard id; NULL if not ours */
@@ -193,6 +196,7 @@ struct broker {
 
 static void conn_maybe_free(struct worker *w, struct conn *c);
 static void conn_close(struct worker *w, struct conn *c);
+static void conn_take(struct worker *w, int fd);
 static void conn_try_send(struct worker *w, struct conn *c);
 static void conn_parse(struct worker *w, struct conn *c);
 static void conn_update_read(struct worker *w, struct conn *c);
@@ -478,6 +482,13 @@ static void worker_handle_msg(struct worker *w, void *msg)
 		struct chunk *ch = p;
 		ch->next_free = w->free_chunks[ch->to];
 		w->free_chunks[ch->to] = ch;
+	} else if (tag == TAG_FD) {
+		int fd = (int)((uintptr_t)p >> 2);
+		atomic_fetch_sub(&w->load, 1); /* the reservation; conn_take counts it again */
+		if (atomic_load(&w->b->stopping))
+			close(fd);
+		else
+			conn_take(w, fd);
 	} else {
 		slot_complete_local(w, p);
 	}
@@ -1114,7 +1125,36 @@ static void uring_on_recv(struct worker *w, struct conn *c, int res, unsigned fl
 
 /* ------------------------------------------------------------------ connections */
 
+/*
+ * SO_REUSEPORT spreads connections by a hash of their addresses: 16 connections from one
+ * client often land 11/5 or 12/4 on two workers, and the busier worker then parses three
+ * times the events of the other. So a worker that accepts a connection while another worker
+ * has fewer hands it over through the ring (TAG_FD), to the least loaded one. Counts are loads of
+ * `load` by other threads: a race only makes the balance approximate.
+ */
 static void conn_accept_fd(struct worker *w, int fd)
+{
+	struct broker *b = w->b;
+	uint16_t best = w->id;
+	uint32_t min = atomic_load_explicit(&w->load, memory_order_relaxed);
+	for (uint16_t i = 0; i < b->nworkers; i++) {
+		uint32_t l = atomic_load_explicit(&b->workers[i].load, memory_order_relaxed);
+		if (l < min) {
+			min = l;
+			best = i;
+		}
+	}
+	if (best != w->id && !atomic_load(&b->stopping)) {
+		atomic_fetch_add(&b->workers[best].load, 1);
+		w->conns_handed++;
+		worker_send_msg(w, best, (void *)((uintptr_t)fd << 2), TAG_FD);
+		return;
+	}
+	conn_take(w, fd);
+}
+
+/* Makes fd one of this worker's connections (or refuses it: --max-conns). */
+static void conn_take(struct worker *w, int fd)
 {
 	struct broker *b = w->b;
 	if (atomic_fetch_add(&b->nconns, 1) >= b->cfg->max_conns) {
@@ -1155,6 +1195,8 @@ static void conn_accept_fd(struct worker *w, int fd)
 		w->conns->prev = c;
 	w->conns = c;
 	w->nconns++;
+	w->conns_taken++;
+	atomic_fetch_add_explicit(&w->load, 1, memory_order_relaxed);
 	if (w->uring) {
 		uring_arm_recv(w, c);
 	} else {
@@ -1191,6 +1233,7 @@ static void conn_close(struct worker *w, struct conn *c)
 		c->fd = -1;
 	}
 	atomic_fetch_sub(&w->b->nconns, 1);
+	atomic_fetch_sub_explicit(&w->load, 1, memory_order_relaxed);
 	conn_maybe_free(w, c);
 }
 
@@ -1547,6 +1590,8 @@ static void *worker_main(void *arg)
 		if (!c->closed)
 			conn_close(w, c);
 	}
+	broker_log(LOG_INFO, "worker %u: took %llu connection(s), handed %llu to other workers",
+		   w->id, (unsigned long long)w->conns_taken, (unsigned long long)w->conns_handed);
 	return NULL;
 }
 
@@ -1917,6 +1962,8 @@ int broker_wait(struct broker *b)
 					b->workers[i].free_chunks[ch->to] = ch;
 				} else if (tag == TAG_CHUNK) {
 					chunk_free(ch); /* only after a fatal stop */
+				} else if (tag == TAG_FD) {
+					close((int)((uintptr_t)ch >> 2)); /* handed over, never taken */
 				}
 			}
 	}
