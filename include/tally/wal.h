@@ -14,7 +14,8 @@
  * durable watermark. Nothing in this module starts a thread: the caller drives flush and sync.
  *
  * Threads, per shard: exactly ONE appender thread calls wal_append*, wal_flush, wal_block_due,
- * wal_next_offset, wal_shard_last_discard; ONE syncer thread (may be the same) calls wal_sync;
+ * wal_next_offset, wal_shard_last_discard; syncer threads (may be the same) call wal_sync or
+ * wal_sync_group, which run entirely under the shard's sync lock, so two of them never overlap;
  * any thread may call wal_written_next / wal_durable_next / wal_shard_failed (atomic loads).
  * Memory ordering: the appender stores written_next with release after pwrite() returned; the
  * syncer loads it with acquire, fdatasync()s, then stores durable_next with release (and into
@@ -196,8 +197,9 @@ int wal_shard_failed(const struct wal_shard *s);      /* 0, or the fatal -errno 
 int wal_sync(struct wal_shard *s, uint64_t *durable_next_out) WAL_WUR;
 
 /*
- * Group commit for several shards served by ONE syncer thread (each shard of shards[0..n) must
- * have no other syncer; give them in increasing index order, each once): makes everything
+ * Group commit for several shards (give them in increasing index order, each once, and let no
+ * other call hold two of their sync locks in another order; tallyd: one syncer thread per
+ * group, plus a final wal_sync of a shard as it closes): makes everything
  * written in each of them durable, then publishes each durable watermark, like wal_sync() on
  * each, but with as few device cache flushes as is sound:
  *   - a shard whose new blocks lie inside space that an earlier fdatasync of the same segment
