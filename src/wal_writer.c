@@ -16,9 +16,11 @@
  *   - No allocation after wal_open: the open block buffer, the compression buffer and the LZ4
  *     state are allocated once per shard.
  *
- * Threads: see wal.h. `sync_lock` serialises wal_sync() with the appender's segment roll (the
- * only point where the appender changes `fd`), so the syncer always fdatasyncs the fd that
- * holds every block below the written_next it loaded.
+ * Threads: see wal.h. `sync_lock` serialises wal_sync() / wal_sync_group() with the appender's
+ * segment roll (the only point where the appender changes `fd`) and with its cut-back after a
+ * failed write (which lowers durable_size), so the syncer always syncs the fd that holds every
+ * block below the written_next it loaded, and never takes the write-back shortcut for bytes
+ * whose allocation is not durable.
  */
 #include <errno.h>
 #include <fcntl.h>

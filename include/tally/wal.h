@@ -21,7 +21,8 @@
  * syncer loads it with acquire, fdatasync()s, then stores durable_next with release (and into
  * the shared watermark page). A reader that loads durable_next with acquire sees every byte of
  * every block below it in the page cache. The syncer and the appender share one mutex that is
- * taken by wal_sync (around fdatasync) and by the appender only at a segment roll.
+ * taken by wal_sync / wal_sync_group (around their syncs) and by the appender only at a segment
+ * roll and when a failed block write cuts the file back.
  *
  * Failure semantics:
  *   - fdatasync/fsync failure is FATAL for the shard: it returns -EIO from every later
