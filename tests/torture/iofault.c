@@ -556,6 +556,21 @@ ssize_t pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
 	return k;
 }
 
+/* TORTURE_FAULT_DROP: a failed sync (or write-back) loses the file's unsynced writes. */
+static void drop_unsynced(const char *path, const char *what)
+{
+	pthread_mutex_lock(&mu);
+	int wfd = r_open(path, O_RDWR | O_CLOEXEC);
+	if (wfd >= 0) {
+		off_t o = revert_path(wfd, path);
+		logf_("%s failure drops the unsynced writes of %s (back to %lld bytes)\n", what, path,
+		      (long long)o);
+		r_close(wfd);
+	}
+	recs_drop_synced(path, UINT64_MAX);
+	pthread_mutex_unlock(&mu);
+}
+
 static int do_sync(int fd, bool data_only)
 {
 	init();
@@ -568,18 +583,8 @@ static int do_sync(int fd, bool data_only)
 		power_loss();
 	}
 	if (hit && mode == M_ERRNO) {
-		if (drop_on_sync_fail) {
-			pthread_mutex_lock(&mu);
-			int wfd = r_open(path, O_RDWR | O_CLOEXEC);
-			if (wfd >= 0) {
-				off_t o = revert_path(wfd, path);
-				logf_("fsync failure drops the unsynced writes of %s (back to %lld bytes)\n",
-				      path, (long long)o);
-				r_close(wfd);
-			}
-			recs_drop_synced(path, UINT64_MAX);
-			pthread_mutex_unlock(&mu);
-		}
+		if (drop_on_sync_fail)
+			drop_unsynced(path, "fsync");
 		errno = EIO;
 		return -1;
 	}
@@ -661,18 +666,8 @@ int sync_file_range(int fd, off_t off, off_t n, unsigned int flags)
 		power_loss();
 	}
 	if (hit && mode == M_ERRNO && waits) {
-		if (drop_on_sync_fail) { /* a failed write-back loses the pages, as fsyncgate */
-			pthread_mutex_lock(&mu);
-			int wfd = r_open(path, O_RDWR | O_CLOEXEC);
-			if (wfd >= 0) {
-				off_t o = revert_path(wfd, path);
-				logf_("write-back failure drops the unsynced writes of %s (back to "
-				      "%lld bytes)\n", path, (long long)o);
-				r_close(wfd);
-			}
-			recs_drop_synced(path, UINT64_MAX);
-			pthread_mutex_unlock(&mu);
-		}
+		if (drop_on_sync_fail) /* a failed write-back loses the pages, as fsyncgate */
+			drop_unsynced(path, "write-back");
 		errno = EIO;
 		return -1;
 	}
