@@ -606,7 +606,7 @@ int wal_sync_group(struct wal_shard *const *shards, size_t n)
 	uint8_t how[n ? n : 1];
 	uint64_t next[n ? n : 1], wb[n ? n : 1];
 	int first = 0;
-	size_t flush_by = n; /* the cheap shard whose fdatasync flushes the device */
+	size_t ref = n; /* the first cheap shard: every cheap shard shares its device */
 	for (size_t i = 0; i < n; i++) {
 		struct wal_shard *s = shards[i];
 		pthread_mutex_lock(&s->sync_lock);
@@ -622,10 +622,10 @@ int wal_sync_group(struct wal_shard *const *shards, size_t n)
 			continue;
 		how[i] = FULL;
 		if (s->group_flush && wb[i] <= s->durable_size &&
-		    (flush_by == n || s->dev == shards[flush_by]->dev)) {
+		    (ref == n || s->dev == shards[ref]->dev)) {
 			how[i] = CHEAP;
-			if (flush_by == n)
-				flush_by = i;
+			if (ref == n)
+				ref = i;
 		}
 	}
 	int rc;
@@ -666,11 +666,11 @@ int wal_sync_group(struct wal_shard *const *shards, size_t n)
 			continue;
 		}
 		publish_durable(shards[i], next[i]);
-		if (flush_by < n && shards[i]->group_flush && shards[i]->dev == shards[flush_by]->dev)
+		if (ref < n && shards[i]->group_flush && shards[i]->dev == shards[ref]->dev)
 			flushed = true;
 	}
 	/* Else the device flush, through any shard still cheap (they share the device). */
-	flush_by = n;
+	size_t flush_by = n;
 	for (size_t i = 0; i < n && flush_by == n; i++)
 		if (how[i] == CHEAP)
 			flush_by = i;

@@ -132,6 +132,18 @@ static void all_durable(struct wal_shard *const *s, size_t n)
 		CHECK_EQ(wal_durable_next(s[i]), wal_next_offset(s[i]));
 }
 
+/* One group sync that must succeed with exactly these counts of write-backs (each started,
+   then waited for) and fdatasyncs, and leave every shard durable. */
+static void sync_expect(struct wal_shard *const *s, size_t n, int waits, int fdatasyncs)
+{
+	cio_zero();
+	CHECK_EQ(wal_sync_group(s, n), 0);
+	CHECK_EQ(cio.waits, waits);
+	CHECK_EQ(cio.starts, waits);
+	CHECK_EQ(cio.fdatasyncs, fdatasyncs);
+	all_durable(s, n);
+}
+
 /* The cheap path, the prefill boundary, a roll. */
 static void test_group_flush(void)
 {
@@ -145,11 +157,7 @@ static void test_group_flush(void)
 		printf("test_wal_group: file system not known to flush on fdatasync: fallback only\n");
 		for (int i = 0; i < 3; i++)
 			append_n(s[i], 10);
-		cio_zero();
-		CHECK_EQ(wal_sync_group(s, 3), 0);
-		CHECK_EQ(cio.fdatasyncs, 3);
-		CHECK_EQ(cio.waits, 0);
-		all_durable(s, 3);
+		sync_expect(s, 3, 0, 3);
 		CHECK_EQ(wal_close(w), 0);
 		wt_rmrf(dir);
 		return;
@@ -157,32 +165,17 @@ static void test_group_flush(void)
 	/* 1. First sync: nothing durable is known about the files yet: one fdatasync each. */
 	for (int i = 0; i < 3; i++)
 		append_n(s[i], 20);
-	cio_zero();
-	CHECK_EQ(wal_sync_group(s, 3), 0);
-	CHECK_EQ(cio.fdatasyncs, 3);
-	CHECK_EQ(cio.waits, 0);
-	all_durable(s, 3);
+	sync_expect(s, 3, 0, 3);
 
 	/* 2. Inside the durable prefill (64 KiB): a write-back each, ONE flush for the three. */
 	for (int i = 0; i < 3; i++)
 		append_n(s[i], 20);
-	cio_zero();
-	CHECK_EQ(wal_sync_group(s, 3), 0);
-	CHECK_EQ(cio.starts, 3);
-	CHECK_EQ(cio.waits, 3);
-	CHECK_EQ(cio.fdatasyncs, 1);
-	all_durable(s, 3);
+	sync_expect(s, 3, 3, 1);
 
 	/* 3. Only shards with new blocks take part; nothing new: no I/O at all. */
 	append_n(s[1], 5);
-	cio_zero();
-	CHECK_EQ(wal_sync_group(s, 3), 0);
-	CHECK_EQ(cio.waits, 1);
-	CHECK_EQ(cio.fdatasyncs, 1);
-	cio_zero();
-	CHECK_EQ(wal_sync_group(s, 3), 0);
-	CHECK_EQ(cio.waits + cio.starts + cio.fdatasyncs, 0);
-	all_durable(s, 3);
+	sync_expect(s, 3, 1, 1);
+	sync_expect(s, 3, 0, 0);
 
 	/* 4. Shard 0 writes past its durable prefill: its own fdatasync (which also flushes the
 	      device for shard 2's write-back: no extra flush). */
@@ -190,17 +183,10 @@ static void test_group_flush(void)
 	while (wal_next_offset(s[0]) < n0 + 2000)
 		append_n(s[0], 100);
 	append_n(s[2], 5);
-	cio_zero();
-	CHECK_EQ(wal_sync_group(s, 3), 0);
-	CHECK_EQ(cio.waits, 1);      /* shard 2 */
-	CHECK_EQ(cio.fdatasyncs, 1); /* shard 0's, serving as the flush */
-	all_durable(s, 3);
+	sync_expect(s, 3, 1, 1); /* shard 2's write-back; shard 0's fdatasync is the flush */
 	/* ... and the new prefill it made durable is cheap again. */
 	append_n(s[0], 5);
-	cio_zero();
-	CHECK_EQ(wal_sync_group(s, 3), 0);
-	CHECK_EQ(cio.waits, 1);
-	CHECK_EQ(cio.fdatasyncs, 1);
+	sync_expect(s, 3, 1, 1);
 
 	/* 5. A roll (256 KiB segments): the new file has nothing durable: full sync again. */
 	uint64_t segs0 = 0, segs1 = 0;
@@ -210,11 +196,7 @@ static void test_group_flush(void)
 		CHECK_EQ(wal_segments_list(dir, 1, NULL, 0, &segs1), 0);
 	}
 	append_n(s[1], 5);
-	cio_zero();
-	CHECK_EQ(wal_sync_group(s, 3), 0);
-	CHECK_EQ(cio.waits, 0);
-	CHECK_EQ(cio.fdatasyncs, 1);
-	all_durable(s, 3);
+	sync_expect(s, 3, 0, 1);
 
 	uint64_t n[3] = {wal_next_offset(s[0]), wal_next_offset(s[1]), wal_next_offset(s[2])};
 	CHECK_EQ(wal_close(w), 0);
@@ -235,11 +217,7 @@ static void test_no_group(bool with_range, bool no_group)
 	for (int round = 0; round < 3; round++) {
 		append_n(s[0], 10);
 		append_n(s[1], 10);
-		cio_zero();
-		CHECK_EQ(wal_sync_group(s, 2), 0);
-		CHECK_EQ(cio.fdatasyncs, 2);
-		CHECK_EQ(cio.waits + cio.starts, 0);
-		all_durable(s, 2);
+		sync_expect(s, 2, 0, 2);
 	}
 	CHECK_EQ(wal_close(w), 0);
 	check_shard(dir, 0, 30);
