@@ -62,6 +62,10 @@ static void usage(FILE *f)
 		"  --wal-prefill-kb N     zero-fill WAL segments N KiB ahead of the data, so that\n"
 		"                         fdatasync need not commit a new file size (default 1024;\n"
 		"                         0 = off, append only)\n"
+		"  --wal-prefill-ahead on|off  zero-fill the next stretch while half the prefill is\n"
+		"                         left, and make its size durable on a background thread,\n"
+		"                         so group commits never wait for it (default on; off =\n"
+		"                         the group commit that reaches it syncs the new size)\n"
 		"  --wal-lz4-accel N      LZ4 acceleration of WAL blocks: 1 = best ratio, higher is\n"
 		"                         faster with a lower ratio (default 4; 1..64)\n"
 		"  --expected-keys N      dedup hot-table keys to preallocate per shard (default 1Mi)\n"
@@ -147,10 +151,11 @@ int main(int argc, char **argv)
 	uint32_t lz4_accel = 4;
 	bool repair = false;
 	bool group_flush = true;
+	bool prefill_ahead = true;
 	enum {
 		O_LISTEN = 256, O_DATA, O_THREADS, O_SHARDS, O_IO, O_FSYNC, O_WINDOW, O_MAXAGE,
 		O_FUTURE, O_AUTH, O_INSECURE, O_CONNS, O_FRAME, O_BATCH, O_INFLIGHT, O_IDLE,
-		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_WINDOWUS, O_GROUPFLUSH, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
+		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_WINDOWUS, O_GROUPFLUSH, O_PREFILLAHEAD, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
 	};
 	static const struct option opts[] = {
 		{"listen", 1, 0, O_LISTEN},       {"data", 1, 0, O_DATA},
@@ -171,6 +176,7 @@ int main(int argc, char **argv)
 		{"repair", 0, 0, O_REPAIR},
 		{"commit-window-us", 1, 0, O_WINDOWUS},
 		{"group-flush", 1, 0, O_GROUPFLUSH},
+		{"wal-prefill-ahead", 1, 0, O_PREFILLAHEAD},
 		{"help", 0, 0, O_HELP},           {0, 0, 0, 0},
 	};
 	uint64_t v;
@@ -293,6 +299,12 @@ int main(int argc, char **argv)
 			else
 				bad = "--group-flush wants on or off";
 			break;
+		case O_PREFILLAHEAD:
+			if (!strcmp(optarg, "on") || !strcmp(optarg, "off"))
+				prefill_ahead = !strcmp(optarg, "on");
+			else
+				bad = "--wal-prefill-ahead wants on or off";
+			break;
 		case O_LZ4:
 			if (parse_u64(optarg, 64, &v) < 0 || v < 1)
 				bad = "--wal-lz4-accel wants 1..64";
@@ -403,6 +415,7 @@ int main(int argc, char **argv)
 		.prefill_bytes = prefill_kb ? prefill_kb << 10 : WAL_PREFILL_OFF,
 		.lz4_acceleration = lz4_accel,
 		.no_group_flush = !group_flush,
+		.no_prefill_ahead = !prefill_ahead,
 	};
 	if (cfg.sync_delay_us) {
 		wal_io_delay_init(&delay, NULL, cfg.sync_delay_us);

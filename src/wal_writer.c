@@ -22,6 +22,7 @@
  * block below the written_next it loaded, and never takes the write-back shortcut for bytes
  * whose allocation is not durable.
  */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -62,6 +63,10 @@ struct wal_shard {
 	uint64_t wb_from;
 	dev_t dev;         /* st_dev of the shard's directory */
 	bool group_flush;  /* io->sync_range exists, the file system flushes on fdatasync, option */
+	/* Under sync_lock: bumped by a segment roll and a shrinking truncate, so the prefill
+	   thread never raises durable_size from a size that no longer holds. */
+	uint64_t size_gen;
+	_Atomic bool prep_want; /* the appender zero-filled ahead: the prefill thread syncs */
 
 	/* Appender-owned below. */
 	_Alignas(64) struct wal *w;
@@ -101,6 +106,11 @@ struct wal {
 	uint16_t shard_count;
 	int lock_fd;
 	struct wal_shard **shards;
+	/* The prefill thread (prefill ahead): prep_mu guards prep_stop and the wait on prep_cv. */
+	pthread_t prep_th;
+	bool prep_started, prep_stop, prep_busy;
+	pthread_mutex_t prep_mu;
+	pthread_cond_t prep_cv, prep_idle_cv; /* the thread waits on prep_cv; wal_prefill_wait on idle */
 	char data_dir[WAL_PATH_BYTES_MAX];
 };
 
@@ -291,7 +301,114 @@ static void file_shrunk(struct wal_shard *s)
 		s->durable_size = s->seg_bytes;
 	if (s->wb_from > s->seg_bytes)
 		s->wb_from = s->seg_bytes;
+	s->size_gen++;
 	pthread_mutex_unlock(&s->sync_lock);
+}
+
+/*
+ * Prefill ahead. The appender asks (prep_request) after zero-filling past the file's end
+ * while the blocks are still below it; the prefill thread then, per asking shard:
+ *   1. under sync_lock: notes the file's size (file_bytes_pub: every zero below it was
+ *      written), the segment's path and size_gen;
+ *   2. without the lock (a group commit must not wait behind it): opens the segment on its
+ *      own file description and fdatasyncs it. Its own description: an fdatasync reports a
+ *      write-back error to each open file description once, and the syncer's must not miss
+ *      one because this thread saw it first. Its failure fails the shard (as any fdatasync);
+ *   3. under sync_lock: raises durable_size to the noted size, unless size_gen moved (a roll
+ *      or a shrinking truncate happened meanwhile: that size no longer holds); then closes
+ *      its file (after the raise, so a seam that counts closes sees a finished request).
+ * The group commits then overwrite durable prefill with no size change and stay cheap
+ * (wal_sync_group). If the blocks outrun the thread, they simply take a full sync as before.
+ */
+static void prep_request(struct wal_shard *s)
+{
+	struct wal *w = s->w;
+	if (!w->prep_started)
+		return;
+	atomic_store_explicit(&s->prep_want, true, memory_order_release);
+	pthread_mutex_lock(&w->prep_mu);
+	pthread_cond_signal(&w->prep_cv);
+	pthread_mutex_unlock(&w->prep_mu);
+}
+
+static void prep_sync(struct wal_shard *s)
+{
+	char path[WAL_PATH_BYTES_MAX];
+	pthread_mutex_lock(&s->sync_lock);
+	uint64_t size = atomic_load_explicit(&s->file_bytes_pub, memory_order_acquire);
+	uint64_t gen = s->size_gen;
+	bool need = atomic_load(&s->failed) == 0 && size > s->durable_size &&
+		    wal_path_segment(path, sizeof path, s->dir, s->seg_base, "log") == 0;
+	pthread_mutex_unlock(&s->sync_lock);
+	if (!need)
+		return;
+	int fd = s->io->open(s->io->ctx, path, O_RDONLY | O_CLOEXEC, 0);
+	if (fd < 0)
+		return; /* e.g. rolled and removed meanwhile: the group commits do it */
+	int rc = s->io->fdatasync(s->io->ctx, fd);
+	pthread_mutex_lock(&s->sync_lock);
+	if (rc < 0)
+		(void)set_failed(s, rc, "fdatasync of the prefill");
+	else if (s->size_gen == gen && size > s->durable_size)
+		s->durable_size = size;
+	pthread_mutex_unlock(&s->sync_lock);
+	s->io->close(s->io->ctx, fd);
+}
+
+static void *prep_main(void *arg)
+{
+	struct wal *w = arg;
+	pthread_setname_np(pthread_self(), "tally-prefill");
+	pthread_mutex_lock(&w->prep_mu);
+	while (!w->prep_stop) {
+		bool any = false;
+		for (uint16_t i = 0; i < w->shard_count && !w->prep_stop; i++) {
+			struct wal_shard *s = w->shards[i];
+			if (!atomic_exchange_explicit(&s->prep_want, false, memory_order_acq_rel))
+				continue;
+			any = true;
+			w->prep_busy = true;
+			pthread_mutex_unlock(&w->prep_mu);
+			prep_sync(s);
+			pthread_mutex_lock(&w->prep_mu);
+			w->prep_busy = false;
+		}
+		if (!any && !w->prep_stop) {
+			pthread_cond_broadcast(&w->prep_idle_cv);
+			pthread_cond_wait(&w->prep_cv, &w->prep_mu);
+		}
+	}
+	pthread_cond_broadcast(&w->prep_idle_cv);
+	pthread_mutex_unlock(&w->prep_mu);
+	return NULL;
+}
+
+void wal_prefill_wait(struct wal *w)
+{
+	if (!w->prep_started)
+		return;
+	pthread_mutex_lock(&w->prep_mu);
+	for (;;) {
+		bool want = w->prep_busy;
+		for (uint16_t i = 0; i < w->shard_count && !want; i++)
+			want = atomic_load(&w->shards[i]->prep_want);
+		if (!want || w->prep_stop)
+			break;
+		pthread_cond_wait(&w->prep_idle_cv, &w->prep_mu);
+	}
+	pthread_mutex_unlock(&w->prep_mu);
+}
+
+static void prep_stop(struct wal *w)
+{
+	if (!w->prep_started)
+		return;
+	pthread_mutex_lock(&w->prep_mu);
+	w->prep_stop = true;
+	pthread_cond_signal(&w->prep_cv);
+	pthread_mutex_unlock(&w->prep_mu);
+	pthread_join(w->prep_th, NULL);
+	w->prep_started = false;
 }
 
 /* Seals the current segment and starts a new one based at written_next. */
@@ -311,6 +428,7 @@ static int roll(struct wal_shard *s)
 		}
 		s->file_bytes = s->seg_bytes;
 		s->durable_size = 0;
+		s->size_gen++;
 	}
 	rc = s->io->fdatasync(s->io->ctx, s->fd);
 	if (rc < 0) {
@@ -343,6 +461,7 @@ static int roll(struct wal_shard *s)
 	s->file_bytes = 0;
 	s->durable_size = 0;
 	s->wb_from = 0;
+	s->size_gen++;
 	atomic_store_explicit(&s->written_bytes, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->file_bytes_pub, 0, memory_order_relaxed);
 	s->seg_first_ingest_us = INT64_MIN;
@@ -401,8 +520,17 @@ static int seal(struct wal_shard *s)
 	wal_put_u64(s->out + 64, h.checksum);
 	size_t total = WAL_BLOCK_HEADER_BYTES + h.stored_bytes;
 
-	if (o->prefill_bytes && s->seg_bytes + total > s->file_bytes)
+	if (o->prefill_bytes && s->seg_bytes + total > s->file_bytes) {
 		prefill(s, s->seg_bytes + total);
+	} else if (o->prefill_bytes && !o->no_prefill_ahead &&
+		   s->seg_bytes + total + o->prefill_bytes / 2 > s->file_bytes) {
+		/* Less than half a prefill left: zero-fill the next stretch now and let the
+		   prefill thread make its size durable before the blocks reach it. */
+		uint64_t before = s->file_bytes;
+		prefill(s, s->seg_bytes + total + o->prefill_bytes / 2);
+		if (s->file_bytes > before)
+			prep_request(s);
+	}
 	rc = write_all(s, s->out, total, s->seg_bytes);
 	if (rc < 0) {
 		wal_set_error("%s: write of block at offsets %" PRIu64 "..%" PRIu64
@@ -1176,6 +1304,20 @@ int wal_open(const char *data_dir, const struct wal_options *opt, struct wal **o
 		if (rc < 0)
 			goto out_free;
 	}
+	if (w->opt.prefill_bytes && !w->opt.no_prefill_ahead) {
+		pthread_mutex_init(&w->prep_mu, NULL);
+		pthread_cond_init(&w->prep_cv, NULL);
+		pthread_cond_init(&w->prep_idle_cv, NULL);
+		if (pthread_create(&w->prep_th, NULL, prep_main, w) == 0) {
+			w->prep_started = true;
+		} else {
+			/* Not fatal: the group commits make every prefill durable themselves. */
+			w->opt.no_prefill_ahead = true;
+			pthread_mutex_destroy(&w->prep_mu);
+			pthread_cond_destroy(&w->prep_cv);
+			pthread_cond_destroy(&w->prep_idle_cv);
+		}
+	}
 	*out = w;
 	return 0;
 out_free:
@@ -1194,6 +1336,12 @@ int wal_close(struct wal *w)
 	if (!w)
 		return 0;
 	int first = 0;
+	if (w->prep_started) {
+		prep_stop(w);
+		pthread_mutex_destroy(&w->prep_mu);
+		pthread_cond_destroy(&w->prep_cv);
+		pthread_cond_destroy(&w->prep_idle_cv);
+	}
 	for (uint16_t i = 0; i < w->shard_count; i++) {
 		struct wal_shard *s = w->shards[i];
 		int rc = seal(s);

@@ -32,16 +32,20 @@ add_test(NAME torture_lostwrites COMMAND bash ${PROJECT_SOURCE_DIR}/tests/tortur
 # Two shards on one thread: one sync group, so most group commits write back both files and
 # flush the device through one of them (the shim's device-cache model); every 11th op.
 add_test(NAME torture_lostwrites_group COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh lostwrites)
+# Prefill ahead: 8 KiB prefill in 64 KiB segments, so the prefill thread makes a new stretch
+# durable every few KiB while group commits write inside the previous one; every 7th op.
+add_test(NAME torture_lostwrites_ahead COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh lostwrites)
 add_test(NAME torture_faults COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh faults)
 add_test(NAME torture_abuse COMMAND torture_abuse)
 set_tests_properties(torture_selftest PROPERTIES ENVIRONMENT "${TORTURE_ENV}")
 set_tests_properties(torture_kill9 PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_CYCLES=10;TORTURE_MAX_MS=3000;TORTURE_RATE=5000")
 set_tests_properties(torture_lostwrites PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_LW_SHORT=1")
 set_tests_properties(torture_lostwrites_group PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_LW_SHARDS=2;TORTURE_LW_STEP=11")
+set_tests_properties(torture_lostwrites_ahead PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_LW_SHARDS=2;TORTURE_LW_STEP=7;TORTURE_LW_PREFILL_KB=8")
 set_tests_properties(torture_faults PROPERTIES ENVIRONMENT "${TORTURE_ENV};TORTURE_FAULT_RUNS=1")
 set_tests_properties(torture_abuse PROPERTIES ENVIRONMENT "${TORTURE_ENV}")
 set_tests_properties(torture_selftest torture_kill9 torture_lostwrites torture_lostwrites_group
-  torture_faults torture_abuse
+  torture_lostwrites_ahead torture_faults torture_abuse
   PROPERTIES LABELS torture SKIP_RETURN_CODE 77 TIMEOUT 300 RUN_SERIAL TRUE)
 # tally-rate kill -9 with 2 s periods closing during the run: 10 kills (5 aimed at a close).
 add_test(NAME torture_rate COMMAND bash ${PROJECT_SOURCE_DIR}/tests/torture/run.sh rate)

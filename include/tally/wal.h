@@ -132,6 +132,12 @@ struct wal_options {
 	   flush (the group flush is also off by itself where it is not known to be sound: see
 	   wal_sync_group). */
 	bool no_group_flush;
+	/* Prefill ahead (docs/wal-format.md "Prefill"): the appender zero-fills the next stretch
+	   while half a prefill is still left, and the WAL's prefill thread makes the new size
+	   durable with its own fdatasync, so that group commits stay inside durable prefill and
+	   never wait for a size change. true = zero-fill only when a block would extend the file,
+	   and let the next group commit make the size durable. */
+	bool no_prefill_ahead;
 	const struct wal_io *io;   /* NULL = libc */
 	/* Called on the appender thread after a segment was sealed (synced) and the next one
 	 * exists. */
@@ -217,6 +223,11 @@ int wal_sync(struct wal_shard *s, uint64_t *durable_next_out) WAL_WUR;
 int wal_sync_group(struct wal_shard *const *shards, size_t n) WAL_WUR;
 /* Whether wal_sync_group() may let this shard share a device flush (decided at wal_open). */
 bool wal_shard_group_flush(const struct wal_shard *s);
+
+/* Waits until the prefill thread (wal_options.no_prefill_ahead) has no request pending or
+   running: every zero-fill ahead made so far is durable with its size, or failed its shard.
+   For tests and benchmarks; returns at once when the thread is off. Any thread. */
+void wal_prefill_wait(struct wal *w);
 
 /* --- readers (any process) --- */
 

@@ -36,8 +36,9 @@
  * still lost at a power cut like any unsynced write. A later successful fdatasync/fsync of
  * ANY regular file under the directory flushes the device and makes it durable, but only if
  * it needed no metadata: it overwrote bytes inside the file's size, and no earlier unsynced
- * write of the same file grew or cut the file or touched the same bytes (that size or those
- * bytes are not durable yet, so neither is it).
+ * write of the same file cut the file, touched the same bytes, or grew the file from a size
+ * below the write's end (that size or those bytes are not durable yet, so neither is it; a
+ * growth further out, as the WAL's zero-fill ahead, leaves the bytes below it alone).
  * Threads: one mutex guards the state; a thread finishing an fdatasync takes it before it
  * returns, so no thread can acknowledge anything once a crash has started.
  */
@@ -292,8 +293,9 @@ static void flush_device(uint64_t wb_before)
 		bool blocked = false;
 		for (struct rec *q = recs; q != r && !blocked; q = q->next)
 			if (!strcmp(q->path, r->path) && !q->flushed &&
-			    (q->trunc_to >= 0 || q->off + (off_t)q->n > q->size_before ||
-			     overlaps(q, r)))
+			    (q->trunc_to >= 0 || overlaps(q, r) ||
+			     (q->off + (off_t)q->n > q->size_before &&
+			      r->off + (off_t)r->n > q->size_before)))
 				blocked = true;
 		r->flushed = !blocked;
 	}

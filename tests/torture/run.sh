@@ -141,7 +141,7 @@ find_shim() {
 
 # Lost unsynced writes: a power loss at op N of a workload (group commits and segment rolls on
 # one shard, then on two), for every N from 1 to the workload's op count (TORTURE_LW_OPS, or
-# measured with a trace run), step TORTURE_LW_STEP (default 1). After each crash tallyd restarts
+# measured with a trace run), step TORTURE_LW_STEP (default 1), TORTURE_LW_PREFILL_KB (see below). After each crash tallyd restarts
 # without the shim, the producer drains, and the ledger is checked. TORTURE_LW_RECOVERY_AT=R
 # adds a second power loss at op R of the restart (a crash during recovery), then a clean one.
 run_lostwrites() {
@@ -150,6 +150,9 @@ run_lostwrites() {
 	local shards=${TORTURE_LW_SHARDS:-1} events=${TORTURE_LW_EVENTS:-3000}
 	local step=${TORTURE_LW_STEP:-1} first=${TORTURE_LW_FIRST:-1}
 	local flags=(--shards "$shards" --threads 1 --segment-bytes 65536)
+	# TORTURE_LW_PREFILL_KB: a prefill well below the segment size, so the appender zero-fills
+	# ahead several times per segment and the prefill thread's syncs are among the crash points
+	[ -n "${TORTURE_LW_PREFILL_KB:-}" ] && flags+=(--wal-prefill-kb "$TORTURE_LW_PREFILL_KB")
 	local pflags=(--producers 1 --batch 50 --window 1 --events "$events" --quiet --drain-timeout-s 60)
 	local ops=${TORTURE_LW_OPS:-}
 	if [ -z "$ops" ]; then
