@@ -27,7 +27,7 @@ struct cio {
 	int fail_sync_eio; /* fail every fdatasync with EIO */
 	/* The prefill thread's files: opened read-only (the appender's are write-only). */
 	_Atomic int prep_opens, prep_syncs, prep_closes;
-	int prep_fds[64];
+	_Atomic int prep_fds[64];
 };
 
 static struct cio cio;

@@ -6,7 +6,7 @@ tally_library(tally_wal
 tally_test(test_wal SOURCES tests/test_wal.c DEPS tally_wal TIMEOUT 120)
 tally_test(test_wal_crash SOURCES tests/test_wal_crash.c DEPS tally_wal TIMEOUT 300)
 tally_test(test_wal_fault SOURCES tests/test_wal_fault.c DEPS tally_wal TIMEOUT 120)
-tally_test(test_wal_group SOURCES tests/test_wal_group.c DEPS tally_wal TIMEOUT 120)
+tally_test(test_wal_group SOURCES tests/test_wal_group.c DEPS tally_wal TIMEOUT 120 LABELS tsan)
 tally_test(test_wal_xproc SOURCES tests/test_wal_xproc.c DEPS tally_wal TIMEOUT 180)
 tally_bench(bench_wal SOURCES bench/bench_wal.c DEPS tally_wal tally_benchlib Threads::Threads)
 

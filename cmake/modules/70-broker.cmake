@@ -13,7 +13,7 @@ tally_test(test_ring SOURCES tests/test_ring.c DEPS tally_ring Threads::Threads 
 tally_test(test_shard SOURCES tests/test_shard.c DEPS tally_broker LABELS tsan)
 if(CMAKE_BUILD_TYPE STREQUAL "Tsan")
   # halt_on_error: a race in tallyd aborts it, which fails the integration test.
-  set_tests_properties(test_ring test_shard test_tallyd_epoll test_tallyd_uring PROPERTIES
+  set_tests_properties(test_ring test_shard test_wal_group test_tallyd_epoll test_tallyd_uring PROPERTIES
     ENVIRONMENT "TSAN_OPTIONS=suppressions=${PROJECT_SOURCE_DIR}/tests/tsan.supp halt_on_error=1 exitcode=66;TALLY_BIN=${CMAKE_BINARY_DIR}/bin;TALLY_SRC=${PROJECT_SOURCE_DIR}")
 endif()
 # The HELLO path (frames before authentication, broker_hello_answer, the --auth-file loader).
