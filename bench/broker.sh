@@ -13,7 +13,8 @@
 # Client and broker share this machine's cores, as the issue asks.
 # Env: EVENTS, CONNS, INFLIGHT, BATCH, THREADS, SHARDS, TALLYD_FLAGS (extra tallyd flags, e.g.
 # "--wal-prefill-kb 0" to compare against plain appends), IOS (default "uring epoll"),
-# DELAYS (default "0 2000").
+# DELAYS (default "0 2000"), HALF_RATE (the open loop's rate instead of half the closed loop's,
+# e.g. 500000: half of issue 5's 1,000,000 events/s).
 set -euo pipefail
 bin=${1:?usage: bench/broker.sh BIN_DIR [RUNS]}
 runs=${2:-3}
@@ -66,7 +67,7 @@ for delay in ${DELAYS:-0 2000}; do
               --seed "$r$delay" --expect --verify-wal "$tmp/data" --quiet --json 2>&1) || {
         echo "tally-bench failed (closed loop, $io, delay $delay)"; echo "$out"; exit 1; }
       rate=$(echo "$out" | jget phases.0.events_per_s)
-      half=$(awk -v r="$rate" 'BEGIN {printf "%d", r / 2}')
+      half=${HALF_RATE:-$(awk -v r="$rate" 'BEGIN {printf "%d", r / 2}')}
       lat=$("$bin/tally-bench" --connect "127.0.0.1:$port" --connections "$conns" \
               --batch "$batch" --rate "$half" --duration 5 --warmup 1 --dup-rate 0.1 \
               --seed "9$r$delay" --quiet --json)
