@@ -716,7 +716,7 @@ static int shard_poll(struct shard *s, int64_t now_us, int64_t *sync_at_us)
 	bool interval = s->cfg->fsync_mode == WAL_FSYNC_INTERVAL;
 	/* The window only amortises syncs that are short next to it: a sync that took half a
 	   window or more already spaces the next one out, and holding it would add latency for
-	   no saving (a disk whose fdatasync takes 2 ms, against a 4 ms window). */
+	   no saving (a disk whose fdatasync takes 2 ms, against the default 2.5 ms window). */
 	if (s->dirty && !interval && !busy && s->cfg->commit_window_us &&
 	    2 * (uint64_t)atomic_load_explicit(&g->last_sync_us, memory_order_relaxed) <
 		s->cfg->commit_window_us) {

@@ -72,7 +72,7 @@ static void usage(FILE *f)
 		"  --dedup-write-mb-per-s N  cap on the rate each shard's sealer writes dedup runs,\n"
 		"                         so WAL syncs do not queue behind them (default 128; 0 = none)\n"
 		"  --commit-window-us N   group commit: each thread's shards start at most one sync\n"
-		"                         per window of N us, all threads in step (default 4000;\n"
+		"                         per window of N us, all threads in step (default 2500;\n"
 		"                         0 = sync as soon as the previous sync is done)\n"
 		"  --group-flush on|off   one device cache flush per group commit for all of a\n"
 		"                         thread's shards (their blocks written back first), where\n"
@@ -144,7 +144,7 @@ int main(int argc, char **argv)
 		.tick_idle_ms = 1000,
 		.rbuf_budget_bytes = 1024ull << 20,
 		.dedup_write_rate = 128ull << 20,
-		.commit_window_us = 4000,
+		.commit_window_us = 2500,
 	};
 	const char *port_file = NULL;
 	uint32_t prefill_kb = 1024;
