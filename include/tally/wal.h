@@ -11,7 +11,10 @@
  * is sealed (compressed, checksummed, written with pwrite, no sync) when it is full, when the
  * caller calls wal_flush() (e.g. because wal_block_due() says it is older than block_age_us),
  * or at a segment roll. wal_sync() makes everything written durable and only then publishes the
- * durable watermark. Nothing in this module starts a thread: the caller drives flush and sync.
+ * durable watermark. The caller drives flush and sync; the module's only thread of its own is
+ * the prefill thread (wal_options.no_prefill_ahead, docs/wal-format.md "Prefill"), which only
+ * fdatasyncs zero-filled stretches ahead of the data, on its own file descriptor, and then
+ * records that their size is durable.
  *
  * Threads, per shard: exactly ONE appender thread calls wal_append*, wal_flush, wal_block_due,
  * wal_next_offset, wal_shard_last_discard; syncer threads (may be the same) call wal_sync or
@@ -21,12 +24,14 @@
  * syncer loads it with acquire, fdatasync()s, then stores durable_next with release (and into
  * the shared watermark page). A reader that loads durable_next with acquire sees every byte of
  * every block below it in the page cache. The syncer and the appender share one mutex that is
- * taken by wal_sync / wal_sync_group (around their syncs) and by the appender only at a segment
- * roll and when a failed block write cuts the file back.
+ * taken by wal_sync / wal_sync_group (around their syncs), by the appender only at a segment
+ * roll and when a failed block write cuts the file back, and briefly by the prefill thread
+ * before and after (never during) its fdatasync.
  *
  * Failure semantics:
- *   - fdatasync/fsync failure is FATAL for the shard: it returns -EIO from every later
- *     append/flush/sync, and its durable watermark never advances again.
+ *   - fdatasync/fsync failure (the prefill thread's included) is FATAL for the shard: it
+ *     returns -EIO from every later append/flush/sync, and its durable watermark never
+ *     advances again.
  *   - a pwrite failure (ENOSPC, EIO, short write that cannot be completed) while sealing a block
  *     is RETRYABLE: the file is truncated back to the last good byte, the block's records are
  *     DISCARDED, next_offset rewinds to the block's first offset, and the error is returned.
