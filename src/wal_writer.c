@@ -20,7 +20,9 @@
  * segment roll (the only point where the appender changes `fd`) and with its cut-back after a
  * failed write (which lowers durable_size), so the syncer always syncs the fd that holds every
  * block below the written_next it loaded, and never takes the write-back shortcut for bytes
- * whose allocation is not durable.
+ * whose allocation is not durable. The prefill thread (prep_main, one per wal_open) takes
+ * sync_lock only to note a shard's size and to raise durable_size after its own fdatasync,
+ * which runs outside the lock on a separate file description ("Prefill ahead" below).
  */
 #define _GNU_SOURCE /* pthread_setname_np */
 #include <errno.h>
