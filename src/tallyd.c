@@ -97,6 +97,15 @@ static int parse_u64(const char *s, uint64_t max, uint64_t *out)
 	return 0;
 }
 
+/* "on" or "off" into *out; -EINVAL (and *out unchanged) for anything else. */
+static int parse_onoff(const char *s, bool *out)
+{
+	if (strcmp(s, "on") && strcmp(s, "off"))
+		return -EINVAL;
+	*out = !strcmp(s, "on");
+	return 0;
+}
+
 static int parse_listen(const char *s, char *host, size_t hostlen, uint16_t *port)
 {
 	const char *colon = strrchr(s, ':');
@@ -294,15 +303,11 @@ int main(int argc, char **argv)
 			cfg.commit_window_us = (uint32_t)v;
 			break;
 		case O_GROUPFLUSH:
-			if (!strcmp(optarg, "on") || !strcmp(optarg, "off"))
-				group_flush = !strcmp(optarg, "on");
-			else
+			if (parse_onoff(optarg, &group_flush) < 0)
 				bad = "--group-flush wants on or off";
 			break;
 		case O_PREFILLAHEAD:
-			if (!strcmp(optarg, "on") || !strcmp(optarg, "off"))
-				prefill_ahead = !strcmp(optarg, "on");
-			else
+			if (parse_onoff(optarg, &prefill_ahead) < 0)
 				bad = "--wal-prefill-ahead wants on or off";
 			break;
 		case O_LZ4:
