@@ -13,10 +13,15 @@
  *     that then cross the old end of the file are still written back and flushed (no
  *     fdatasync of their own), across many prefill stretches; the thread syncs on its own
  *     file description; without prefill ahead the same crossings take full syncs;
+ *   - a roll while the prefill thread is inside its fdatasync: it does not raise the new
+ *     segment's durable size from the old one's (the new segment's first sync is full);
  *   - every record is readable back after each case.
  * The power-loss side (a written-back block is lost without the flush) is the torture suite's
  * (tests/torture/run.sh lostwrites with 2 shards).
  */
+#include <pthread.h>
+#include <time.h>
+
 #include "wal_testutil.h"
 
 struct cio {
@@ -28,6 +33,10 @@ struct cio {
 	/* The prefill thread's files: opened read-only (the appender's are write-only). */
 	_Atomic int prep_opens, prep_syncs, prep_closes;
 	_Atomic int prep_fds[64];
+	/* block_prep: the prefill thread's fdatasync waits (prep_blocked = 1) until it is cleared. */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int block_prep, prep_blocked;
 };
 
 static struct cio cio;
@@ -58,6 +67,12 @@ static int c_fdatasync(void *ctx, int fd)
 {
 	if (is_prep_fd(fd)) {
 		cio.prep_syncs++;
+		pthread_mutex_lock(&cio.mu);
+		while (cio.block_prep) {
+			cio.prep_blocked = 1;
+			pthread_cond_wait(&cio.cv, &cio.mu);
+		}
+		pthread_mutex_unlock(&cio.mu);
 		return cio.inner->fdatasync(cio.inner->ctx, fd);
 	}
 	cio.fdatasyncs++;
@@ -97,6 +112,8 @@ static int c_sync_range(void *ctx, int fd, off_t off, off_t n, bool wait)
 static void cio_init(bool with_range)
 {
 	memset(&cio, 0, sizeof cio);
+	pthread_mutex_init(&cio.mu, NULL);
+	pthread_cond_init(&cio.cv, NULL);
 	cio.inner = wal_io_libc();
 	cio.io = (struct wal_io){.open = c_open,
 				 .pwrite = c_pwrite,
@@ -362,6 +379,71 @@ static void test_prefill_ahead(void)
 	CHECK(full_off >= 4);
 }
 
+static int prep_is_blocked(void)
+{
+	pthread_mutex_lock(&cio.mu);
+	int b = cio.prep_blocked;
+	pthread_mutex_unlock(&cio.mu);
+	return b;
+}
+
+/*
+ * A roll while the prefill thread is inside its fdatasync: the size it noted belongs to the
+ * old segment, so it must not raise the new segment's durable_size (size_gen). One shard;
+ * the thread's first fdatasync is held until the roll is done. If it raised it anyway, the
+ * new segment's first group sync would take the write-back shortcut over bytes whose size
+ * no fdatasync has committed; it must be a full fdatasync.
+ */
+static void test_prefill_roll_race(void)
+{
+	char dir[512];
+	wt_tmpdir(dir, sizeof dir, "walgroup");
+	cio_init(true);
+	struct wal *w = open_wal_opt(dir, 1, false, 0, true);
+	struct wal_shard *s[1] = {wal_shard(w, 0)};
+	if (!wal_shard_group_flush(s[0])) {
+		CHECK_EQ(wal_close(w), 0);
+		wt_rmrf(dir);
+		return;
+	}
+	append_n(s[0], 20);
+	CHECK_EQ(wal_sync_group(s, 1), 0); /* full: the prefill is durable from here */
+	pthread_mutex_lock(&cio.mu);
+	cio.block_prep = 1;
+	pthread_mutex_unlock(&cio.mu);
+	/* About 4 KiB per step; a request comes every 64 KiB (half a prefill left), so up to
+	   20 ms per step for the thread to reach its fdatasync leaves no room for a second one. */
+	for (int i = 0; i < 200 && !prep_is_blocked(); i++) {
+		append_n(s[0], 20);
+		for (int k = 0; k < 20 && !prep_is_blocked(); k++)
+			nanosleep(&(struct timespec){0, 1000000}, NULL);
+	}
+	CHECK_EQ(prep_is_blocked(), 1);
+	CHECK_EQ(wal_sync_group(s, 1), 0);
+
+	/* An ingest time two hours on: the next seal rolls by segment age, before the block. */
+	uint64_t segs0 = 0, segs1 = 0;
+	CHECK_EQ(wal_segments_list(dir, 0, NULL, 0, &segs0), 0);
+	uint8_t body[WT_BODY_MAX];
+	uint64_t i = wal_next_offset(s[0]);
+	struct tally_view v = {body, (uint32_t)wt_event(100, i, body)};
+	CHECK_EQ(wal_append(s[0], wt_tenant(100, i), &v,
+			    WT_BASE_TIME_US + (int64_t)i + 7200ll * 1000000, NULL), 0);
+	CHECK_EQ(wal_flush(s[0]), 0);
+	CHECK_EQ(wal_segments_list(dir, 0, NULL, 0, &segs1), 0);
+	CHECK_EQ(segs1, segs0 + 1);
+
+	pthread_mutex_lock(&cio.mu);
+	cio.block_prep = 0;
+	pthread_cond_broadcast(&cio.cv);
+	pthread_mutex_unlock(&cio.mu);
+	wal_prefill_wait(w);
+	CHECK_EQ(cio.prep_syncs, 1); /* only the held request: nothing else made it durable */
+	sync_expect(s, 1, 0, 1);      /* the new segment: a full fdatasync, no write-back */
+	CHECK_EQ(wal_close(w), 0);
+	wt_rmrf(dir);
+}
+
 int main(void)
 {
 	test_group_flush();
@@ -369,6 +451,7 @@ int main(void)
 	test_no_group(false, false);
 	test_failures();
 	test_prefill_ahead();
+	test_prefill_roll_race();
 	printf("test_wal_group: OK\n");
 	return 0;
 }
