@@ -77,6 +77,10 @@ struct broker_slot {
 	uint32_t len;               /* bytes to send */
 	uint32_t sent;
 	uint32_t cap;
+	/* Where the batch's time went (µs, broker_now_us), logged at stop: its frame's first
+	   bytes read, parsed, last event resolved (by that event's shard owner), queued for
+	   sending on the connection's thread (0 for an ERROR answer). */
+	int64_t t_recv_us, t_parsed_us, t_resolved_us, t_queued_us;
 	uint8_t frame[];            /* the ACK (or ERROR) frame */
 };
 

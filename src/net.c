@@ -43,6 +43,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "lathist.h"
 #include "net.h"
 #include "shard.h"
 #include "tally/dedup.h"
@@ -76,6 +77,10 @@ enum conn_state {
 	CONN_LINGER,     /* FIN sent: input is read and dropped until EOF or close_at_us */
 };
 
+/* Stages of a batch's latency (struct broker_slot's timestamps), logged at stop. */
+enum { LAT_RECEIVE, LAT_DURABLE, LAT_HANDBACK, LAT_SEND, LAT_TOTAL, LAT_N };
+static const char *const lat_name[LAT_N] = {"receive", "durable", "handback", "send", "total"};
+
 struct conn {
 	int fd;
 	uint16_t worker;
@@ -104,6 +109,7 @@ struct conn {
 	int64_t hello_deadline_us;
 	int64_t last_rx_us;
 	int64_t partial_since_us; /* when an incomplete frame started waiting, 0 if none */
+	int64_t frame_t0_us;      /* the frame being handled: when its first bytes were read */
 	int64_t close_at_us;
 	struct conn *prev, *next;  /* worker's list */
 	struct conn *next_stalled;
@@ -165,6 +171,9 @@ struct worker {
 
 	int64_t now_us;
 	int64_t last_timer_us;
+	struct lathist lat[LAT_N]; /* batches answered by this worker's connections */
+	struct lathist turn;       /* loop turns: woken -> about to sleep again, µs */
+	int64_t woke_us;
 	int64_t sync_at_us; /* a shard holds a sync back for its next commit window until then */
 	bool epoll_us;      /* epoll_pwait2 (microsecond timeouts) works here */
 	bool uring_disabled; /* ring created disabled (SINGLE_ISSUER): this thread enables it */
@@ -249,6 +258,7 @@ static struct broker_slot *slot_alloc(struct worker *w, struct conn *c, uint32_t
 	s->len = 0;
 	s->sent = 0;
 	s->cap = (uint32_t)cap;
+	s->t_recv_us = s->t_parsed_us = s->t_resolved_us = s->t_queued_us = 0;
 	/*
 	 * seq_cst increment, then seq_cst load of `stopping`: a worker that stops after seeing
 	 * stopping == true and then slots_live == 0 can never miss a batch slot, because a slot
@@ -263,6 +273,22 @@ static struct broker_slot *slot_alloc(struct worker *w, struct conn *c, uint32_t
 	}
 	c->inflight++;
 	return s;
+}
+
+static void slot_free(struct worker *w, struct broker_slot *s);
+
+/* A slot's frame was written to the socket in full. */
+static void slot_sent(struct worker *w, struct broker_slot *s)
+{
+	if (s->t_queued_us) {
+		int64_t now = broker_now_us();
+		lathist_add(&w->lat[LAT_RECEIVE], s->t_parsed_us - s->t_recv_us);
+		lathist_add(&w->lat[LAT_DURABLE], s->t_resolved_us - s->t_parsed_us);
+		lathist_add(&w->lat[LAT_HANDBACK], s->t_queued_us - s->t_resolved_us);
+		lathist_add(&w->lat[LAT_SEND], now - s->t_queued_us);
+		lathist_add(&w->lat[LAT_TOTAL], now - s->t_recv_us);
+	}
+	slot_free(w, s);
 }
 
 static void slot_free(struct worker *w, struct broker_slot *s)
@@ -331,6 +357,7 @@ static void slot_complete_local(struct worker *w, struct broker_slot *s)
 		struct proto_ack_builder ab = {.buf = s->frame, .cap = s->cap,
 					       .len = proto_ack_size(s->n), .count = s->n};
 		n = proto_ack_finish(&ab);
+		s->t_queued_us = broker_now_us();
 	}
 	if (n <= 0) {
 		/* Cannot happen (the slot has room for both); never leave a batch unanswered. */
@@ -380,6 +407,7 @@ static void worker_resolve(void *ctx, struct broker_slot *s, uint32_t count)
 	   that completes it acquires every other thread's receipts. */
 	if (atomic_fetch_sub_explicit(&s->pending, count, memory_order_acq_rel) != count)
 		return;
+	s->t_resolved_us = broker_now_us();
 	if (s->worker == w->id)
 		slot_complete_local(w, s);
 	else
@@ -589,6 +617,8 @@ static bool handle_batch(struct worker *w, struct conn *c, const struct proto_ba
 		conn_send_error(w, c, PROTO_E_UNAVAILABLE, false, bt->request_id, "out of memory");
 		return true;
 	}
+	s->t_recv_us = c->frame_t0_us;
+	s->t_parsed_us = w->now_us;
 	struct proto_ack_builder ab;
 	proto_ack_start(&ab, s->frame, s->cap, bt->request_id);
 
@@ -734,6 +764,9 @@ static void conn_parse_pass(struct worker *w, struct conn *c)
 			}
 			handle_hello(w, c, &f.u.hello);
 		} else if (f.type == PROTO_BATCH) {
+			/* The first frame of the buffer may have started in an earlier read. */
+			c->frame_t0_us = off == 0 && c->partial_since_us ? c->partial_since_us
+									   : w->now_us;
 			if (!handle_batch(w, c, &f.u.batch)) {
 				if (!c->stalled && !atomic_load(&w->b->stopping)) {
 					c->stalled = true;
@@ -764,9 +797,11 @@ static void conn_parse_pass(struct worker *w, struct conn *c)
 			   atomic_load(&w->b->rbuf_extra) > (int64_t)(cfg->rbuf_budget_bytes / 2)))
 		conn_shrink_rbuf(w, c);
 	if (!c->closed) {
-		c->partial_since_us = c->rlen > 0 ? (c->partial_since_us ? c->partial_since_us
-									  : w->now_us)
-						  : 0;
+		/* The read deadline runs from the first bytes of the frame left incomplete: a
+		   frame that completed in this pass restarts it. */
+		c->partial_since_us = c->rlen == 0 ? 0
+				      : off > 0 || !c->partial_since_us ? w->now_us
+				      : c->partial_since_us;
 		conn_update_read(w, c);
 	}
 }
@@ -888,7 +923,7 @@ static void conn_try_send(struct worker *w, struct conn *c)
 			c->sq_head = s->next;
 			if (!c->sq_head)
 				c->sq_tail = NULL;
-			slot_free(w, s);
+			slot_sent(w, s);
 		}
 	}
 	bool want = c->sq_head != NULL;
@@ -1060,7 +1095,7 @@ static void uring_on_send(struct worker *w, struct conn *c, int res)
 		c->sq_head = s->next;
 		if (!c->sq_head)
 			c->sq_tail = NULL;
-		slot_free(w, s);
+		slot_sent(w, s);
 	}
 	if (!c->sq_head && c->state == CONN_DRAIN) {
 		conn_linger(w, c);
@@ -1426,6 +1461,7 @@ static int worker_loop_epoll(struct worker *w)
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, wake_fd, &ev) < 0)
 		return -errno;
 	while (worker_turn(w)) {
+		lathist_add(&w->turn, broker_now_us() - w->woke_us);
 		int64_t us = worker_sleep_us(w);
 		int n;
 		if (w->epoll_us) {
@@ -1440,7 +1476,7 @@ static int worker_loop_epoll(struct worker *w)
 		}
 		if (n < 0 && errno != EINTR)
 			return -errno;
-		w->now_us = broker_now_us();
+		w->now_us = w->woke_us = broker_now_us();
 		/* Every connection named in this batch stays allocated until the batch is done:
 		   handling one event (the wake event resolves batches and sends their ACKs, and a
 		   failed send closes that connection) can close another connection whose event is
@@ -1510,10 +1546,11 @@ static int worker_loop_uring(struct worker *w)
 		int64_t us = worker_sleep_us(w);
 		struct __kernel_timespec ts = {.tv_sec = us / 1000000, .tv_nsec = us % 1000000 * 1000};
 		struct io_uring_cqe *cqe;
+		lathist_add(&w->turn, broker_now_us() - w->woke_us);
 		int rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
 		if (rc < 0 && rc != -ETIME && rc != -EINTR)
 			return rc;
-		w->now_us = broker_now_us();
+		w->now_us = w->woke_us = broker_now_us();
 		unsigned head, seen = 0;
 		io_uring_for_each_cqe(&w->ring, head, cqe) {
 			seen++;
@@ -1572,7 +1609,7 @@ static void *worker_main(void *arg)
 	char name[16];
 	snprintf(name, sizeof name, "tally-loop%u", (unsigned)w->id);
 	(void)pthread_setname_np(pthread_self(), name); /* for top -H, perf, gdb */
-	w->now_us = broker_now_us();
+	w->now_us = w->woke_us = broker_now_us();
 	int rc = 0;
 	if (w->uring && w->uring_disabled)
 		rc = uring_enable(w); /* this thread becomes the ring's submitter */
@@ -1590,8 +1627,13 @@ static void *worker_main(void *arg)
 		if (!c->closed)
 			conn_close(w, c);
 	}
-	broker_log(LOG_INFO, "worker %u: took %llu connection(s), handed %llu to other workers",
-		   w->id, (unsigned long long)w->conns_taken, (unsigned long long)w->conns_handed);
+	broker_log(LOG_INFO, "worker %u: took %llu connection(s), handed %llu to other workers; "
+			     "%llu loop turns, us p50/p99/max %llu/%llu/%llu", w->id,
+		   (unsigned long long)w->conns_taken, (unsigned long long)w->conns_handed,
+		   (unsigned long long)w->turn.count,
+		   (unsigned long long)lathist_permille(&w->turn, 500),
+		   (unsigned long long)lathist_permille(&w->turn, 990),
+		   (unsigned long long)w->turn.max);
 	return NULL;
 }
 
@@ -1938,6 +1980,28 @@ bool broker_failed(const struct broker *b)
 	return atomic_load(&((struct broker *)b)->fatal) != 0;
 }
 
+/* One line: each stage of the batches' latency over the broker's life, all workers merged. */
+static void log_batch_latency(struct broker *b)
+{
+	struct lathist all[LAT_N];
+	memset(all, 0, sizeof all);
+	for (uint16_t i = 0; i < b->nworkers; i++)
+		for (int k = 0; k < LAT_N; k++)
+			lathist_merge(&all[k], &b->workers[i].lat[k]);
+	if (all[LAT_TOTAL].count == 0)
+		return;
+	char line[512];
+	size_t len = 0;
+	for (int k = 0; k < LAT_N && len < sizeof line; k++)
+		len += (size_t)snprintf(line + len, sizeof line - len, "%s%s %llu/%llu/%llu",
+					k ? ", " : "", lat_name[k],
+					(unsigned long long)lathist_permille(&all[k], 500),
+					(unsigned long long)lathist_permille(&all[k], 990),
+					(unsigned long long)all[k].max);
+	broker_log(LOG_INFO, "batch latency, %llu batches, us p50/p99/max: %s",
+		   (unsigned long long)all[LAT_TOTAL].count, line);
+}
+
 void broker_request_stop(struct broker *b)
 {
 	atomic_store(&b->stopping, true);
@@ -1949,6 +2013,7 @@ int broker_wait(struct broker *b)
 {
 	for (uint16_t i = 0; i < b->nworkers; i++)
 		pthread_join(b->workers[i].th, NULL);
+	log_batch_latency(b);
 	/* Chunks sent back just before their owner stopped are still in the rings. */
 	for (uint16_t i = 0; i < b->nworkers; i++) {
 		void *msgs[NET_DRAIN_MAX];

@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lathist.h"
 #include "shard.h"
 #include "tally/dedup.h"
 
@@ -62,14 +63,18 @@ struct shard_group {
 
 	/* Owner thread only. */
 	bool want;           /* a shard flushed in this poll: kick the syncer at its end */
+	bool kicked;         /* a sync was asked for and its end not yet seen */
 	int64_t sync_window; /* index of the commit window the last sync started in */
+	int64_t dirty_since_us;      /* first record appended since the last kick, 0 if none */
+	struct lathist wait_hist;    /* first record appended -> its sync asked for */
+	struct lathist wake_hist;    /* sync done -> the owner saw it */
 
 	_Atomic bool busy;
 	_Atomic int sync_error;
 	_Atomic uint32_t last_sync_us; /* duration of the last sync (syncer writes, owner reads) */
+	int64_t sync_end_us;           /* syncer writes before releasing busy; owner reads after */
 	/* Syncer only; read at close (after join). */
-	uint64_t sync_count, sync_us_max;
-	uint64_t sync_hist[24]; /* bucket b: [2^b, 2^(b+1)) microseconds */
+	struct lathist sync_hist;
 	struct wal_shard *ws[BROKER_SHARDS_MAX];
 };
 enum { JOB_SEAL = 1, JOB_COMPACT = 2 };
@@ -326,16 +331,11 @@ static void *syncer_main(void *arg)
 			int rc = wal_sync_group(g->ws, n);
 			if (rc < 0)
 				atomic_store(&g->sync_error, rc);
-			uint64_t us = (uint64_t)(broker_now_us() - t0);
-			unsigned b = 0;
-			while (b < 23 && (us >> (b + 1)) != 0)
-				b++;
+			g->sync_end_us = broker_now_us();
+			uint64_t us = (uint64_t)(g->sync_end_us - t0);
 			atomic_store_explicit(&g->last_sync_us, us > UINT32_MAX ? UINT32_MAX : (uint32_t)us,
 					      memory_order_relaxed);
-			g->sync_hist[b]++;
-			g->sync_count++;
-			if (us > g->sync_us_max)
-				g->sync_us_max = us;
+			lathist_add(&g->sync_hist, (int64_t)us);
 		}
 		/* Release: the owner that sees busy == false also sees the new watermarks. */
 		atomic_store_explicit(&g->busy, false, memory_order_release);
@@ -379,21 +379,20 @@ int shard_group_close(struct shard_group *g)
 	pthread_mutex_unlock(&g->mu);
 	pthread_join(g->th, NULL);
 	int rc = atomic_load(&g->sync_error);
-	if (g->sync_count) {
+	if (g->sync_hist.count) {
 		/* The syncer has been joined: its counters are stable. */
-		uint64_t half = (g->sync_count + 1) / 2, p99 = (g->sync_count * 99 + 99) / 100;
-		uint64_t acc = 0, b50 = 0, b99 = 0;
-		for (unsigned b = 0; b < 24; b++) {
-			acc += g->sync_hist[b];
-			if (!b50 && acc >= half)
-				b50 = 2ull << b;
-			if (!b99 && acc >= p99)
-				b99 = 2ull << b;
+		const struct lathist *h[3] = {&g->wait_hist, &g->sync_hist, &g->wake_hist};
+		unsigned long long v[3][3];
+		for (int k = 0; k < 3; k++) {
+			v[k][0] = lathist_permille(h[k], 500);
+			v[k][1] = lathist_permille(h[k], 990);
+			v[k][2] = h[k]->max;
 		}
-		broker_log(LOG_INFO, "sync group %u: %llu group commits, p50 < %llu us, p99 < %llu "
-				     "us, max %llu us", g->id, (unsigned long long)g->sync_count,
-			   (unsigned long long)b50, (unsigned long long)b99,
-			   (unsigned long long)g->sync_us_max);
+		broker_log(LOG_INFO, "sync group %u: %llu group commits, us p50/p99/max: wait for "
+				     "the window %llu/%llu/%llu, sync %llu/%llu/%llu, owner wake-up "
+				     "%llu/%llu/%llu", g->id, (unsigned long long)g->sync_hist.count,
+			   v[0][0], v[0][1], v[0][2], v[1][0], v[1][1], v[1][2], v[2][0], v[2][1],
+			   v[2][2]);
 	}
 	pthread_mutex_destroy(&g->mu);
 	pthread_cond_destroy(&g->cv);
@@ -610,6 +609,8 @@ static void submit_one(struct shard *s, const struct shard_item *it, size_t i, i
 		s->app_off[i] = off;
 		s->dirty = true;
 		s->last_append_us = now_us;
+		if (!s->g->dirty_since_us)
+			s->g->dirty_since_us = now_us;
 		if (it->event_time_us > s->seg_max_event_time_us)
 			s->seg_max_event_time_us = it->event_time_us;
 		e.target = off + 1;
@@ -743,6 +744,10 @@ static int shard_poll(struct shard *s, int64_t now_us, int64_t *sync_at_us)
 int shard_group_poll(struct shard_group *g, int64_t now_us, int64_t *sync_at_us)
 {
 	int first = 0;
+	if (g->kicked && !atomic_load_explicit(&g->busy, memory_order_acquire)) {
+		g->kicked = false;
+		lathist_add(&g->wake_hist, now_us - g->sync_end_us);
+	}
 	for (size_t i = 0; i < g->n; i++) {
 		int rc = shard_poll(g->members[i], now_us, sync_at_us);
 		if (rc < 0 && first == 0)
@@ -752,6 +757,11 @@ int shard_group_poll(struct shard_group *g, int64_t now_us, int64_t *sync_at_us)
 		g->want = false;
 		if (g->cfg->commit_window_us)
 			g->sync_window = now_us / g->cfg->commit_window_us;
+		if (g->dirty_since_us) {
+			lathist_add(&g->wait_hist, now_us - g->dirty_since_us);
+			g->dirty_since_us = 0;
+		}
+		g->kicked = true;
 		syncer_kick(g);
 	}
 	return first;

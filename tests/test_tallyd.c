@@ -768,6 +768,116 @@ static void test_buffer_budget(const char *base)
 	CHECK_EQ(server_stop(&s, SIGTERM), 0);
 }
 
+/* Raw-socket reader that keeps what follows a frame for the next call. */
+struct raw_reader {
+	int fd;
+	size_t len;
+	uint8_t buf[4096];
+};
+
+/* The next frame's type (ACK: *accepted counts its ACCEPTED receipts; ERROR: *code), skipping
+   HELLO_OK; -1 on a closed socket, a malformed frame, or nothing within timeout_ms. */
+static int raw_next(struct raw_reader *r, int timeout_ms, long *accepted, uint16_t *code)
+{
+	for (;;) {
+		struct proto_frame f;
+		size_t need;
+		long n = proto_frame_parse(r->buf, r->len, sizeof r->buf, 65535, &f, &need);
+		if (n > 0) {
+			int type = f.type;
+			if (type == PROTO_ACK)
+				for (uint32_t i = 0; i < f.u.ack.receipt_count; i++) {
+					struct proto_receipt rc;
+					proto_ack_receipt(&f.u.ack, i, &rc);
+					*accepted += rc.status == PROTO_ACCEPTED;
+				}
+			if (type == PROTO_ERROR)
+				*code = f.u.error.code;
+			memmove(r->buf, r->buf + n, r->len - (size_t)n);
+			r->len -= (size_t)n;
+			if (type == PROTO_HELLO_OK)
+				continue;
+			return type;
+		}
+		if (n < 0 || r->len == sizeof r->buf)
+			return -1;
+		struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = timeout_ms % 1000 * 1000};
+		setsockopt(r->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+		ssize_t k = recv(r->fd, r->buf + r->len, sizeof r->buf - r->len, 0);
+		if (k <= 0)
+			return -1;
+		r->len += (size_t)k;
+	}
+}
+
+/*
+ * The read deadline (--read-timeout) runs per frame: a client whose every write ends inside
+ * a frame, but which keeps completing frames, is never cut off (it was, --read-timeout after
+ * its first incomplete frame, because a completed frame did not restart the clock), while a
+ * frame that stops arriving still is.
+ */
+static void test_read_deadline(const char *base)
+{
+	struct server s;
+	snprintf(s.dir, sizeof s.dir, "%s/deadline", base);
+	server_start(&s, "--read-timeout", "2");
+	static struct raw_reader r;
+	r.fd = raw_connect(s.port);
+	r.len = 0;
+	CHECK(r.fd >= 0);
+	uint8_t hb[128];
+	struct proto_hello h = {.version = 1};
+	long m = proto_encode_hello(hb, sizeof hb, &h);
+	CHECK(send(r.fd, hb, (size_t)m, 0) == m);
+
+	enum { FRAMES = 5 };
+	static uint8_t frame[FRAMES + 1][512];
+	long len[FRAMES + 1];
+	for (int k = 0; k <= FRAMES; k++) {
+		struct proto_batch_builder b;
+		struct evbuf e;
+		char key[32];
+		snprintf(key, sizeof key, "deadline-%d", k);
+		make_event(&e, key, "cus_deadline", k, now_us());
+		proto_batch_start(&b, frame[k], sizeof frame[k], (uint64_t)k + 1);
+		CHECK_EQ(proto_batch_add(&b, &e.in), 0);
+		len[k] = proto_batch_finish(&b);
+	}
+	/* Each write completes one frame and starts the next; 1.2 s apart, 6 s in all. */
+	CHECK(send(r.fd, frame[0], (size_t)len[0] / 2, 0) == len[0] / 2);
+	for (int k = 0; k < FRAMES; k++) {
+		usleep(1200 * 1000);
+		uint8_t out[1024];
+		size_t rest = (size_t)(len[k] - len[k] / 2), n = rest;
+		memcpy(out, frame[k] + len[k] / 2, rest);
+		if (k + 1 < FRAMES) {
+			memcpy(out + n, frame[k + 1], (size_t)len[k + 1] / 2);
+			n += (size_t)len[k + 1] / 2;
+		}
+		CHECK(send(r.fd, out, n, MSG_NOSIGNAL) == (ssize_t)n);
+	}
+	long accepted = 0;
+	uint16_t code = 0;
+	for (int k = 0; k < FRAMES; k++) {
+		int type = raw_next(&r, 10000, &accepted, &code);
+		CHECK_EQ(type, PROTO_ACK);
+		if (type != PROTO_ACK) {
+			fprintf(stderr, "  reply %d: type %d, error %u\n", k, type, code);
+			break;
+		}
+	}
+	CHECK_EQ(accepted, FRAMES);
+	/* Half a frame, then nothing: ERROR TIMEOUT after about 2 s. */
+	int64_t t0 = now_us();
+	CHECK(send(r.fd, frame[FRAMES], (size_t)len[FRAMES] / 2, MSG_NOSIGNAL) == len[FRAMES] / 2);
+	code = 0;
+	CHECK_EQ(raw_next(&r, 10000, &accepted, &code), PROTO_ERROR);
+	CHECK_EQ(code, PROTO_E_TIMEOUT);
+	CHECK(now_us() - t0 >= 2000000);
+	close(r.fd);
+	CHECK_EQ(server_stop(&s, SIGTERM), 0);
+}
+
 /* io_uring refused by the kernel: tallyd says why and serves with epoll. */
 static void test_uring_fallback(const char *base)
 {
@@ -945,6 +1055,7 @@ int main(int argc, char **argv)
 	test_balance(base);
 	test_cold_tier(base);
 	test_buffer_budget(base);
+	test_read_deadline(base);
 	if (!strcmp(io_mode, "uring"))
 		test_uring_fallback(base);
 
