@@ -11,6 +11,7 @@ tally_test(test_tallyd_uring SOURCES tests/test_tallyd.c DEPS tally_client tally
 add_dependencies(test_tallyd_uring tallyd)
 tally_test(test_ring SOURCES tests/test_ring.c DEPS tally_ring Threads::Threads ARGS 20000 LABELS tsan)
 tally_test(test_shard SOURCES tests/test_shard.c DEPS tally_broker LABELS tsan)
+tally_test(test_lathist SOURCES tests/test_lathist.c)
 if(CMAKE_BUILD_TYPE STREQUAL "Tsan")
   # halt_on_error: a race in tallyd aborts it, which fails the integration test.
   set_tests_properties(test_ring test_shard test_wal_group test_tallyd_epoll test_tallyd_uring PROPERTIES
