@@ -117,6 +117,7 @@ struct conn {
 };
 
 struct chunk {
+	int64_t sent_us; /* handed to the ring (for the hop histogram) */
 	uint16_t from, to;
 	uint32_t n, data_len;
 	uint32_t items_cap, data_cap;
@@ -173,6 +174,7 @@ struct worker {
 	int64_t last_timer_us;
 	struct lathist lat[LAT_N]; /* batches answered by this worker's connections */
 	struct lathist turn;       /* loop turns: woken -> about to sleep again, µs */
+	struct lathist hop;        /* chunks to us: sent -> we run its events, µs */
 	int64_t woke_us;
 	int64_t sync_at_us; /* a shard holds a sync back for its next commit window until then */
 	bool epoll_us;      /* epoll_pwait2 (microsecond timeouts) works here */
@@ -459,6 +461,7 @@ static bool chunk_reserve(struct worker *w, uint16_t to, uint32_t n, uint32_t by
 	if (ch && ch->items_cap - ch->n >= n && ch->data_cap - ch->data_len >= bytes)
 		return true;
 	if (ch && ch->n > 0) {
+		ch->sent_us = w->now_us;
 		worker_send_msg(w, to, ch, TAG_CHUNK);
 		w->out[to] = NULL;
 	}
@@ -504,6 +507,7 @@ static void worker_handle_msg(struct worker *w, void *msg)
 	void *p = (void *)((uintptr_t)msg & ~(uintptr_t)TAG_MASK);
 	if (tag == TAG_CHUNK) {
 		struct chunk *ch = p;
+		lathist_add(&w->hop, broker_now_us() - ch->sent_us);
 		worker_run_items(w, ch->items, ch->item_shard, ch->n);
 		worker_send_msg(w, ch->from, ch, TAG_RETURN);
 	} else if (tag == TAG_RETURN) {
@@ -537,6 +541,7 @@ static void worker_flush_out(struct worker *w)
 		if (to == w->id)
 			continue;
 		if (w->out[to] && w->out[to]->n > 0) {
+			w->out[to]->sent_us = broker_now_us();
 			worker_send_msg(w, to, w->out[to], TAG_CHUNK);
 			w->out[to] = NULL;
 		}
@@ -1628,12 +1633,16 @@ static void *worker_main(void *arg)
 			conn_close(w, c);
 	}
 	broker_log(LOG_INFO, "worker %u: took %llu connection(s), handed %llu to other workers; "
-			     "%llu loop turns, us p50/p99/max %llu/%llu/%llu", w->id,
+			     "%llu loop turns, us p50/p99/max %llu/%llu/%llu; %llu chunks from other "
+			     "workers, waited us p50/p99/max %llu/%llu/%llu", w->id,
 		   (unsigned long long)w->conns_taken, (unsigned long long)w->conns_handed,
 		   (unsigned long long)w->turn.count,
 		   (unsigned long long)lathist_permille(&w->turn, 500),
 		   (unsigned long long)lathist_permille(&w->turn, 990),
-		   (unsigned long long)w->turn.max);
+		   (unsigned long long)w->turn.max, (unsigned long long)w->hop.count,
+		   (unsigned long long)lathist_permille(&w->hop, 500),
+		   (unsigned long long)lathist_permille(&w->hop, 990),
+		   (unsigned long long)w->hop.max);
 	return NULL;
 }
 

@@ -326,12 +326,14 @@ static void *syncer_main(void *arg)
 		}
 		pthread_mutex_unlock(&g->mu);
 
+		int64_t t0 = broker_now_us();
 		if (n > 0) {
-			int64_t t0 = broker_now_us();
 			int rc = wal_sync_group(g->ws, n);
 			if (rc < 0)
 				atomic_store(&g->sync_error, rc);
-			g->sync_end_us = broker_now_us();
+		}
+		g->sync_end_us = broker_now_us();
+		if (n > 0) {
 			uint64_t us = (uint64_t)(g->sync_end_us - t0);
 			atomic_store_explicit(&g->last_sync_us, us > UINT32_MAX ? UINT32_MAX : (uint32_t)us,
 					      memory_order_relaxed);
