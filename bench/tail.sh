@@ -7,6 +7,8 @@
 # 12; `--steps RATE,RATE,...`), and prints one line per second: p50 and p99 ack latency of that
 # second's batches, then each CPU's busy and steal share over the same second (/proc/stat).
 # A second with a high p99 while the CPUs are idle and nothing is stolen is the disk's.
+# Then tallyd's own account of the run, logged at its stop (warm-up included): each stage of a
+# batch, each sync group's window wait / sync / wake-up, each loop's turns (docs/architecture.md).
 # Env: IO (epoll), TALLYD_FLAGS (extra tallyd flags), CONNS (16), BATCH (500).
 set -euo pipefail
 bin=${1:?usage: bench/tail.sh BIN_DIR [RATE] [SECONDS]}
@@ -18,7 +20,7 @@ cleanup() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm
 trap cleanup EXIT
 
 "$bin/tallyd" --listen 127.0.0.1:0 --port-file "$tmp/port" --data "$tmp/data" --threads 2 \
-  --shards 8 --io "${IO:-epoll}" --expected-keys 4194304 --log-level warn ${TALLYD_FLAGS:-} \
+  --shards 8 --io "${IO:-epoll}" --expected-keys 4194304 --log-level info ${TALLYD_FLAGS:-} \
   2>"$tmp/tallyd.log" &
 pid=$!
 for _ in $(seq 1 300); do [ -s "$tmp/port" ] && break; sleep 0.1; done
@@ -47,3 +49,6 @@ echo "tallyd: io ${IO:-epoll}, rate $rate ev/s, $secs one-second steps, $(nproc)
 echo "second   p50        p99        | per CPU over that second"
 grep -E '^ +[0-9]+ +[0-9]+ ' "$tmp/bench" | head -n "$secs" |
   awk '{printf "%6d   %-10s %-10s |\n", NR, $3 " " $4, $7 " " $8}' | paste -d' ' - "$tmp/cpu"
+kill -TERM "$pid"; wait "$pid" || true; pid=""
+echo "tallyd at stop (us, p50/p99/max):"
+grep -E 'batch latency|sync group|loop turns' "$tmp/tallyd.log" | sed 's/^[^ ]* INFO  /  /'
