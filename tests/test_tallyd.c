@@ -876,6 +876,31 @@ static void test_read_deadline(const char *base)
 	CHECK(now_us() - t0 >= 2000000);
 	close(r.fd);
 	CHECK_EQ(server_stop(&s, SIGTERM), 0);
+
+	/* The stop log counts each answered batch once, with its stages in order of time. */
+	char logf[400], line[1024];
+	snprintf(logf, sizeof logf, "%s.log", s.dir);
+	FILE *lf = fopen(logf, "r");
+	long batches = -1, receive[3] = {0}, durable[3] = {0}, total[3] = {0};
+	while (lf && fgets(line, sizeof line, lf)) {
+		const char *p = strstr(line, "batch latency, ");
+		const char *d = p ? strstr(p, "durable ") : NULL, *t = p ? strstr(p, "total ") : NULL;
+		const char *rv = p ? strstr(p, "receive ") : NULL;
+		if (p && d && t && rv) {
+			batches = strtol(p + 15, NULL, 10);
+			sscanf(rv, "receive %ld/%ld/%ld", &receive[0], &receive[1], &receive[2]);
+			sscanf(d, "durable %ld/%ld/%ld", &durable[0], &durable[1], &durable[2]);
+			sscanf(t, "total %ld/%ld/%ld", &total[0], &total[1], &total[2]);
+		}
+	}
+	if (lf)
+		fclose(lf);
+	CHECK_EQ(batches, FRAMES);
+	CHECK(durable[0] > 0 && durable[0] <= durable[1] && durable[1] <= durable[2]);
+	/* Every frame's first half was read 1.2 s before its second: its receive stage (and so
+	   its total) is about 1.2 s, from the read that started it, not from the first frame. */
+	CHECK(receive[0] >= 1000000 && receive[2] < 3000000);
+	CHECK(total[0] >= receive[0] && total[2] >= durable[2]);
 }
 
 /* io_uring refused by the kernel: tallyd says why and serves with epoll. */
