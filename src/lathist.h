@@ -1,6 +1,6 @@
 /*
  * lathist.h — a fixed-size latency histogram for the broker's own measurements (the batch
- * stages logged at stop, docs/architecture.md "Where a batch's time goes").
+ * stages logged at stop; docs/architecture.md, "Lifecycle", "Shutdown log").
  *
  * Invariants:
  *  - Log-linear buckets: values below 8 µs have a bucket each; above, every power of two is

@@ -461,7 +461,7 @@ static bool chunk_reserve(struct worker *w, uint16_t to, uint32_t n, uint32_t by
 	if (ch && ch->items_cap - ch->n >= n && ch->data_cap - ch->data_len >= bytes)
 		return true;
 	if (ch && ch->n > 0) {
-		ch->sent_us = w->now_us;
+		ch->sent_us = broker_now_us();
 		worker_send_msg(w, to, ch, TAG_CHUNK);
 		w->out[to] = NULL;
 	}
