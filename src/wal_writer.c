@@ -79,6 +79,8 @@ struct wal_shard {
 	uint64_t seg_base;
 	uint64_t seg_bytes;          /* valid bytes in the current segment */
 	uint64_t file_bytes;         /* its size: seg_bytes + zeros written ahead (prefill) */
+	uint64_t ahead_from, ahead_end; /* prefill ahead in progress: file_bytes when it began,
+					   and where it ends; ahead_end == 0 if none */
 	int64_t seg_first_ingest_us; /* INT64_MIN while the segment is empty */
 	uint64_t idx_bytes;
 	uint64_t idx_last_pos; /* position of the last indexed block, UINT64_MAX if none */
@@ -271,14 +273,22 @@ static int set_failed(struct wal_shard *s, int err, const char *what)
  * torn tail looks like to recovery, which cuts them. A failed zero write is ignored: the block is
  * then simply appended. Appender thread.
  */
-static void prefill(struct wal_shard *s, uint64_t need_end)
+static uint64_t prefill_end(const struct wal_shard *s, uint64_t need_end)
 {
-	static const uint8_t zeros[64 << 10];
 	const struct wal_options *o = &s->w->opt;
 	uint64_t cap = o->segment_bytes_max + WAL_BLOCK_HEADER_BYTES + WAL_BLOCK_STORED_BYTES_MAX;
 	uint64_t end = need_end + o->prefill_bytes;
 	if (end > cap)
 		end = cap > need_end ? cap : need_end;
+	return end;
+}
+
+/* Zeros from the file's end up to `end`, at most `max` bytes of them. */
+static void prefill_upto(struct wal_shard *s, uint64_t end, uint64_t max)
+{
+	static const uint8_t zeros[64 << 10];
+	if (end > s->file_bytes && end - s->file_bytes > max)
+		end = s->file_bytes + max;
 	while (s->file_bytes < end) {
 		uint64_t n = end - s->file_bytes;
 		if (n > sizeof zeros)
@@ -293,11 +303,17 @@ static void prefill(struct wal_shard *s, uint64_t need_end)
 	atomic_store_explicit(&s->file_bytes_pub, s->file_bytes, memory_order_release);
 }
 
+static void prefill(struct wal_shard *s, uint64_t need_end)
+{
+	prefill_upto(s, prefill_end(s, need_end), UINT64_MAX);
+}
+
 /* Appender thread: the file was cut back to seg_bytes; space above it is no longer durable. */
 static void file_shrunk(struct wal_shard *s)
 {
 	pthread_mutex_lock(&s->sync_lock);
 	s->file_bytes = s->seg_bytes;
+	s->ahead_end = 0;
 	atomic_store_explicit(&s->file_bytes_pub, s->file_bytes, memory_order_relaxed);
 	if (s->durable_size > s->seg_bytes)
 		s->durable_size = s->seg_bytes;
@@ -461,6 +477,7 @@ static int roll(struct wal_shard *s)
 	s->seg_base = next;
 	s->seg_bytes = 0;
 	s->file_bytes = 0;
+	s->ahead_end = 0;
 	s->durable_size = 0;
 	s->wb_from = 0;
 	s->size_gen++;
@@ -524,14 +541,25 @@ static int seal(struct wal_shard *s)
 
 	if (o->prefill_bytes && s->seg_bytes + total > s->file_bytes) {
 		prefill(s, s->seg_bytes + total);
-	} else if (o->prefill_bytes && !o->no_prefill_ahead &&
-		   s->seg_bytes + total + o->prefill_bytes / 2 > s->file_bytes) {
-		/* Less than half a prefill left: zero-fill the next stretch now and let the
-		   prefill thread make its size durable before the blocks reach it. */
-		uint64_t before = s->file_bytes;
-		prefill(s, s->seg_bytes + total + o->prefill_bytes / 2);
-		if (s->file_bytes > before)
-			prep_request(s);
+	} else if (o->prefill_bytes && !o->no_prefill_ahead) {
+		/* Less than half a prefill left: zero-fill the next stretch, then let the prefill
+		   thread make its size durable before the blocks reach it. A step of it per block
+		   (an eighth of a prefill, 4-128 KiB), so that no single loop turn pays for a
+		   whole stretch (a 1 MiB stretch costs 0.4 ms, and up to 3 ms, on this VM). */
+		if (!s->ahead_end && s->seg_bytes + total + o->prefill_bytes / 2 > s->file_bytes) {
+			s->ahead_from = s->file_bytes;
+			s->ahead_end = prefill_end(s, s->seg_bytes + total + o->prefill_bytes / 2);
+		}
+		if (s->ahead_end) {
+			uint64_t step = o->prefill_bytes / 8, before = s->file_bytes;
+			step = step < 4096 ? 4096 : step > (128u << 10) ? (128u << 10) : step;
+			prefill_upto(s, s->ahead_end, step);
+			if (s->file_bytes >= s->ahead_end || s->file_bytes == before) {
+				s->ahead_end = 0; /* done, or a zero write failed: end it here */
+				if (s->file_bytes > s->ahead_from)
+					prep_request(s);
+			}
+		}
 	}
 	rc = write_all(s, s->out, total, s->seg_bytes);
 	if (rc < 0) {

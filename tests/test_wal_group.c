@@ -37,6 +37,8 @@ struct cio {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	int block_prep, prep_blocked;
+	/* Zeros the appender wrote between two blocks of a file (appender thread only). */
+	size_t zero_run[64], zero_run_max;
 };
 
 static struct cio cio;
@@ -57,6 +59,20 @@ static int c_open(void *ctx, const char *path, int flags, mode_t mode)
 }
 static ssize_t c_pwrite(void *ctx, int fd, const void *b, size_t n, off_t off)
 {
+	static const uint8_t zeros[4096];
+	bool zero = true;
+	for (size_t k = 0; k < n && zero; k += sizeof zeros)
+		zero = memcmp((const uint8_t *)b + k, zeros,
+			      n - k < sizeof zeros ? n - k : sizeof zeros) == 0;
+	if (fd >= 0 && fd < 64) {
+		if (zero) {
+			cio.zero_run[fd] += n;
+		} else {
+			if (cio.zero_run[fd] > cio.zero_run_max)
+				cio.zero_run_max = cio.zero_run[fd];
+			cio.zero_run[fd] = 0;
+		}
+	}
 	return cio.inner->pwrite(cio.inner->ctx, fd, b, n, off);
 }
 static ssize_t c_pread(void *ctx, int fd, void *b, size_t n, off_t off)
@@ -329,7 +345,7 @@ static void test_failures(void)
  * syncs were full (a full shard has no write-back; each cheap one has one, and one flush is
  * shared unless a full sync served as it).
  */
-static int prefill_rounds(bool ahead, int *prep_syncs)
+static int prefill_rounds(bool ahead, int *prep_syncs, size_t *zero_run_max)
 {
 	char dir[512];
 	wt_tmpdir(dir, sizeof dir, "walgroup");
@@ -342,6 +358,7 @@ static int prefill_rounds(bool ahead, int *prep_syncs)
 		append_n(s[0], 20);
 		append_n(s[1], 20);
 		CHECK_EQ(wal_sync_group(s, 2), 0); /* the first: full */
+		cio.zero_run_max = 0; /* not the segments' first prefill, written with a block */
 		for (int round = 0; round < 60; round++) {
 			append_n(s[0], 60); /* ~8 KiB of blocks per shard and round */
 			append_n(s[1], 60);
@@ -356,6 +373,7 @@ static int prefill_rounds(bool ahead, int *prep_syncs)
 		CHECK_EQ(cio.prep_opens, cio.prep_closes);
 	}
 	*prep_syncs = cio.prep_syncs;
+	*zero_run_max = cio.zero_run_max;
 	uint64_t n0 = wal_next_offset(s[0]), n1 = wal_next_offset(s[1]);
 	CHECK_EQ(wal_close(w), 0);
 	check_shard(dir, 0, n0);
@@ -367,13 +385,17 @@ static int prefill_rounds(bool ahead, int *prep_syncs)
 static void test_prefill_ahead(void)
 {
 	int syncs_on = 0, syncs_off = 0;
-	int full_on = prefill_rounds(true, &syncs_on);
+	size_t zeros_on = 0, zeros_off = 0;
+	int full_on = prefill_rounds(true, &syncs_on, &zeros_on);
 	if (full_on < 0)
 		return; /* no group flush on this file system: nothing to show */
-	int full_off = prefill_rounds(false, &syncs_off);
+	int full_off = prefill_rounds(false, &syncs_off, &zeros_off);
 	printf("test_wal_group: prefill ahead: %d full shard syncs in 60 rounds (%d by the "
-	       "prefill thread); without it: %d\n", full_on, syncs_on, full_off);
+	       "prefill thread, at most %zu bytes of zeros between two blocks); without it: %d\n",
+	       full_on, syncs_on, zeros_on, full_off);
 	CHECK_EQ(full_on, 0);
+	/* The stretch is written a step (prefill / 8 = 8 KiB) per block, never at once. */
+	CHECK(zeros_on > 0 && zeros_on <= (8 << 10));
 	CHECK(syncs_on >= 4); /* ~480 KiB of blocks cross several 32 KiB half-prefills */
 	CHECK_EQ(syncs_off, 0);
 	CHECK(full_off >= 4);
