@@ -545,7 +545,8 @@ static int seal(struct wal_shard *s)
 		/* Less than half a prefill left: zero-fill the next stretch, then let the prefill
 		   thread make its size durable before the blocks reach it. A step of it per block
 		   (an eighth of a prefill, 4-128 KiB), so that no single loop turn pays for a
-		   whole stretch (a 1 MiB stretch costs 0.4 ms, and up to 3 ms, on this VM). */
+		   whole stretch (on this VM 1 MiB of zeros at once took 0.4 ms at the median and
+		   1.4-8.6 ms at the p99; 128 KiB took 0.08 ms and 0.5-2 ms). */
 		if (!s->ahead_end && s->seg_bytes + total + o->prefill_bytes / 2 > s->file_bytes) {
 			s->ahead_from = s->file_bytes;
 			s->ahead_end = prefill_end(s, s->seg_bytes + total + o->prefill_bytes / 2);
