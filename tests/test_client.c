@@ -16,26 +16,8 @@
 
 #include "client_fake_server.h"
 #include "tally/client.h"
+#include "check.h"
 
-static int failures;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);   \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_EQ(a, b)                                                                             \
-	do {                                                                                       \
-		long long a_ = (long long)(a), b_ = (long long)(b);                                \
-		if (a_ != b_) {                                                                    \
-			fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%lld != %lld)\n", __FILE__, \
-				__LINE__, #a, #b, a_, b_);                                         \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
 
 #define CHECK_STR(hay, needle)                                                                     \
 	do {                                                                                       \

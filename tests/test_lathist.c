@@ -8,15 +8,7 @@
 #include <string.h>
 
 #include "../src/lathist.h"
-
-static int failures;
-#define CHECK(cond)                                                                              \
-	do {                                                                                     \
-		if (!(cond)) {                                                                   \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-			failures++;                                                              \
-		}                                                                                \
-	} while (0)
+#include "check.h"
 
 static int cmp_u64(const void *a, const void *b)
 {

@@ -18,30 +18,12 @@
 #include <unistd.h>
 
 #include "client_fake_server.h"
+#include "check.h"
 
 extern char **environ;
 
-static int failures;
 static char dir[64];
 static char tally_path[1024];
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);   \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_EQ(a, b)                                                                             \
-	do {                                                                                       \
-		long long a_ = (long long)(a), b_ = (long long)(b);                                \
-		if (a_ != b_) {                                                                    \
-			fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%lld != %lld)\n", __FILE__, \
-				__LINE__, #a, #b, a_, b_);                                         \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
 
 static void write_file(const char *path, const char *text)
 {

@@ -28,28 +28,11 @@
 #include "tally/protocol.h"
 #include "net_testutil.h"
 #include "tally/wal.h"
+#include "check.h"
 
-static int failures;
 static const char *io_mode = "epoll";
 static const char *group_flush = "on"; /* --group-flush: one sync group per worker or per shard */
 static char bin_dir[1024];
-
-#define CHECK(cond)                                                                              \
-	do {                                                                                     \
-		if (!(cond)) {                                                                   \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-			failures++;                                                              \
-		}                                                                                \
-	} while (0)
-#define CHECK_EQ(a, b)                                                                           \
-	do {                                                                                     \
-		long long _a = (long long)(a), _b = (long long)(b);                              \
-		if (_a != _b) {                                                                  \
-			fprintf(stderr, "%s:%d: CHECK_EQ failed: %s = %lld, %s = %lld\n",         \
-				__FILE__, __LINE__, #a, _a, #b, _b);                             \
-			failures++;                                                              \
-		}                                                                                \
-	} while (0)
 
 struct server {
 	pid_t pid;

@@ -37,32 +37,15 @@
 #include "net_testutil.h"
 #include "tally/wal.h"
 #include "torture_lib.h"
+#include "../check.h"
 
 #define MAX_CONNS 300
 #define FLOOD_EXTRA 1000
 #define KEY_ACME "tk_acme_0123456789abcdef"
 #define KEY_GLOBEX "tk_globex_0123456789abcd"
 
-static int failures;
 static struct torture_server srv;
 static long rss_cap_kib = 512 * 1024, rss_max_kib;
-
-#define CHECK(cond)                                                                              \
-	do {                                                                                     \
-		if (!(cond)) {                                                                   \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-			failures++;                                                              \
-		}                                                                                \
-	} while (0)
-#define CHECK_EQ(a, b)                                                                           \
-	do {                                                                                     \
-		long long _a = (long long)(a), _b = (long long)(b);                              \
-		if (_a != _b) {                                                                  \
-			fprintf(stderr, "%s:%d: CHECK_EQ failed: %s = %lld, %s = %lld\n",         \
-				__FILE__, __LINE__, #a, _a, #b, _b);                             \
-			failures++;                                                              \
-		}                                                                                \
-	} while (0)
 
 static int64_t mono_us(void)
 {
