@@ -543,13 +543,13 @@ static int seal(struct wal_shard *s)
 		prefill(s, s->seg_bytes + total);
 	} else if (o->prefill_bytes && !o->no_prefill_ahead) {
 		/* Less than half a prefill left: zero-fill the next stretch, then let the prefill
-		   thread make its size durable before the blocks reach it. A step of it per block
-		   (an eighth of a prefill, 4-128 KiB, or four times the block if that is more: the
-		   blocks written while a stretch of about one prefill is under way then take at
-		   most a quarter prefill of the half that is already durable), so that no single
-		   loop turn pays for a
-		   whole stretch (on this VM 1 MiB of zeros at once took 0.4 ms at the median and
-		   1.4-8.6 ms at the p99; 128 KiB took 0.08 ms and 0.5-2 ms). */
+		   thread make its size durable before the blocks reach it. One step of it per
+		   block, so that no single loop turn pays for a whole stretch (on this VM 1 MiB of
+		   zeros at once took 0.4 ms at the median and 1.4-8.6 ms at the p99; 128 KiB took
+		   0.08 ms and 0.5-2 ms). A step is an eighth of a prefill (4-128 KiB), or four
+		   times the block if that is more: the blocks written while a stretch of about
+		   one prefill is under way then take at most a quarter prefill of the half that
+		   is already durable. */
 		if (!s->ahead_end && s->seg_bytes + total + o->prefill_bytes / 2 > s->file_bytes) {
 			s->ahead_from = s->file_bytes;
 			s->ahead_end = prefill_end(s, s->seg_bytes + total + o->prefill_bytes / 2);
