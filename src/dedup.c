@@ -423,9 +423,13 @@ static void journal_add(struct dedup_shard *d, const struct dedup_rec *r)
 		journal_break(d);
 		return;
 	}
-	d->jr_max = r->offset + 1;
+	/* The first key journaled: every key with an offset at or above jr_max (restored keys
+	   raise it too) is this one, so the journal covers from there, not from this offset: a
+	   tick record before the first event would otherwise leave the shard's first segment
+	   uncovered, and its seal would scan the whole hot table on the owning thread. */
 	if (d->jr_from == UINT64_MAX)
-		d->jr_from = r->offset;
+		d->jr_from = d->jr_max;
+	d->jr_max = r->offset + 1;
 	if (d->jr_n == d->jr_cap) { /* doubling: amortized, not per key */
 		size_t c = d->jr_cap ? d->jr_cap * 2 : 65536;
 		struct dedup_rec *p = realloc(d->jr, c * sizeof(*p));
@@ -685,6 +689,14 @@ int dedup_restore_key(struct dedup_shard *d, struct tally_fp fp, uint32_t digest
 		return -ENOSPC;
 	struct dedup_rec r = {.lo = fp.lo, .hi = fp.hi, .offset = offset, .digest = digest};
 	dedup_hot_insert(&d->hot, &r);
+	/* Not journaled: a journal not yet started starts above it (journal_add); one that
+	   covers its offset no longer holds every key there. */
+	if (offset != DEDUP_OFFSET_NONE) {
+		if (offset >= d->jr_max)
+			d->jr_max = offset + 1;
+		if (d->jr_from != UINT64_MAX && offset >= d->jr_from)
+			journal_break(d);
+	}
 	dedup_hot_maintain(&d->hot, 1);
 	return 0;
 }

@@ -233,7 +233,7 @@ struct dedup_shard {
 	struct dedup_rec *jr;
 	size_t jr_n, jr_cap;
 	uint64_t jr_from; /* UINT64_MAX: nothing journaled yet */
-	uint64_t jr_max;  /* 1 + the highest offset ever set (0: none) */
+	uint64_t jr_max;  /* 1 + the highest offset ever set or restored (0: none) */
 	uint64_t jr_takes;
 };
 
