@@ -429,6 +429,20 @@ static void prep_stop(struct wal *w)
 	w->prep_started = false;
 }
 
+/*
+ * The size at which the current segment rolls. A shard's first segment (base 0) rolls early, by
+ * index/count of half the roll size, so that shards fed at the same rate — the fingerprint
+ * spreads events evenly — do not all roll, and seal their dedup keys, at the same moment: each
+ * keeps its offset from the others from then on (docs/wal-format.md "Segment file").
+ */
+static uint64_t roll_bytes(const struct wal_shard *s)
+{
+	uint64_t max = s->w->opt.segment_bytes_max;
+	if (s->seg_base != 0 || s->w->shard_count < 2)
+		return max;
+	return max - max / 2 / s->w->shard_count * s->index;
+}
+
 /* Seals the current segment and starts a new one based at written_next. */
 static int roll(struct wal_shard *s)
 {
@@ -501,7 +515,7 @@ static int seal(struct wal_shard *s)
 		return rc;
 	const struct wal_options *o = &s->w->opt;
 	uint64_t bound = WAL_BLOCK_HEADER_BYTES + (uint64_t)LZ4_COMPRESSBOUND((int)s->raw_len);
-	bool by_size = s->seg_bytes > 0 && s->seg_bytes + bound > o->segment_bytes_max;
+	bool by_size = s->seg_bytes > 0 && s->seg_bytes + bound > roll_bytes(s);
 	bool by_age =
 	    s->seg_first_ingest_us != INT64_MIN &&
 	    (uint64_t)(s->block_first_ingest_us - s->seg_first_ingest_us) >= o->segment_age_us;

@@ -481,6 +481,45 @@ static void test_prefill(void)
 	wt_rmrf(dir);
 }
 
+/*
+ * Shards fed the same records do not roll together: shard i's first segment rolls i/count of
+ * half the roll size early (so their dedup seals do not all run at once), later segments at the
+ * full size, which keeps the shards apart.
+ */
+static void test_staggered_rolls(void)
+{
+	enum { SHARDS = 4, N = 24000, SEG = 256 << 10 };
+	char dir[512];
+	wt_tmpdir(dir, sizeof dir, "wal-stagger");
+	struct wal_options o = {
+	    .shard_count = SHARDS, .block_bytes_max = 16 << 10, .segment_bytes_max = SEG};
+	struct wal *w;
+	CHECK_EQ(wal_open(dir, &o, &w), 0);
+	for (uint16_t i = 0; i < SHARDS; i++)
+		fill(wal_shard(w, i), 0, N, SEED);
+	CHECK_EQ(wal_close(w), 0);
+
+	uint64_t first_end[SHARDS], second_len[SHARDS], first_bytes[SHARDS];
+	for (uint16_t i = 0; i < SHARDS; i++) {
+		struct wal_segment_info segs[64];
+		size_t nseg;
+		CHECK_EQ(wal_segments_list(dir, i, segs, 64, &nseg), 0);
+		CHECK(nseg >= 3);
+		first_end[i] = segs[1].base_offset;
+		second_len[i] = segs[2].base_offset - segs[1].base_offset;
+		first_bytes[i] = segs[0].file_bytes;
+		CHECK(first_bytes[i] <= (uint64_t)SEG - (uint64_t)SEG / 2 / SHARDS * i);
+	}
+	for (uint16_t i = 1; i < SHARDS; i++) {
+		CHECK(first_end[i] < first_end[i - 1]);
+		/* A full-size second segment everywhere: within one block's records of shard 0's. */
+		CHECK(second_len[i] + 200 > second_len[0] && second_len[0] + 200 > second_len[i]);
+	}
+	/* Shard 3 rolled at 5/8 of the size: well before shard 0. */
+	CHECK(first_bytes[SHARDS - 1] * 10 < first_bytes[0] * 7);
+	CHECK(first_bytes[0] > (uint64_t)SEG / 8 * 7);
+}
+
 int main(void)
 {
 	test_footprint();
@@ -489,6 +528,7 @@ int main(void)
 	test_durable_only();
 	test_checkpoint_retention();
 	test_prefill();
+	test_staggered_rolls();
 	printf("test_wal: OK\n");
 	return 0;
 }
