@@ -3,8 +3,9 @@
 # vCPU was doing, to tell a slow disk from a busy or stolen CPU (docs/benchmarks.md, session 6).
 #
 # Starts tallyd on a fresh data directory (epoll, 2 threads, 8 shards, --fsync always), runs
-# tally-bench open loop at RATE events/s (default 600000) as SECONDS one-second steps (default
-# 12; `--steps RATE,RATE,...`), and prints one line per second: p50 and p99 ack latency of that
+# tally-bench open loop at RATE events/s (default 600000) as SECONDS steps (default 12;
+# `--steps RATE,RATE,...`; each step is 1 s of warm-up, then the measured second, so the run
+# takes 2 x SECONDS), and prints one line per step: p50 and p99 ack latency of its measured
 # second's batches, then each CPU's busy and steal share over the same second (/proc/stat).
 # A second with a high p99 while the CPUs are idle and nothing is stolen is the disk's.
 # Then tallyd's own account of the run, logged at its stop (warm-up included): each stage of a
@@ -31,10 +32,11 @@ steps=$(printf "$rate%.0s," $(seq 1 "$secs")); steps=${steps%,}
   --batch "${BATCH:-500}" --steps "$steps" --duration 1 --warmup 1 --dup-rate 0.1 --seed 5 \
   --quiet >"$tmp/bench" 2>&1 &
 bench=$!
-# The steps start after the 1 s warm-up; sample /proc/stat once per second from then on.
-sleep 1
+# Each step is a 1 s warm-up (load, not measured) then the measured second; sample /proc/stat
+# over each measured second.
 ncpu=$(grep -c '^cpu[0-9]' /proc/stat)
 for _ in $(seq 1 "$secs"); do
+  sleep 1
   a=$(grep '^cpu[0-9]' /proc/stat); sleep 1; b=$(grep '^cpu[0-9]' /proc/stat)
   printf '%s\n%s\n' "$a" "$b" | awk -v n="$ncpu" '
     { busy = $2 + $3 + $4 + $7 + $8; all = busy + $5 + $6 + $9
@@ -45,8 +47,8 @@ for _ in $(seq 1 "$secs"); do
           print "" }'
 done >"$tmp/cpu"
 wait "$bench" || { echo "tally-bench failed"; cat "$tmp/bench"; exit 1; }
-echo "tallyd: io ${IO:-epoll}, rate $rate ev/s, $secs one-second steps, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "second   p50        p99        | per CPU over that second"
+echo "tallyd: io ${IO:-epoll}, rate $rate ev/s, $secs steps (1 s warm-up + 1 s measured each), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "step     p50        p99        | per CPU over its measured second"
 grep -E '^ +[0-9]+ +[0-9]+ ' "$tmp/bench" | head -n "$secs" |
   awk '{printf "%6d   %-10s %-10s |\n", NR, $3 " " $4, $7 " " $8}' | paste -d' ' - "$tmp/cpu"
 kill -TERM "$pid"; wait "$pid" || true; pid=""
