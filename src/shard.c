@@ -60,6 +60,7 @@ struct shard_group {
 	struct shard *members[BROKER_SHARDS_MAX]; /* increasing shard id */
 	size_t n;
 	bool kick, stop;
+	struct wal_shard *join_ws; /* the shard syncer_kick joined the shared flush with */
 
 	/* Owner thread only. */
 	bool want;           /* a shard flushed in this poll: kick the syncer at its end */
@@ -289,9 +290,15 @@ static void seal_pump(struct shard *s)
 
 static void syncer_kick(struct shard_group *g)
 {
+	/* Join the shared flush now (the syncer consumes it): a group commit of another thread
+	   that reaches its flush first waits for this one's write-backs and flushes once for
+	   both. Every batch spread over both threads' shards waits for both commits anyway. */
+	struct wal_shard *any = g->members[0]->ws;
+	wal_shared_flush_join(any);
 	atomic_store_explicit(&g->busy, true, memory_order_relaxed);
 	pthread_mutex_lock(&g->mu);
 	g->kick = true;
+	g->join_ws = any;
 	pthread_cond_signal(&g->cv);
 	pthread_mutex_unlock(&g->mu);
 }
@@ -317,6 +324,9 @@ static void *syncer_main(void *arg)
 			}
 		}
 		bool stop = g->stop;
+		/* syncer_kick joined the shared flush for this sync, through join_ws (which lives
+		   until wal_close, whatever shards leave the group meanwhile). */
+		struct wal_shard *joined = g->kick ? g->join_ws : NULL;
 		g->kick = false;
 		size_t n = 0;
 		for (size_t i = 0; i < g->n; i++) {
@@ -328,9 +338,11 @@ static void *syncer_main(void *arg)
 
 		int64_t t0 = broker_now_us();
 		if (n > 0) {
-			int rc = wal_sync_group(g->ws, n);
+			int rc = joined ? wal_sync_group_joined(g->ws, n) : wal_sync_group(g->ws, n);
 			if (rc < 0)
 				atomic_store(&g->sync_error, rc);
+		} else if (joined) {
+			wal_shared_flush_leave(joined);
 		}
 		g->sync_end_us = broker_now_us();
 		if (n > 0) {

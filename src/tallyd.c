@@ -78,6 +78,8 @@ static void usage(FILE *f)
 		"                         thread's shards (their blocks written back first), where\n"
 		"                         the file system is known to honour it: ext4, XFS (default\n"
 		"                         on; off = a syncer thread and an fdatasync per shard)\n"
+		"  --shared-flush on|off  threads whose group commits overlap share one device\n"
+		"                         flush (default on; off = one flush per thread's group)\n"
 		"  --sync-delay-us N      inject N us of latency per fdatasync (benchmarks)\n"
 		"  --repair               on a corrupt WAL tail, move the bad bytes to a .quarantine file\n"
 		"                         and start (default: refuse to start and say where)\n"
@@ -160,11 +162,12 @@ int main(int argc, char **argv)
 	uint32_t lz4_accel = 4;
 	bool repair = false;
 	bool group_flush = true;
+	bool shared_flush = true;
 	bool prefill_ahead = true;
 	enum {
 		O_LISTEN = 256, O_DATA, O_THREADS, O_SHARDS, O_IO, O_FSYNC, O_WINDOW, O_MAXAGE,
 		O_FUTURE, O_AUTH, O_INSECURE, O_CONNS, O_FRAME, O_BATCH, O_INFLIGHT, O_IDLE,
-		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_WINDOWUS, O_GROUPFLUSH, O_PREFILLAHEAD, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
+		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_WINDOWUS, O_GROUPFLUSH, O_SHAREDFLUSH, O_PREFILLAHEAD, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
 	};
 	static const struct option opts[] = {
 		{"listen", 1, 0, O_LISTEN},       {"data", 1, 0, O_DATA},
@@ -185,6 +188,7 @@ int main(int argc, char **argv)
 		{"repair", 0, 0, O_REPAIR},
 		{"commit-window-us", 1, 0, O_WINDOWUS},
 		{"group-flush", 1, 0, O_GROUPFLUSH},
+		{"shared-flush", 1, 0, O_SHAREDFLUSH},
 		{"wal-prefill-ahead", 1, 0, O_PREFILLAHEAD},
 		{"help", 0, 0, O_HELP},           {0, 0, 0, 0},
 	};
@@ -306,6 +310,10 @@ int main(int argc, char **argv)
 			if (parse_onoff(optarg, &group_flush) < 0)
 				bad = "--group-flush wants on or off";
 			break;
+		case O_SHAREDFLUSH:
+			if (parse_onoff(optarg, &shared_flush) < 0)
+				bad = "--shared-flush wants on or off";
+			break;
 		case O_PREFILLAHEAD:
 			if (parse_onoff(optarg, &prefill_ahead) < 0)
 				bad = "--wal-prefill-ahead wants on or off";
@@ -420,6 +428,7 @@ int main(int argc, char **argv)
 		.prefill_bytes = prefill_kb ? prefill_kb << 10 : WAL_PREFILL_OFF,
 		.lz4_acceleration = lz4_accel,
 		.no_group_flush = !group_flush,
+		.no_shared_flush = !shared_flush,
 		.no_prefill_ahead = !prefill_ahead,
 	};
 	if (cfg.sync_delay_us) {
@@ -480,6 +489,11 @@ int main(int argc, char **argv)
 
 	rc = broker_wait(g_broker);
 	g_broker = NULL;
+	uint64_t sf_calls, sf_flushes;
+	wal_shared_flush_stats(wal, &sf_calls, &sf_flushes);
+	if (sf_calls)
+		broker_log(LOG_INFO, "shared flush: %llu group commits took %llu device flushes",
+			   (unsigned long long)sf_calls, (unsigned long long)sf_flushes);
 	int wrc = rc < 0 ? 0 : wal_close(wal);
 	broker_auth_free(auth);
 	if (rc < 0) {

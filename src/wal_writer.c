@@ -105,6 +105,8 @@ struct wal_shard {
 	char dir[WAL_PATH_BYTES_MAX];
 };
 
+#define COMB_SLOTS 64 /* >= the callers of wal_sync_group at once (tallyd: its threads) */
+
 struct wal {
 	struct wal_options opt;
 	uint16_t shard_count;
@@ -115,6 +117,21 @@ struct wal {
 	bool prep_started, prep_stop, prep_busy;
 	pthread_mutex_t prep_mu;
 	pthread_cond_t prep_cv, prep_idle_cv; /* the thread waits on prep_cv; wal_prefill_wait on idle */
+	/* The shared device flush (comb_*, "Shared flush" in wal.h): concurrent wal_sync_group
+	   calls on shards of device comb_dev take one fdatasync together. Under comb_mu. */
+	bool comb_on;
+	dev_t comb_dev;
+	pthread_mutex_t comb_mu;
+	pthread_cond_t comb_cv;
+	unsigned comb_active; /* callers registered and not yet covered by a started flush */
+	unsigned comb_ready;  /* of them, those waiting at their flush step */
+	uint64_t comb_next; /* generation of the cohort now forming */
+	struct comb_slot {
+		uint64_t gen; /* the generation whose flush ended here, 0 if none */
+		int rc;
+	} comb_slot[COMB_SLOTS];
+	int comb_err; /* sticky: the first failed flush's -errno */
+	uint64_t comb_calls, comb_flushes;
 	char data_dir[WAL_PATH_BYTES_MAX];
 };
 
@@ -763,6 +780,105 @@ out_unlock:
 }
 
 /*
+ * The shared device flush. A caller joins (comb_join) before it takes its shards' sync locks
+ * (wal_sync_group), or earlier still (wal_shared_flush_join: tallyd's owner thread, as it kicks
+ * its syncer), and later either leaves (comb_leave: no shared flush needed after all) or
+ * arrives at its flush step (comb_flush) with all its write-backs complete. A flush starts as
+ * soon as every joined caller not yet covered by a flush has arrived; it covers exactly those
+ * callers (their write-backs all completed before it started, on the device it flushes), who
+ * stop counting as joined as it starts. Flushes may overlap: a caller that arrives while one
+ * runs never relies on it, and starts its own as soon as its cohort is complete. So one
+ * fdatasync serves every group commit whose write-backs were under way together, and no caller
+ * relies on a flush that started before its own write-backs ended. A failed flush fails every
+ * later caller too (the broker stops acknowledging on the first failure anyway).
+ * Deadlock: an arrived caller holds its shards' sync locks and waits only for other joined
+ * callers to arrive or leave. A joined caller on its way there blocks only on its own
+ * shards' locks (held briefly by their appender, which never waits here) and on I/O.
+ * Generations in flight never exceed the callers (at most one sync group per thread), so
+ * COMB_SLOTS slots of completed generations suffice.
+ */
+static bool comb_applies(const struct wal_shard *f)
+{
+	return f->w->comb_on && f->dev == f->w->comb_dev;
+}
+
+static void comb_join(struct wal *w)
+{
+	if (!w->comb_on)
+		return;
+	pthread_mutex_lock(&w->comb_mu);
+	w->comb_active++;
+	pthread_mutex_unlock(&w->comb_mu);
+}
+
+static void comb_leave(struct wal *w)
+{
+	if (!w->comb_on)
+		return;
+	pthread_mutex_lock(&w->comb_mu);
+	w->comb_active--;
+	if (w->comb_ready && w->comb_ready == w->comb_active)
+		pthread_cond_broadcast(&w->comb_cv);
+	pthread_mutex_unlock(&w->comb_mu);
+}
+
+static int comb_flush(struct wal_shard *f)
+{
+	struct wal *w = f->w;
+	pthread_mutex_lock(&w->comb_mu);
+	w->comb_ready++;
+	w->comb_calls++;
+	uint64_t mine = w->comb_next; /* the generation of the cohort now forming */
+	struct comb_slot *slot = &w->comb_slot[mine % COMB_SLOTS];
+	int rc = 0;
+	for (;;) {
+		if (slot->gen == mine) { /* the cohort's flush ended */
+			rc = slot->rc;
+			break;
+		}
+		if (w->comb_next == mine && w->comb_ready == w->comb_active) {
+			/* Every joined caller is here: this one flushes for the cohort. */
+			w->comb_next++;
+			w->comb_active -= w->comb_ready;
+			w->comb_ready = 0;
+			w->comb_flushes++;
+			pthread_mutex_unlock(&w->comb_mu);
+			rc = f->io->fdatasync(f->io->ctx, f->fd);
+			pthread_mutex_lock(&w->comb_mu);
+			if (rc < 0 && !w->comb_err)
+				w->comb_err = rc;
+			slot->gen = mine;
+			slot->rc = rc;
+			pthread_cond_broadcast(&w->comb_cv);
+			break;
+		}
+		pthread_cond_wait(&w->comb_cv, &w->comb_mu);
+	}
+	if (rc == 0)
+		rc = w->comb_err;
+	pthread_mutex_unlock(&w->comb_mu);
+	return rc;
+}
+
+void wal_shared_flush_join(struct wal_shard *s)
+{
+	comb_join(s->w);
+}
+
+void wal_shared_flush_leave(struct wal_shard *s)
+{
+	comb_leave(s->w);
+}
+
+void wal_shared_flush_stats(struct wal *w, uint64_t *calls, uint64_t *flushes)
+{
+	pthread_mutex_lock(&w->comb_mu);
+	*calls = w->comb_calls;
+	*flushes = w->comb_flushes;
+	pthread_mutex_unlock(&w->comb_mu);
+}
+
+/*
  * The group commit (wal.h). Per shard, with its sync_lock held for the whole call (the locks
  * are taken in array order; a shard has one syncer, so no two callers share a shard):
  *   1. `want`: written_next (acquire) is past durable_next; `wb` = written_bytes, loaded after
@@ -778,7 +894,22 @@ out_unlock:
  *      shard's written-back blocks durable. Only then are their watermarks published. A full
  *      sync of step 2 on the same device (it runs after the write-backs) is that flush.
  */
+static int sync_group(struct wal_shard *const *shards, size_t n, bool joined);
+
 int wal_sync_group(struct wal_shard *const *shards, size_t n)
+{
+	if (n == 0)
+		return 0;
+	comb_join(shards[0]->w);
+	return sync_group(shards, n, true);
+}
+
+int wal_sync_group_joined(struct wal_shard *const *shards, size_t n)
+{
+	return sync_group(shards, n, true);
+}
+
+static int sync_group(struct wal_shard *const *shards, size_t n, bool joined)
 {
 	enum { SKIP, CHEAP, FULL };
 	uint8_t how[n ? n : 1];
@@ -807,6 +938,10 @@ int wal_sync_group(struct wal_shard *const *shards, size_t n)
 		}
 	}
 	int rc;
+	/* Joined to the shared flush (wal.h "Shared flush") until the flush step, if it applies. */
+	bool comb = joined && ref < n && comb_applies(shards[ref]);
+	if (joined && !comb)
+		comb_leave(shards[0]->w);
 	/* Start every write-back first, so the device has them all in its queue at once; its
 	   errors are seen again by the waiting call below. */
 	for (size_t i = 0; i < n; i++) {
@@ -852,9 +987,18 @@ int wal_sync_group(struct wal_shard *const *shards, size_t n)
 	for (size_t i = 0; i < n && flush_by == n; i++)
 		if (how[i] == CHEAP)
 			flush_by = i;
+	if (comb && (flush_by == n || flushed)) {
+		comb_leave(shards[ref]->w);
+		comb = false;
+	}
 	if (flush_by < n) {
 		struct wal_shard *f = shards[flush_by];
-		rc = flushed ? 0 : f->io->fdatasync(f->io->ctx, f->fd);
+		if (flushed)
+			rc = 0;
+		else if (comb)
+			rc = comb_flush(f); /* f shares shards[ref]'s device */
+		else
+			rc = f->io->fdatasync(f->io->ctx, f->fd);
 		for (size_t i = 0; i < n; i++) {
 			if (how[i] != CHEAP)
 				continue;
@@ -1344,6 +1488,9 @@ int wal_open(const char *data_dir, const struct wal_options *opt, struct wal **o
 		goto out_free;
 	}
 	w->shard_count = stored;
+	pthread_mutex_init(&w->comb_mu, NULL);
+	pthread_cond_init(&w->comb_cv, NULL);
+	w->comb_next = 1;
 	w->shards = calloc(stored, sizeof *w->shards);
 	if (!w->shards) {
 		rc = -ENOMEM;
@@ -1354,6 +1501,8 @@ int wal_open(const char *data_dir, const struct wal_options *opt, struct wal **o
 		if (rc < 0)
 			goto out_free;
 	}
+	w->comb_on = stored > 0 && !w->opt.no_shared_flush && w->shards[0]->group_flush;
+	w->comb_dev = stored > 0 ? w->shards[0]->dev : 0;
 	if (w->opt.prefill_bytes && !w->opt.no_prefill_ahead) {
 		pthread_mutex_init(&w->prep_mu, NULL);
 		pthread_cond_init(&w->prep_cv, NULL);
@@ -1408,6 +1557,8 @@ int wal_close(struct wal *w)
 		shard_free(s);
 	}
 	free(w->shards);
+	pthread_mutex_destroy(&w->comb_mu);
+	pthread_cond_destroy(&w->comb_cv);
 	close(w->lock_fd);
 	free(w);
 	return first;

@@ -15,11 +15,16 @@
  *     file description; without prefill ahead the same crossings take full syncs;
  *   - a roll while the prefill thread is inside its fdatasync: it does not raise the new
  *     segment's durable size from the old one's (the new segment's first sync is full);
+ *   - the shared flush: group commits of two threads that overlap take one fdatasync (a
+ *     commit that reaches its flush first waits for one joined earlier, or for its leave); a
+ *     flush already running when a commit's write-backs end never serves that commit; a
+ *     failed shared flush fails every commit it served;
  *   - every record is readable back after each case.
  * The power-loss side (a written-back block is lost without the flush) is the torture suite's
  * (tests/torture/run.sh lostwrites with 2 shards).
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #include "wal_testutil.h"
@@ -37,6 +42,7 @@ struct cio {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	int block_prep, prep_blocked;
+	int block_flush; /* the appender files' fdatasync waits until it is cleared */
 	/* Zeros the appender wrote between two blocks of a file (appender thread only). */
 	size_t zero_run[64], zero_run_max;
 };
@@ -91,7 +97,12 @@ static int c_fdatasync(void *ctx, int fd)
 		pthread_mutex_unlock(&cio.mu);
 		return cio.inner->fdatasync(cio.inner->ctx, fd);
 	}
+	pthread_mutex_lock(&cio.mu);
 	cio.fdatasyncs++;
+	pthread_cond_broadcast(&cio.cv);
+	while (cio.block_flush)
+		pthread_cond_wait(&cio.cv, &cio.mu);
+	pthread_mutex_unlock(&cio.mu);
 	if (cio.fail_sync_eio)
 		return -EIO;
 	return cio.inner->fdatasync(cio.inner->ctx, fd);
@@ -116,11 +127,15 @@ static int c_sync_range(void *ctx, int fd, off_t off, off_t n, bool wait)
 {
 	CHECK(off >= 0 && n > 0);
 	if (!wait) {
+		pthread_mutex_lock(&cio.mu);
 		cio.starts++;
+		pthread_mutex_unlock(&cio.mu);
 		return cio.inner->sync_range(cio.inner->ctx, fd, off, n, false);
 	}
-	cio.waits++;
-	if (cio.waits == cio.fail_wait_nth)
+	pthread_mutex_lock(&cio.mu);
+	int nth = ++cio.waits;
+	pthread_mutex_unlock(&cio.mu);
+	if (nth == cio.fail_wait_nth)
 		return -EIO;
 	return cio.inner->sync_range(cio.inner->ctx, fd, off, n, true);
 }
@@ -476,6 +491,161 @@ static void test_prefill_roll_race(void)
 	wt_rmrf(dir);
 }
 
+/* ---- the shared flush: group commits of several threads, one device flush ---- */
+
+struct syncer_arg {
+	struct wal_shard *s[2];
+	bool joined; /* the caller joined for it already: wal_sync_group_joined */
+	int rc;
+	_Atomic bool done;
+};
+
+static void *syncer_thread(void *p)
+{
+	struct syncer_arg *a = p;
+	a->rc = a->joined ? wal_sync_group_joined(a->s, 2) : wal_sync_group(a->s, 2);
+	atomic_store(&a->done, true);
+	return NULL;
+}
+
+static int fdatasyncs_now(void)
+{
+	pthread_mutex_lock(&cio.mu);
+	int n = cio.fdatasyncs;
+	pthread_mutex_unlock(&cio.mu);
+	return n;
+}
+
+static void ms_sleep(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+/* Waits up to 5 s for the seam to have seen `n` waiting sync_range calls. */
+static void wait_waits(int n)
+{
+	for (int i = 0; i < 500; i++) {
+		pthread_mutex_lock(&cio.mu);
+		int k = cio.waits;
+		pthread_mutex_unlock(&cio.mu);
+		if (k >= n)
+			return;
+		ms_sleep(10);
+	}
+	CHECK(!"the other thread's write-backs never ran");
+}
+
+/* Waits up to 5 s for the seam to have seen `n` fdatasync calls; returns the count. */
+static int wait_fdatasyncs(int n)
+{
+	for (int i = 0; i < 500 && fdatasyncs_now() < n; i++)
+		ms_sleep(10);
+	return fdatasyncs_now();
+}
+
+static void test_shared_flush(void)
+{
+	char dir[512];
+	wt_tmpdir(dir, sizeof dir, "walgroup");
+	cio_init(true);
+	struct wal *w = open_wal(dir, 4, false, 0);
+	struct wal_shard *s[4] = {wal_shard(w, 0), wal_shard(w, 1), wal_shard(w, 2), wal_shard(w, 3)};
+	if (!wal_shard_group_flush(s[0])) {
+		printf("test_wal_group: no group flush on this file system: shared flush skipped\n");
+		CHECK_EQ(wal_close(w), 0);
+		wt_rmrf(dir);
+		return;
+	}
+	for (int i = 0; i < 4; i++)
+		append_n(s[i], 20);
+	sync_expect(s, 4, 0, 4); /* the first sync is full: the prefill is durable after it */
+	struct wal_shard *hi[2] = {s[2], s[3]};
+	uint64_t calls0, flushes0, calls1, flushes1;
+
+	/* 1. Joined early (as tallyd's owner does when it kicks its syncer): a group commit that
+	      reaches its flush first waits for the joined one, then ONE fdatasync serves both. */
+	for (int i = 0; i < 4; i++)
+		append_n(s[i], 20);
+	cio_zero();
+	wal_shared_flush_stats(w, &calls0, &flushes0);
+	wal_shared_flush_join(s[2]);
+	struct syncer_arg a = {.s = {s[0], s[1]}};
+	pthread_t th;
+	CHECK_EQ(pthread_create(&th, NULL, syncer_thread, &a), 0);
+	wait_waits(2); /* its write-backs are done: it only waits for the joined commit now */
+	ms_sleep(50);
+	CHECK(!atomic_load(&a.done));
+	CHECK_EQ(fdatasyncs_now(), 0);
+	CHECK(wal_durable_next(s[0]) < wal_next_offset(s[0]));
+	CHECK_EQ(wal_sync_group_joined(hi, 2), 0);
+	CHECK_EQ(pthread_join(th, NULL), 0);
+	CHECK_EQ(a.rc, 0);
+	CHECK_EQ(cio.waits, 4);
+	CHECK_EQ(cio.fdatasyncs, 1);
+	all_durable(s, 4);
+	wal_shared_flush_stats(w, &calls1, &flushes1);
+	CHECK_EQ(calls1 - calls0, 2);
+	CHECK_EQ(flushes1 - flushes0, 1);
+
+	/* 2. A flush that started before a commit's write-backs ended never serves it: with the
+	      first commit's flush held inside fdatasync, a second commit takes its own. */
+	for (int i = 0; i < 4; i++)
+		append_n(s[i], 20);
+	cio_zero();
+	pthread_mutex_lock(&cio.mu);
+	cio.block_flush = 1;
+	pthread_mutex_unlock(&cio.mu);
+	struct syncer_arg b1 = {.s = {s[0], s[1]}}, b2 = {.s = {s[2], s[3]}};
+	pthread_t t1, t2;
+	CHECK_EQ(pthread_create(&t1, NULL, syncer_thread, &b1), 0);
+	CHECK_EQ(wait_fdatasyncs(1), 1); /* the first commit's flush has started */
+	CHECK_EQ(pthread_create(&t2, NULL, syncer_thread, &b2), 0);
+	CHECK_EQ(wait_fdatasyncs(2), 2); /* the second runs its own, beside it */
+	pthread_mutex_lock(&cio.mu);
+	cio.block_flush = 0;
+	pthread_cond_broadcast(&cio.cv);
+	pthread_mutex_unlock(&cio.mu);
+	CHECK_EQ(pthread_join(t1, NULL), 0);
+	CHECK_EQ(pthread_join(t2, NULL), 0);
+	CHECK_EQ(b1.rc, 0);
+	CHECK_EQ(b2.rc, 0);
+	CHECK_EQ(cio.fdatasyncs, 2);
+	all_durable(s, 4);
+
+	/* 3. A join consumed by a leave (the syncer found nothing to sync) releases the waiter. */
+	append_n(s[0], 20);
+	cio_zero();
+	wal_shared_flush_join(s[3]);
+	struct syncer_arg c = {.s = {s[0], s[1]}};
+	CHECK_EQ(pthread_create(&th, NULL, syncer_thread, &c), 0);
+	ms_sleep(50);
+	CHECK(!atomic_load(&c.done));
+	wal_shared_flush_leave(s[3]);
+	CHECK_EQ(pthread_join(th, NULL), 0);
+	CHECK_EQ(c.rc, 0);
+	CHECK_EQ(cio.fdatasyncs, 1);
+	all_durable(s, 4);
+
+	/* 4. A failed shared flush fails every commit it served. */
+	for (int i = 0; i < 4; i++)
+		append_n(s[i], 20);
+	cio_zero();
+	cio.fail_sync_eio = 1;
+	wal_shared_flush_join(s[2]);
+	struct syncer_arg d = {.s = {s[0], s[1]}};
+	CHECK_EQ(pthread_create(&th, NULL, syncer_thread, &d), 0);
+	wait_waits(2);
+	CHECK_EQ(wal_sync_group_joined(hi, 2), -EIO);
+	CHECK_EQ(pthread_join(th, NULL), 0);
+	CHECK_EQ(d.rc, -EIO);
+	CHECK_EQ(cio.fdatasyncs, 1);
+	for (int i = 0; i < 4; i++)
+		CHECK(wal_durable_next(s[i]) < wal_next_offset(s[i]));
+	CHECK_EQ(wal_close(w), -EIO);
+	wt_rmrf(dir);
+}
+
 int main(void)
 {
 	test_group_flush();
@@ -484,6 +654,7 @@ int main(void)
 	test_failures();
 	test_prefill_ahead();
 	test_prefill_roll_race();
+	test_shared_flush();
 	printf("test_wal_group: OK\n");
 	return 0;
 }

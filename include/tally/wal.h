@@ -137,6 +137,9 @@ struct wal_options {
 	   flush (the group flush is also off by itself where it is not known to be sound: see
 	   wal_sync_group). */
 	bool no_group_flush;
+	/* Concurrent wal_sync_group() calls (one per sync group) each take their own device
+	   flush instead of sharing one (see "Shared flush" at wal_sync_group). */
+	bool no_shared_flush;
 	/* Prefill ahead (docs/wal-format.md "Prefill"): the appender zero-fills the next stretch
 	   while half a prefill is still left, and the WAL's prefill thread makes the new size
 	   durable with its own fdatasync, so that group commits stay inside durable prefill and
@@ -226,6 +229,28 @@ int wal_sync(struct wal_shard *s, uint64_t *durable_next_out) WAL_WUR;
  * touched, as in wal_sync(). Returns 0 or the first error.
  */
 int wal_sync_group(struct wal_shard *const *shards, size_t n) WAL_WUR;
+/*
+ * Shared flush: wal_sync_group() calls running at the same time on different threads (tallyd:
+ * one per sync group, all on one WAL) share the device flush too. A call whose write-backs
+ * are complete waits, before flushing, for every other call that had already taken its locks
+ * to finish its write-backs as well; then one fdatasync covers all of them. A call that
+ * arrives while that flush runs waits for the next one: no call relies on a flush that
+ * started before its own write-backs completed. Off with opt.no_shared_flush, and for any
+ * shard not on the device of shard 0. wal_shared_flush_stats() counts the calls that reached
+ * the shared flush and the fdatasync calls made for them.
+ */
+void wal_shared_flush_stats(struct wal *w, uint64_t *calls, uint64_t *flushes);
+/*
+ * Joining early. wal_sync_group() joins the shared flush as it starts. A thread that knows a
+ * group commit is coming (tallyd's owner, as it kicks its syncer) may join for it earlier, with
+ * any shard of the WAL: concurrent calls then wait for that commit's write-backs too and flush
+ * once with it. Every join must be consumed, exactly once, by wal_sync_group_joined() (same
+ * as wal_sync_group() but for the join) or wal_shared_flush_leave(), or the other callers wait
+ * forever. Any thread.
+ */
+void wal_shared_flush_join(struct wal_shard *any);
+void wal_shared_flush_leave(struct wal_shard *any);
+int wal_sync_group_joined(struct wal_shard *const *shards, size_t n) WAL_WUR;
 /* Whether wal_sync_group() may let this shard share a device flush (decided at wal_open). */
 bool wal_shard_group_flush(const struct wal_shard *s);
 

@@ -17,7 +17,8 @@
 #      restart time grows with the data a shard must re-read),
 #      TORTURE_TALLYD_FLAGS (extra tallyd flags, e.g. "--io epoll"),
 #      TORTURE_RATE (events/s per producer, 0 = unlimited; default 0), TORTURE_PRODUCERS (4),
-#      TORTURE_MAX_MS (longest run between kills, default 5000), TORTURE_KEEP=1 keeps the data.
+#      TORTURE_MAX_MS (longest run between kills, default 5000), TORTURE_KEEP=1 keeps the data,
+#      TORTURE_LW_THREADS (lostwrites: tallyd --threads, default 1).
 # Exit 0 = every property held; 1 = a violation (the data directory is kept and named).
 set -u
 BIN=${TALLY_BIN:-build/bin}
@@ -149,7 +150,9 @@ run_lostwrites() {
 	find_shim
 	local shards=${TORTURE_LW_SHARDS:-1} events=${TORTURE_LW_EVENTS:-3000}
 	local step=${TORTURE_LW_STEP:-1} first=${TORTURE_LW_FIRST:-1}
-	local flags=(--shards "$shards" --threads 1 --segment-bytes 65536)
+	# TORTURE_LW_THREADS=2 with 2 shards: each event loop owns one shard, so the two sync
+	# groups' commits share device flushes across threads (docs/wal-format.md "Shared flush")
+	local flags=(--shards "$shards" --threads "${TORTURE_LW_THREADS:-1}" --segment-bytes 65536)
 	# TORTURE_LW_PREFILL_KB: a prefill well below the segment size, so the appender zero-fills
 	# ahead several times per segment and the prefill thread's syncs are among the crash points
 	[ -n "${TORTURE_LW_PREFILL_KB:-}" ] && flags+=(--wal-prefill-kb "$TORTURE_LW_PREFILL_KB")
