@@ -458,12 +458,17 @@ static void test_prefill_roll_race(void)
 	pthread_mutex_lock(&cio.mu);
 	cio.block_prep = 1;
 	pthread_mutex_unlock(&cio.mu);
-	/* About 4 KiB per step; a request comes every 64 KiB (half a prefill left), so up to
-	   20 ms per step for the thread to reach its fdatasync leaves no room for a second one. */
+	/* About 4 KiB per step; a request comes every 64 KiB (half a prefill left), so waiting
+	   20 ms per step for the thread to reach its fdatasync leaves 16 steps (320 ms) before a
+	   second request could follow; once the thread has opened its file (it is on its way to
+	   the fdatasync) the wait is unbounded (5 s), so a slow, loaded machine cannot add one. */
 	for (int i = 0; i < 200 && !prep_is_blocked(); i++) {
 		append_n(s[0], 20);
-		for (int k = 0; k < 20 && !prep_is_blocked(); k++)
+		for (int k = 0; k < 5000 && !prep_is_blocked(); k++) {
+			if (k >= 20 && atomic_load(&cio.prep_opens) == atomic_load(&cio.prep_closes))
+				break;
 			nanosleep(&(struct timespec){0, 1000000}, NULL);
+		}
 	}
 	CHECK_EQ(prep_is_blocked(), 1);
 	CHECK_EQ(wal_sync_group(s, 1), 0);
