@@ -126,6 +126,7 @@ struct shard {
 	struct dedup_compaction *cjob;
 	_Atomic int job_state;         /* SEAL_IDLE, SEAL_RUNNING, SEAL_DONE */
 	int job_rc;
+	int64_t job_wall_us, job_cpu_us; /* the last job's run: wall clock, sealer thread CPU */
 	bool compact_due;              /* a seal or merge finished: look for generations to merge */
 	struct seal_req { uint64_t base, next; int64_t max_time; } seal_q[SHARD_SEAL_QUEUE];
 	unsigned seal_n;
@@ -216,8 +217,15 @@ static void *sealer_main(void *arg)
 		pthread_mutex_unlock(&s->mu);
 		if (stop)
 			return NULL;
+		struct timespec c0, c1;
+		int64_t t0 = broker_now_us();
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
 		s->job_rc = s->job_kind == JOB_SEAL ? dedup_seal_run(s->job)
 						    : dedup_compact_run(s->cjob);
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+		s->job_wall_us = broker_now_us() - t0;
+		s->job_cpu_us = (int64_t)(c1.tv_sec - c0.tv_sec) * 1000000 +
+				(c1.tv_nsec - c0.tv_nsec) / 1000;
 		/* Release: the owner that sees SEAL_DONE sees the finished job and job_rc. */
 		atomic_store_explicit(&s->job_state, SEAL_DONE, memory_order_release);
 		s->wake(s->wake_ctx);
@@ -250,6 +258,11 @@ static void seal_pump(struct shard *s)
 				   s->id, s->job_kind == JOB_SEAL ? "sealing a dedup generation"
 								  : "merging dedup generations",
 				   strerror(-rc));
+		else
+			broker_log(LOG_INFO, "shard %u: %s in %lld ms (%lld ms of CPU)", s->id,
+				   s->job_kind == JOB_SEAL ? "sealed a dedup generation"
+							   : "merged dedup generations",
+				   (long long)(s->job_wall_us / 1000), (long long)(s->job_cpu_us / 1000));
 		s->job = NULL;
 		s->cjob = NULL;
 		s->compact_due = true;
