@@ -66,6 +66,9 @@ static void usage(FILE *f)
 		"                         left, and make its size durable on a background thread,\n"
 		"                         so group commits never wait for it (default on; off =\n"
 		"                         the group commit that reaches it syncs the new size)\n"
+		"  --wal-cache-mb N       page cache each WAL shard keeps behind its end: older\n"
+		"                         durable bytes are dropped after each sync, so the cache\n"
+		"                         is reused instead of growing (default 8; 0 = keep all)\n"
 		"  --wal-lz4-accel N      LZ4 acceleration of WAL blocks: 1 = best ratio, higher is\n"
 		"                         faster with a lower ratio (default 4; 1..64)\n"
 		"  --expected-keys N      dedup hot-table keys to preallocate per shard (default 1Mi)\n"
@@ -159,6 +162,7 @@ int main(int argc, char **argv)
 	};
 	const char *port_file = NULL;
 	uint32_t prefill_kb = 1024;
+	uint32_t cache_mb = 8;
 	uint32_t lz4_accel = 4;
 	bool repair = false;
 	bool group_flush = true;
@@ -167,7 +171,7 @@ int main(int argc, char **argv)
 	enum {
 		O_LISTEN = 256, O_DATA, O_THREADS, O_SHARDS, O_IO, O_FSYNC, O_WINDOW, O_MAXAGE,
 		O_FUTURE, O_AUTH, O_INSECURE, O_CONNS, O_FRAME, O_BATCH, O_INFLIGHT, O_IDLE,
-		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_WINDOWUS, O_GROUPFLUSH, O_SHAREDFLUSH, O_PREFILLAHEAD, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
+		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_WINDOWUS, O_GROUPFLUSH, O_SHAREDFLUSH, O_PREFILLAHEAD, O_CACHEMB, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
 	};
 	static const struct option opts[] = {
 		{"listen", 1, 0, O_LISTEN},       {"data", 1, 0, O_DATA},
@@ -190,6 +194,7 @@ int main(int argc, char **argv)
 		{"group-flush", 1, 0, O_GROUPFLUSH},
 		{"shared-flush", 1, 0, O_SHAREDFLUSH},
 		{"wal-prefill-ahead", 1, 0, O_PREFILLAHEAD},
+		{"wal-cache-mb", 1, 0, O_CACHEMB},
 		{"help", 0, 0, O_HELP},           {0, 0, 0, 0},
 	};
 	uint64_t v;
@@ -300,6 +305,11 @@ int main(int argc, char **argv)
 			if (parse_u64(optarg, 1u << 20, &v) < 0)
 				bad = "--wal-prefill-kb wants 0..1048576";
 			prefill_kb = (uint32_t)v;
+			break;
+		case O_CACHEMB:
+			if (parse_u64(optarg, 4095, &v) < 0)
+				bad = "--wal-cache-mb wants 0..4095";
+			cache_mb = (uint32_t)v;
 			break;
 		case O_WINDOWUS:
 			if (parse_u64(optarg, 1000000, &v) < 0)
@@ -430,6 +440,7 @@ int main(int argc, char **argv)
 		.no_group_flush = !group_flush,
 		.no_shared_flush = !shared_flush,
 		.no_prefill_ahead = !prefill_ahead,
+		.cache_keep_bytes = cache_mb ? cache_mb << 20 : WAL_CACHE_KEEP_ALL,
 	};
 	if (cfg.sync_delay_us) {
 		wal_io_delay_init(&delay, NULL, cfg.sync_delay_us);

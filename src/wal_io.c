@@ -58,6 +58,11 @@ static int libc_sync_range(void *ctx, int fd, off_t off, off_t n, bool wait)
 	return sync_file_range(fd, off, n, flags) < 0 ? -errno : 0;
 }
 
+static int libc_drop_cache(void *ctx, int fd, off_t off, off_t n)
+{
+	return -posix_fadvise(fd, off, n, POSIX_FADV_DONTNEED);
+}
+
 static const struct wal_io wal_io_libc_v = {
     .open = libc_open,
     .pwrite = libc_pwrite,
@@ -67,6 +72,7 @@ static const struct wal_io wal_io_libc_v = {
     .ftruncate = libc_ftruncate,
     .close = libc_close,
     .sync_range = libc_sync_range,
+    .drop_cache = libc_drop_cache,
     .ctx = NULL,
 };
 
@@ -119,6 +125,10 @@ static int delay_sync_range(void *ctx, int fd, off_t off, off_t n, bool wait)
 {
 	return D(ctx)->inner->sync_range(D(ctx)->inner->ctx, fd, off, n, wait);
 }
+static int delay_drop_cache(void *ctx, int fd, off_t off, off_t n)
+{
+	return D(ctx)->inner->drop_cache(D(ctx)->inner->ctx, fd, off, n);
+}
 #undef D
 
 void wal_io_delay_init(struct wal_io_delay *d, const struct wal_io *inner, uint32_t sync_delay_us)
@@ -134,6 +144,7 @@ void wal_io_delay_init(struct wal_io_delay *d, const struct wal_io *inner, uint3
 	    .ftruncate = delay_ftruncate,
 	    .close = delay_close,
 	    .sync_range = d->inner->sync_range ? delay_sync_range : NULL,
+	    .drop_cache = d->inner->drop_cache ? delay_drop_cache : NULL,
 	    .ctx = d,
 	};
 }

@@ -63,6 +63,7 @@ struct wal_shard {
 	_Atomic uint64_t file_bytes_pub;
 	uint64_t durable_size;
 	uint64_t wb_from;
+	uint64_t dropped_to; /* under sync_lock: current segment bytes below it left the cache */
 	dev_t dev;         /* st_dev of the shard's directory */
 	bool group_flush;  /* io->sync_range exists, the file system flushes on fdatasync, option */
 	/* Under sync_lock: bumped by a segment roll and a shrinking truncate, so the prefill
@@ -485,6 +486,10 @@ static int roll(struct wal_shard *s)
 		goto out_unlock;
 	}
 	publish_durable(s, next);
+	/* The sealed segment is durable: its cached rest goes too (a tailing reader that has
+	   not read it yet reads it from the disk). */
+	if (s->io->drop_cache && s->w->opt.cache_keep_bytes != WAL_CACHE_KEEP_ALL)
+		(void)s->io->drop_cache(s->io->ctx, s->fd, (off_t)s->dropped_to, 0);
 	char path[WAL_PATH_BYTES_MAX];
 	if ((rc = wal_path_segment(path, sizeof path, s->dir, next, "log")) < 0)
 		goto out_unlock;
@@ -511,6 +516,7 @@ static int roll(struct wal_shard *s)
 	s->ahead_end = 0;
 	s->durable_size = 0;
 	s->wb_from = 0;
+	s->dropped_to = 0;
 	s->size_gen++;
 	atomic_store_explicit(&s->written_bytes, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->file_bytes_pub, 0, memory_order_relaxed);
@@ -741,6 +747,26 @@ int wal_shard_failed(const struct wal_shard *s)
 	return atomic_load(&((struct wal_shard *)s)->failed);
 }
 
+/*
+ * Drop-behind, with sync_lock held, after the current segment's bytes below `durable` became
+ * durable: drops them from the page cache except the last cache_keep_bytes, in steps of
+ * WAL_DROP_STEP (docs/wal-format.md "Page cache"). Readers tailing the WAL find what they read
+ * next still cached; one further behind reads from the disk.
+ */
+#define WAL_DROP_STEP (256u << 10)
+static void drop_behind(struct wal_shard *s, uint64_t durable)
+{
+	uint64_t keep = s->w->opt.cache_keep_bytes;
+	if (!s->io->drop_cache || keep == WAL_CACHE_KEEP_ALL || durable <= keep)
+		return;
+	uint64_t to = (durable - keep) / WAL_DROP_STEP * WAL_DROP_STEP;
+	if (to <= s->dropped_to)
+		return;
+	(void)s->io->drop_cache(s->io->ctx, s->fd, (off_t)s->dropped_to,
+				(off_t)(to - s->dropped_to));
+	s->dropped_to = to;
+}
+
 /* fdatasync of the current segment. Called with sync_lock held. The file's size and every
    byte below it (prefill included) are durable afterwards: the size loaded before the call
    covers only bytes whose pwrite had returned. */
@@ -755,6 +781,7 @@ static int sync_full(struct wal_shard *s)
 		s->durable_size = size;
 	if (wb > s->wb_from)
 		s->wb_from = wb;
+	drop_behind(s, wb);
 	return 0;
 }
 
@@ -1009,6 +1036,7 @@ static int sync_group(struct wal_shard *const *shards, size_t n, bool joined)
 				continue;
 			}
 			publish_durable(shards[i], next[i]);
+			drop_behind(shards[i], wb[i]);
 		}
 	}
 	for (size_t i = n; i-- > 0;)
@@ -1406,6 +1434,8 @@ static int options_fill(const struct wal_options *in, struct wal_options *o)
 		o->prefill_bytes = WAL_PREFILL_BYTES_DEFAULT;
 	else if (o->prefill_bytes == WAL_PREFILL_OFF)
 		o->prefill_bytes = 0;
+	if (!o->cache_keep_bytes)
+		o->cache_keep_bytes = WAL_CACHE_KEEP_DEFAULT;
 	if (o->lz4_acceleration > 65537)
 		o->lz4_acceleration = 65537;
 	if (o->block_bytes_max < WAL_BLOCK_BYTES_MIN ||

@@ -166,7 +166,7 @@ int main(void)
 	broker_log_min = LOG_ERROR + 1; /* the fault cases log on purpose */
 	libc_io = wal_io_libc();
 	struct wal_io io = {f_open, f_pwrite, f_pread, f_fdatasync, f_fsync, f_ftruncate, f_close,
-			    NULL, NULL};
+			    NULL, NULL, NULL};
 	struct wal_options wo = {.shard_count = 1, .io = &io};
 	struct wal *wal;
 	if (wal_open(dir, &wo, &wal) != 0) {

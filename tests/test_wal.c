@@ -4,6 +4,8 @@
  * clamping, ticks, consumer checkpoints and retention; prefill (zeros ahead of the data in the
  * newest segment only, cut by recovery after a crash).
  */
+#include <sys/mman.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include "wal_testutil.h"
 
@@ -520,6 +522,100 @@ static void test_staggered_rolls(void)
 	CHECK(first_bytes[0] > (uint64_t)SEG / 8 * 7);
 }
 
+/* Page-cache residency of [from, to) of `path`, one byte per page (1 = cached) into `res`. */
+static size_t resident_pages(const char *path, uint8_t *res, size_t cap)
+{
+	int fd = open(path, O_RDONLY);
+	CHECK(fd >= 0);
+	off_t size = lseek(fd, 0, SEEK_END);
+	size_t pages = ((size_t)size + 4095) / 4096;
+	CHECK(pages <= cap);
+	if (pages) {
+		void *m = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0);
+		CHECK(m != MAP_FAILED);
+		CHECK(mincore(m, (size_t)size, res) == 0);
+		munmap(m, (size_t)size);
+	}
+	close(fd);
+	return pages;
+}
+
+static size_t count_resident(const uint8_t *res, size_t from_page, size_t to_page)
+{
+	size_t n = 0;
+	for (size_t i = from_page; i < to_page; i++)
+		n += res[i] & 1;
+	return n;
+}
+
+/*
+ * Drop-behind (docs/wal-format.md "Page cache"): after each sync, the current segment's durable
+ * bytes more than cache_keep_bytes behind its end leave the page cache; a sealed segment leaves
+ * it whole. With WAL_CACHE_KEEP_ALL nothing is dropped. Residency is read with mincore() before
+ * anything reads the files.
+ */
+static void test_drop_behind(void)
+{
+	static uint8_t res[2][8192];
+	for (int keep_all = 0; keep_all < 2; keep_all++) {
+		char dir[512];
+		wt_tmpdir(dir, sizeof dir, "waldrop");
+		struct statfs sf;
+		CHECK(statfs(dir, &sf) == 0);
+		if (sf.f_type == 0x01021994 /* TMPFS_MAGIC: the cache is the storage */) {
+			printf("test_wal: drop-behind skipped on tmpfs\n");
+			wt_rmrf(dir);
+			return;
+		}
+		struct wal_options o = {.shard_count = 1, .segment_bytes_max = 4 << 20,
+					.cache_keep_bytes = keep_all ? WAL_CACHE_KEEP_ALL : 1 << 20};
+		struct wal *w;
+		CHECK_EQ(wal_open(dir, &o, &w), 0);
+		struct wal_shard *s = wal_shard(w, 0);
+		struct wal_segment_info segs[8];
+		size_t ns = 0;
+		uint64_t n = 0;
+		/* Into the second segment by 2.5 MiB or more, syncing every 1000 records. */
+		for (;;) {
+			fill(s, n, n + 1000, SEED);
+			n += 1000;
+			CHECK_EQ(wal_flush(s), 0);
+			CHECK_EQ(wal_sync(s, NULL), 0);
+			CHECK_EQ(wal_segments_list(dir, 0, segs, 8, &ns), 0);
+			/* segment 0 took base_offset records for 4 MiB: 2.75 MiB more is 11/16 of it */
+			uint64_t base = ns == 2 ? segs[1].base_offset : 0;
+			if (ns == 2 && (n - base) * 16 >= base * 11)
+				break;
+			CHECK(ns <= 2);
+		}
+		size_t p0 = resident_pages(segs[0].path, res[0], 8192);
+		size_t p1 = resident_pages(segs[1].path, res[1], 8192);
+		/* Only now read the files: where the newest one's data ends (then its prefill). */
+		struct wal_segment_stats vs;
+		int vrc = wal_segment_verify(segs[1].path, segs[1].base_offset, true, &vs);
+		CHECK(vrc == 0 || vrc == -EBADMSG); /* -EBADMSG: the prefill zeros after the data */
+		uint64_t end = vs.torn_tail_at != UINT64_MAX ? vs.torn_tail_at : vs.file_bytes;
+		CHECK(end > (5u << 19)); /* 2.5 MiB of data in the newest segment */
+		CHECK(end / 4096 <= p1);
+		size_t old0 = count_resident(res[0], 0, p0);
+		size_t below = count_resident(res[1], 0, (end - (1u << 20) - (256u << 10)) / 4096);
+		size_t tail = count_resident(res[1], (end - (512u << 10)) / 4096, end / 4096);
+		printf("test_wal: drop-behind %s: sealed segment %zu of %zu pages cached; newest: %zu "
+		       "cached below its last 1.25 MiB, %zu of the last 512 KiB\n",
+		       keep_all ? "off" : "on", old0, p0, below, tail);
+		if (keep_all) {
+			CHECK(old0 > p0 / 2);
+			CHECK(below > 0);
+		} else {
+			CHECK_EQ(old0, 0);
+			CHECK_EQ(below, 0);
+			CHECK(tail > 0); /* the kept stretch stays cached */
+		}
+		CHECK_EQ(wal_close(w), 0);
+		wt_rmrf(dir);
+	}
+}
+
 int main(void)
 {
 	test_footprint();
@@ -529,6 +625,7 @@ int main(void)
 	test_checkpoint_retention();
 	test_prefill();
 	test_staggered_rolls();
+	test_drop_behind();
 	printf("test_wal: OK\n");
 	return 0;
 }

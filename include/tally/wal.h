@@ -67,6 +67,8 @@
 #define WAL_SEGMENT_BYTES_DEFAULT   (128ull << 20)
 #define WAL_PREFILL_BYTES_DEFAULT   (1u << 20)
 #define WAL_PREFILL_OFF             UINT32_MAX /* wal_options.prefill_bytes: append only */
+#define WAL_CACHE_KEEP_DEFAULT      (8u << 20)
+#define WAL_CACHE_KEEP_ALL          UINT32_MAX /* wal_options.cache_keep_bytes: never drop */
 #define WAL_SEGMENT_BYTES_MIN       (64ull << 10)
 #define WAL_SEGMENT_AGE_US_DEFAULT  (3600ull * 1000000ull)
 #define WAL_RETENTION_DAYS_DEFAULT  400u
@@ -104,6 +106,12 @@ struct wal_io {
 	 * first, then waits on each, then flushes the device once for all of them.
 	 */
 	int (*sync_range)(void *ctx, int fd, off_t off, off_t n, bool wait);
+	/*
+	 * Optional (NULL = absent): drops [off, off + n) of fd from the page cache (n = 0: to the
+	 * end). Only called on durable bytes; a hint, its errors are ignored (libc:
+	 * posix_fadvise DONTNEED).
+	 */
+	int (*drop_cache)(void *ctx, int fd, off_t off, off_t n);
 	void *ctx;
 };
 
@@ -146,6 +154,11 @@ struct wal_options {
 	   never wait for a size change. true = zero-fill only when a block would extend the file,
 	   and let the next group commit make the size durable. */
 	bool no_prefill_ahead;
+	/* Drop-behind (docs/wal-format.md "Page cache"): after a sync, the current segment's
+	   durable bytes more than this far behind its end are dropped from the page cache, so
+	   the cache the WAL writes through stays this size per shard and its pages are reused
+	   instead of taking fresh memory. 0 = 8 MiB; WAL_CACHE_KEEP_ALL = never drop. */
+	uint32_t cache_keep_bytes;
 	const struct wal_io *io;   /* NULL = libc */
 	/* Called on the appender thread after a segment was sealed (synced) and the next one
 	 * exists. */
