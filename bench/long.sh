@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# long.sh BIN_DIR [RATE] [SECONDS] — a sustained open-loop run, to see what bench/broker.sh's 5 s
+# windows never reach: segment rolls, dedup seals and the eviction after them, a growing page
+# cache (docs/benchmarks.md, session 9).
+#
+# Starts tallyd on a fresh data directory (2 threads, 8 shards, --fsync always,
+# --expected-keys 4194304), runs tally-bench open loop at RATE events/s (default 500000) for
+# SECONDS (default 60; 16 connections x 500-event batches, 10 % duplicates), and prints every
+# 5 s: tallyd's CPU over those 5 s (% of one core), the machine's steal, the page cache's growth
+# and the dedup seals logged so far. Then the client's ack latency over the whole run and
+# tallyd's own account at its stop.
+# Env: IO (epoll or uring; default epoll), TALLYD_FLAGS (extra tallyd flags, e.g.
+# "--wal-cache-mb 0"), CONNS (16), BATCH (500).
+set -euo pipefail
+
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ] || [ $# -lt 1 ]; then
+	awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+	[ $# -ge 1 ] && exit 0 || exit 2
+fi
+BIN=$1
+RATE=${2:-500000}
+SECONDS_RUN=${3:-60}
+for b in tallyd tally-bench; do
+	[ -x "$BIN/$b" ] || { echo "long.sh: $BIN/$b not found (build first: make release)" >&2; exit 2; }
+done
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/tally-long.XXXXXX")
+TPID=
+cleanup() {
+	[ -n "$TPID" ] && kill -TERM "$TPID" 2>/dev/null && wait "$TPID" 2>/dev/null
+	rm -rf "$T"
+}
+trap cleanup EXIT
+
+# shellcheck disable=SC2086
+"$BIN/tallyd" --listen 127.0.0.1:0 --port-file "$T/port" --data "$T/data" --threads 2 --shards 8 \
+	--io "${IO:-epoll}" --expected-keys 4194304 --log-level info ${TALLYD_FLAGS:-} 2>"$T/log" &
+TPID=$!
+for _ in $(seq 300); do [ -s "$T/port" ] && break; sleep 0.1; done
+[ -s "$T/port" ] || { echo "long.sh: tallyd did not start:" >&2; cat "$T/log" >&2; exit 1; }
+
+echo "tallyd: io ${IO:-epoll}, rate $RATE ev/s for $SECONDS_RUN s, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+"$BIN/tally-bench" --connect "127.0.0.1:$(cat "$T/port")" --connections "${CONNS:-16}" \
+	--batch "${BATCH:-500}" --rate "$RATE" --duration "$SECONDS_RUN" --warmup 1 --dup-rate 0.1 \
+	--seed 7 >"$T/bench" 2>&1 &
+BPID=$!
+
+hz=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$TPID/stat"; }
+stat_cpu() { awk '/^cpu /{print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+cached() { awk '/^Cached:/{print $2}' /proc/meminfo; }
+c0=$(cpu); s0=$(stat_cpu); m0=$(cached); t=0
+printf '%6s  %14s  %6s  %16s  %s\n' "time" "tallyd CPU" "steal" "cache since start" "seals"
+while kill -0 "$BPID" 2>/dev/null; do
+	sleep 5
+	t=$((t + 5))
+	kill -0 "$TPID" 2>/dev/null || { echo "long.sh: tallyd died:" >&2; tail -5 "$T/log" >&2; exit 1; }
+	c1=$(cpu); s1=$(stat_cpu); m1=$(cached)
+	printf '%5ds  %12s %%  %5s%%  %+16d MiB  %s\n' "$t" \
+		"$(awk -v a="$c0" -v b="$c1" -v hz="$hz" 'BEGIN {printf "%.0f", 100 * (b - a) / hz / 5}')" \
+		"$(echo "$s0 $s1" | awk '{printf "%.1f", ($4 > $2) ? 100 * ($3 - $1) / ($4 - $2) : 0}')" \
+		$(((m1 - m0) / 1024)) "$(grep -c 'sealed a dedup' "$T/log" || true)"
+	c0=$c1; s0=$s1
+done
+wait "$BPID" || { echo "long.sh: tally-bench failed:" >&2; tail -5 "$T/bench" >&2; exit 1; }
+grep -E "ack latency|throughput" "$T/bench" || true
+kill -TERM "$TPID"
+wait "$TPID" || true
+TPID=
+echo "tallyd at stop:"
+grep -E "batch latency|sync group|worker [0-9]|shared flush" "$T/log" | sed 's/.*INFO  /  /'
