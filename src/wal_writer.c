@@ -15,6 +15,10 @@
  *     (if that truncate fails the shard is failed).
  *   - No allocation after wal_open: the open block buffer, the compression buffer and the LZ4
  *     state are allocated once per shard.
+ *   - Drop-behind drops from the page cache only bytes below the written-back mark (clean and
+ *     durable), so it never changes what is on disk; a sealed segment leaves it whole.
+ *   - A shared device flush (comb_*) covers only group commits whose write-backs had all
+ *     completed before it started; each publishes its watermarks only after it returned 0.
  *
  * Threads: see wal.h. `sync_lock` serialises wal_sync() / wal_sync_group() with the appender's
  * segment roll (the only point where the appender changes `fd`) and with its cut-back after a
