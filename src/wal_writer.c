@@ -128,7 +128,7 @@ struct wal {
 	dev_t comb_dev;
 	pthread_mutex_t comb_mu;
 	pthread_cond_t comb_cv;
-	unsigned comb_active; /* callers registered and not yet covered by a started flush */
+	unsigned comb_active; /* callers joined and not yet covered by a started flush */
 	unsigned comb_ready;  /* of them, those waiting at their flush step */
 	uint64_t comb_next; /* generation of the cohort now forming */
 	struct comb_slot {
