@@ -47,6 +47,7 @@ struct broker_config {
 	uint32_t read_timeout_ms;   /* a started frame must complete within this */
 	uint32_t auth_fail_delay_ms;
 	uint32_t sync_delay_us;     /* injected latency per fdatasync (benchmarks) */
+	uint32_t slow_sync_ms;      /* a group commit's sync this long is logged (WARN); 0 = never */
 	/* Group-commit window (--fsync always): a shard starts at most one fdatasync per window of
 	   this many microseconds, windows aligned on the clock so all shards sync together.
 	   0 = a sync starts whenever the previous one has finished. */

@@ -76,6 +76,9 @@ struct shard_group {
 	int64_t sync_end_us;           /* syncer writes before releasing busy; owner reads after */
 	/* Syncer only; read at close (after join). */
 	struct lathist sync_hist;
+	int64_t slow_logged_us;   /* when the last slow-sync warning was logged, 0 = never */
+	uint64_t slow_unlogged;   /* slow syncs since then that were not logged */
+	uint64_t slow_total;
 	struct wal_shard *ws[BROKER_SHARDS_MAX];
 };
 enum { JOB_SEAL = 1, JOB_COMPACT = 2 };
@@ -312,8 +315,35 @@ static void syncer_kick(struct shard_group *g)
 	pthread_mutex_lock(&g->mu);
 	g->kick = true;
 	g->join_ws = any;
-	pthread_cond_signal(&g->cv);
 	pthread_mutex_unlock(&g->mu);
+	/* After the unlock: a syncer woken while the mutex is still held would only block
+	   on it again (one more futex wait and context switch per group commit). */
+	pthread_cond_signal(&g->cv);
+}
+
+/*
+ * Syncer: a group commit whose sync took at least --slow-sync-ms. Every acknowledgement of the
+ * group's shards waited for it, so the operator hears of it: the first one at once, then at
+ * most one line per SLOW_SYNC_LOG_US with the number left unlogged meanwhile (a disk that
+ * stays slow must not flood the log), and the total at close.
+ */
+#define SLOW_SYNC_LOG_US 10000000
+static void slow_sync(struct shard_group *g, uint64_t us, size_t n)
+{
+	g->slow_total++;
+	if (g->slow_logged_us && g->sync_end_us - g->slow_logged_us < SLOW_SYNC_LOG_US) {
+		g->slow_unlogged++;
+		return;
+	}
+	char more[96] = "";
+	if (g->slow_unlogged)
+		snprintf(more, sizeof more, "; %llu more over %u ms since the last such line",
+			 (unsigned long long)g->slow_unlogged, g->cfg->slow_sync_ms);
+	broker_log(LOG_WARN, "sync group %u: a group commit of %zu shard(s) took %llu ms to "
+			     "sync (--slow-sync-ms %u)%s: acknowledgements wait for the disk",
+		   g->id, n, (unsigned long long)(us / 1000), g->cfg->slow_sync_ms, more);
+	g->slow_logged_us = g->sync_end_us;
+	g->slow_unlogged = 0;
 }
 
 static void *syncer_main(void *arg)
@@ -363,6 +393,8 @@ static void *syncer_main(void *arg)
 			atomic_store_explicit(&g->last_sync_us, us > UINT32_MAX ? UINT32_MAX : (uint32_t)us,
 					      memory_order_relaxed);
 			lathist_add(&g->sync_hist, (int64_t)us);
+			if (g->cfg->slow_sync_ms && us >= (uint64_t)g->cfg->slow_sync_ms * 1000)
+				slow_sync(g, us, n);
 		}
 		/* Release: the owner that sees busy == false also sees the new watermarks. */
 		atomic_store_explicit(&g->busy, false, memory_order_release);
@@ -406,6 +438,11 @@ int shard_group_close(struct shard_group *g)
 	pthread_mutex_unlock(&g->mu);
 	pthread_join(g->th, NULL);
 	int rc = atomic_load(&g->sync_error);
+	if (g->slow_total)
+		broker_log(LOG_WARN, "sync group %u: %llu group commit(s) took %u ms or more to sync "
+				     "(%llu not logged one by one)", g->id,
+			   (unsigned long long)g->slow_total, g->cfg->slow_sync_ms,
+			   (unsigned long long)g->slow_unlogged);
 	if (g->sync_hist.count) {
 		/* The syncer has been joined: its counters are stable. */
 		const struct lathist *h[3] = {&g->wait_hist, &g->sync_hist, &g->wake_hist};

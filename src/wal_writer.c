@@ -862,6 +862,7 @@ static int comb_flush(struct wal_shard *f)
 	uint64_t mine = w->comb_next; /* the generation of the cohort now forming */
 	struct comb_slot *slot = &w->comb_slot[mine % COMB_SLOTS];
 	int rc = 0;
+	bool flushed = false;
 	for (;;) {
 		if (slot->gen == mine) { /* the cohort's flush ended */
 			rc = slot->rc;
@@ -880,7 +881,7 @@ static int comb_flush(struct wal_shard *f)
 				w->comb_err = rc;
 			slot->gen = mine;
 			slot->rc = rc;
-			pthread_cond_broadcast(&w->comb_cv);
+			flushed = true;
 			break;
 		}
 		pthread_cond_wait(&w->comb_cv, &w->comb_mu);
@@ -888,6 +889,9 @@ static int comb_flush(struct wal_shard *f)
 	if (rc == 0)
 		rc = w->comb_err;
 	pthread_mutex_unlock(&w->comb_mu);
+	/* After the unlock, so that the woken callers do not block on comb_mu again. */
+	if (flushed)
+		pthread_cond_broadcast(&w->comb_cv);
 	return rc;
 }
 

@@ -922,6 +922,65 @@ static void test_uring_fallback(const char *base)
 	CHECK_EQ(epoll, 1);
 }
 
+/* A disk whose syncs take 150 ms (--sync-delay-us) against the default --slow-sync-ms 100:
+   the first slow sync of each sync group is logged at once, later ones within 10 s are only
+   counted, and the stop line of each group gives its total. Twelve events sent one after the
+   other need twelve syncs at least, so some group (there are at most 8) has two or more. */
+static void test_slow_sync(const char *base)
+{
+	struct server s;
+	snprintf(s.dir, sizeof s.dir, "%s/slowsync", base);
+	int64_t t0 = now_us();
+	server_start(&s, "--sync-delay-us", "150000");
+	struct tally_client *c = connect_as(&s, "k");
+	CHECK(c != NULL);
+	for (int i = 0; c && i < 12; i++) {
+		struct evbuf e;
+		struct proto_receipt r;
+		char key[32];
+		snprintf(key, sizeof key, "slow-%d", i);
+		make_event(&e, key, "cus_9", 1, now_us());
+		CHECK_EQ(tally_client_send_wait(c, &e.in, 1, &r), 0);
+		CHECK_EQ(r.status, PROTO_ACCEPTED);
+	}
+	if (c)
+		tally_client_close(c);
+	CHECK_EQ(server_stop(&s, SIGTERM), 0);
+	int64_t took_us = now_us() - t0;
+	char logf[400], line[1024];
+	snprintf(logf, sizeof logf, "%s.log", s.dir);
+	FILE *f = fopen(logf, "r");
+	CHECK(f != NULL);
+	unsigned long long total = 0, unlogged = 0;
+	int at_once = 0, summaries = 0;
+	while (f && fgets(line, sizeof line, f)) {
+		if (!strstr(line, "WARN"))
+			continue;
+		if (strstr(line, "to sync (--slow-sync-ms 100)"))
+			at_once++;
+		const char *q = strstr(line, "sync group ");
+		unsigned g;
+		unsigned long long t, u;
+		if (q && strstr(q, "or more to sync") &&
+		    sscanf(q, "sync group %u: %llu group commit(s) took 100 ms or more to sync "
+			      "(%llu not logged", &g, &t, &u) == 3) {
+			total += t;
+			unlogged += u;
+			summaries++;
+		}
+	}
+	if (f)
+		fclose(f);
+	fprintf(stderr, "slow syncs: %llu in all over %d group(s), %d logged at once, %llu only "
+			"counted, in %lld ms\n", total, summaries, at_once, unlogged,
+		(long long)(took_us / 1000));
+	CHECK(total >= 12);
+	CHECK(summaries >= 1);
+	CHECK_EQ(total, (unsigned long long)at_once + unlogged);
+	if (took_us < 9000000) /* within 10 s: one line at once per group, the rest counted */
+		CHECK_EQ(at_once, summaries);
+}
+
 /* Connections are balanced over the workers whatever SO_REUSEPORT's hash does: 16 clients
    connected one after the other end 8/8 (the log line each worker writes at stop). Three
    fresh brokers: by the hash alone, an exact 8/8 split of 16 comes up 20 % of the time. */
@@ -1064,6 +1123,7 @@ int main(int argc, char **argv)
 	test_cold_tier(base);
 	test_buffer_budget(base);
 	test_read_deadline(base);
+	test_slow_sync(base);
 	if (!strcmp(io_mode, "uring"))
 		test_uring_fallback(base);
 
