@@ -7,6 +7,9 @@
  * non-blocking from one epoll loop: encode BATCH frames straight into the connection's send
  * buffer (proto_batch_*), write, read, parse ACK/ERROR with proto_frame_parse, record.
  * The main thread prints a progress line each second, then merges the workers' statistics.
+ * The progress line also gives the last second's ack latency (p99 and max, every ACK, warm-up
+ * included) and the machine's CPU steal over it: each worker records into a second histogram
+ * under its own mutex (uncontended but once a second), which the main thread takes and resets.
  *
  * Latency: one sample per BATCH, from its *intended* send time to the arrival of its ACK, in
  * µs, into a log-linear histogram. Closed loop (--max, default): a batch is intended when a
@@ -25,8 +28,8 @@
  * WAL afterwards (built only when the WAL reader exists: TALLY_BENCH_HAVE_WAL_READER).
  *
  * Memory: all buffers are allocated at start-up; the per-key records for --expect grow by
- * doubling (16 bytes per fresh event). Threads share only the read-only options, the Zipf table
- * and relaxed atomic progress counters.
+ * doubling (16 bytes per fresh event). Threads share only the read-only options, the Zipf table,
+ * relaxed atomic progress counters and the per-second histograms (under their mutexes).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -187,6 +190,8 @@ struct worker {
 	uint32_t nconns;
 	struct stats *phase_stats; /* [phase count] */
 	_Atomic uint64_t prog_sent, prog_acked, prog_dups, prog_errors, prog_inflight;
+	pthread_mutex_t sec_mu;    /* guards sec_hist: the worker records, the main thread takes */
+	struct bench_hist sec_hist; /* every ACK's latency since the last progress line, µs */
 };
 
 struct phase {
@@ -974,6 +979,12 @@ static void on_ack(struct conn *c, const struct proto_ack *a, int64_t now)
 		st->measured_bytes += s->body_bytes;
 	}
 	st->last_ack_ns = now;
+	{
+		int64_t lat = now - s->intended_ns;
+		pthread_mutex_lock(&c->w->sec_mu);
+		bench_hist_record(&c->w->sec_hist, lat > 0 ? (uint64_t)lat / 1000 : 0);
+		pthread_mutex_unlock(&c->w->sec_mu);
+	}
 	atomic_fetch_add_explicit(&c->w->prog_acked, s->count, memory_order_relaxed);
 	atomic_fetch_add_explicit(&c->w->prog_dups, dups, memory_order_relaxed);
 	s->request_id = 0;
@@ -1344,12 +1355,59 @@ static void print_step_row(const struct stats *s, const struct phase *ph, bool h
 	fflush(stdout);
 }
 
+/* The machine's steal and total CPU ticks (/proc/stat "cpu" line); 0 and 0 if unreadable. */
+static void cpu_ticks(uint64_t *steal, uint64_t *total)
+{
+	unsigned long long v[8] = {0};
+	*steal = *total = 0;
+	FILE *f = fopen("/proc/stat", "r");
+	if (!f)
+		return;
+	if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+		   &v[4], &v[5], &v[6], &v[7]) == 8) {
+		*steal = v[7];
+		for (int i = 0; i < 8; i++)
+			*total += v[i];
+	}
+	fclose(f);
+}
+
 static void progress_line(int64_t t0, bool tty)
 {
 	uint64_t sent = 0, acked = 0, dups = 0, errs = 0, infl = 0;
-	static uint64_t last_acked;
+	static uint64_t last_acked, last_steal, last_total;
 	static int64_t last_ns;
+	static struct bench_hist sec; /* the workers' last second, merged */
+	static bool sec_ok;
 	int64_t now = now_ns();
+
+	if (!sec_ok)
+		sec_ok = bench_hist_init(&sec, BENCH_HIST_HIGHEST_US_DEF) == 0;
+	else
+		bench_hist_reset(&sec);
+	for (uint32_t i = 0; i < o.threads; i++) {
+		pthread_mutex_lock(&workers[i].sec_mu);
+		if (sec_ok && bench_hist_merge(&sec, &workers[i].sec_hist) != 0)
+			sec_ok = false; /* cannot happen: same range; the line just goes without */
+		bench_hist_reset(&workers[i].sec_hist);
+		pthread_mutex_unlock(&workers[i].sec_mu);
+	}
+	char tail[96] = "";
+	if (sec_ok && sec.total) {
+		char p99[32], mx[32];
+		fmt_us(p99, sizeof p99, bench_hist_percentile(&sec, 990000));
+		fmt_us(mx, sizeof mx, sec.max);
+		snprintf(tail, sizeof tail, "  last 1 s: p99 %s max %s", p99, mx);
+	}
+	uint64_t steal, total;
+	cpu_ticks(&steal, &total);
+	if (total > last_total && last_total && steal >= last_steal) {
+		size_t l = strlen(tail);
+		snprintf(tail + l, sizeof tail - l, " steal %" PRIu64 "%%",
+			 (steal - last_steal) * 100 / (total - last_total));
+	}
+	last_steal = steal;
+	last_total = total;
 
 	for (uint32_t i = 0; i < o.threads; i++) {
 		sent += atomic_load_explicit(&workers[i].prog_sent, memory_order_relaxed);
@@ -1366,10 +1424,10 @@ static void progress_line(int64_t t0, bool tty)
 	last_ns = now;
 	fprintf(stderr,
 		"%s[%4" PRId64 "s] %" PRIu64 " ev/s  sent %" PRIu64 "  acked %" PRIu64
-		"  dup %" PRIu64 ".%" PRIu64 "%%  inflight %" PRIu64 " batches  errors %" PRIu64 "%s",
+		"  dup %" PRIu64 ".%" PRIu64 "%%  inflight %" PRIu64 " batches  errors %" PRIu64 "%s%s",
 		tty ? "\r\033[K" : "", (int64_t)((now - t0) / NS_PER_S), rate, sent, acked,
 		acked ? dups * 100 / acked : 0, acked ? dups * 1000 / acked % 10 : 0, infl, errs,
-		tty ? "" : "\n");
+		tail, tty ? "" : "\n");
 }
 
 /* ---------------------------------------------------------------- WAL verification */
@@ -1529,6 +1587,7 @@ static void cleanup(void)
 		}
 		free(w->phase_stats);
 		free(w->conns);
+		bench_hist_free(&w->sec_hist);
 		if (w->epfd > 0)
 			close(w->epfd);
 	}
@@ -1611,6 +1670,9 @@ int main(int argc, char **argv)
 		w->conns = calloc(o.connections, sizeof(*w->conns));
 		w->phase_stats = calloc(phase_count, sizeof(*w->phase_stats));
 		if (w->epfd < 0 || !w->conns || !w->phase_stats)
+			return 1;
+		pthread_mutex_init(&w->sec_mu, NULL);
+		if (bench_hist_init(&w->sec_hist, BENCH_HIST_HIGHEST_US_DEF))
 			return 1;
 		for (uint32_t pi = 0; pi < phase_count; pi++)
 			if (bench_hist_init(&w->phase_stats[pi].hist, BENCH_HIST_HIGHEST_US_DEF) ||

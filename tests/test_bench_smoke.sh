@@ -55,4 +55,26 @@ grep -q "20000 sent, 20000 acked" "$DIR/out" || { echo "FAIL: not every event ac
 grep -q " 0 mismatches" "$DIR/out" || { echo "FAIL: receipt mismatches"; exit 1; }
 grep -q "verify-wal: ok" "$DIR/out" || { echo "FAIL: WAL check"; exit 1; }
 grep -q "REJECTED 0" "$DIR/out" || { echo "FAIL: rejected events"; exit 1; }
+
+# Open loop with --progress: each second's line carries that second's ack latency (p99 and
+# max). Its figures must be consistent with the run's own: a line's p99 is at most its max,
+# and no second's max exceeds the whole run's max (no warm-up, so every ACK is measured).
+"$BIN/tally-bench" --connect "127.0.0.1:$PORT" --connections 2 --rate 20000 --duration 3 \
+	--warmup 0 --batch 100 --seed 12 --progress >"$DIR/out2" 2>"$DIR/err2"
+RC=$?
+cat "$DIR/err2" "$DIR/out2"
+[ $RC -eq 0 ] || { echo "FAIL: open-loop tally-bench exited $RC"; exit 1; }
+to_us() { awk -v v="$1" -v u="$2" 'BEGIN { if (u == "ms") v *= 1000; else if (u == "s") v *= 1000000; printf "%d", v }'; }
+LINES=$(grep -c "last 1 s: p99 " "$DIR/err2")
+[ "$LINES" -ge 2 ] || { echo "FAIL: $LINES progress lines with a last-second p99"; exit 1; }
+RUNMAX=$(sed -nE 's/.*ack latency .* max ([0-9.]+) (µs|ms|s)$/\1 \2/p' "$DIR/out2")
+[ -n "$RUNMAX" ] || { echo "FAIL: no ack latency line"; exit 1; }
+RUNMAX_US=$(to_us $RUNMAX)
+sed -nE 's/.*last 1 s: p99 ([0-9.]+) (µs|ms|s) max ([0-9.]+) (µs|ms|s).*/\1 \2 \3 \4/p' "$DIR/err2" >"$DIR/secs"
+while read -r P PU M MU; do
+	P_US=$(to_us "$P" "$PU")
+	M_US=$(to_us "$M" "$MU")
+	[ "$P_US" -le "$M_US" ] || { echo "FAIL: a second's p99 $P $PU above its max $M $MU"; exit 1; }
+	[ "$M_US" -le "$RUNMAX_US" ] || { echo "FAIL: a second's max $M $MU above the run's max $RUNMAX"; exit 1; }
+done <"$DIR/secs"
 echo "test_bench_smoke: ok"
