@@ -182,6 +182,12 @@ struct worker {
 	bool stopping_seen;
 	bool lingering;
 	int64_t stop_deadline_us;
+
+	/* Answered batches of this worker's connections, for the stats lines: written by this
+	   worker only (relaxed), read by the stats thread. receipts[k]: events answered with
+	   status k (PROTO_ACCEPTED .. PROTO_REJECTED). */
+	_Atomic uint64_t st_batches, st_failed_batches, st_failed_events;
+	_Atomic uint64_t st_receipts[PROTO_REJECTED + 1];
 };
 
 struct broker {
@@ -203,6 +209,14 @@ struct broker {
 	_Atomic bool stopping;
 	_Atomic int fatal;
 	uint64_t conn_ids;
+	int64_t started_us;
+
+	/* The stats thread (cfg->stats_interval_s > 0): a line per interval, a total at stop. */
+	pthread_t stats_th;
+	bool stats_running;
+	pthread_mutex_t stats_mu;
+	pthread_cond_t stats_cv;
+	bool stats_stop; /* under stats_mu */
 };
 
 static void conn_maybe_free(struct worker *w, struct conn *c);
@@ -339,6 +353,24 @@ static void conn_send_error(struct worker *w, struct conn *c, int code, bool fat
 	}
 }
 
+/* The connection's thread: a batch answered (err: with an ERROR, none of it stored). */
+static void stats_count(struct worker *w, const struct broker_slot *s, uint16_t err)
+{
+	if (err) {
+		atomic_fetch_add_explicit(&w->st_failed_batches, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&w->st_failed_events, s->n, memory_order_relaxed);
+		return;
+	}
+	uint32_t n[PROTO_REJECTED + 1] = {0};
+	const uint8_t *r = s->frame + PROTO_HEADER_BYTES + PROTO_ACK_HEADER_BYTES;
+	for (uint32_t i = 0; i < s->n; i++, r += PROTO_RECEIPT_BYTES)
+		n[r[0] <= PROTO_REJECTED ? r[0] : 0]++;
+	for (int k = PROTO_ACCEPTED; k <= PROTO_REJECTED; k++)
+		if (n[k])
+			atomic_fetch_add_explicit(&w->st_receipts[k], n[k], memory_order_relaxed);
+	atomic_fetch_add_explicit(&w->st_batches, 1, memory_order_relaxed);
+}
+
 /* The connection's thread: every event of the slot is resolved; send its ACK or ERROR. */
 static void slot_complete_local(struct worker *w, struct broker_slot *s)
 {
@@ -361,6 +393,7 @@ static void slot_complete_local(struct worker *w, struct broker_slot *s)
 		n = proto_ack_finish(&ab);
 		s->t_queued_us = broker_now_us();
 	}
+	stats_count(w, s, err);
 	if (n <= 0) {
 		/* Cannot happen (the slot has room for both); never leave a batch unanswered. */
 		broker_log(LOG_ERROR, "conn %llu: could not encode the answer to batch %llu; closing",
@@ -1830,6 +1863,8 @@ static int open_shards(struct broker *b)
 	return rc;
 }
 
+static void stats_start(struct broker *b);
+
 int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker_auth *auth,
 		 struct broker **out)
 {
@@ -1945,6 +1980,8 @@ int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker
 		}
 	}
 	b->port = port;
+	b->started_us = broker_now_us();
+	stats_start(b);
 	*out = b; /* before any thread runs: the WAL's sealed-segment callback reads it */
 	for (uint16_t i = 0; i < b->nworkers; i++) {
 		rc = -pthread_create(&b->workers[i].th, NULL, worker_main, &b->workers[i]);
@@ -2011,6 +2048,124 @@ static void log_batch_latency(struct broker *b)
 		   (unsigned long long)all[LAT_TOTAL].count, line);
 }
 
+/* ------------------------------------------------------------------ stats lines */
+
+struct net_stats {
+	uint64_t batches, failed_batches, failed_events, receipts[PROTO_REJECTED + 1];
+};
+
+static void stats_read(struct broker *b, struct net_stats *t)
+{
+	memset(t, 0, sizeof *t);
+	for (uint16_t i = 0; i < b->nworkers; i++) {
+		struct worker *w = &b->workers[i];
+		t->batches += atomic_load_explicit(&w->st_batches, memory_order_relaxed);
+		t->failed_batches += atomic_load_explicit(&w->st_failed_batches, memory_order_relaxed);
+		t->failed_events += atomic_load_explicit(&w->st_failed_events, memory_order_relaxed);
+		for (int k = PROTO_ACCEPTED; k <= PROTO_REJECTED; k++)
+			t->receipts[k] += atomic_load_explicit(&w->st_receipts[k], memory_order_relaxed);
+	}
+}
+
+/* One line: `what` (the last interval, or the whole run), from a - b; conns < 0: the number
+   of open connections is left out. */
+static void stats_log(const char *what, const struct net_stats *a, const struct net_stats *b,
+		      int64_t us, int64_t conns)
+{
+	char open_now[48] = "";
+	if (conns >= 0)
+		snprintf(open_now, sizeof open_now, "; %lld connections open", (long long)conns);
+	uint64_t r[PROTO_REJECTED + 1];
+	uint64_t events = 0;
+	for (int k = PROTO_ACCEPTED; k <= PROTO_REJECTED; k++)
+		events += (r[k] = a->receipts[k] - b->receipts[k]);
+	uint64_t per_s = us > 0 ? (uint64_t)((unsigned __int128)events * 1000000 / (uint64_t)us) : 0;
+	broker_log(LOG_INFO, "stats, %s: %llu events in %llu batches (%llu ev/s): %llu accepted, "
+			     "%llu duplicate, %llu conflict, %llu rejected; %llu batches (%llu events) "
+			     "failed with a retryable error%s", what,
+		   (unsigned long long)events, (unsigned long long)(a->batches - b->batches),
+		   (unsigned long long)per_s, (unsigned long long)r[PROTO_ACCEPTED],
+		   (unsigned long long)r[PROTO_DUPLICATE], (unsigned long long)r[PROTO_CONFLICT],
+		   (unsigned long long)r[PROTO_REJECTED],
+		   (unsigned long long)(a->failed_batches - b->failed_batches),
+		   (unsigned long long)(a->failed_events - b->failed_events), open_now);
+}
+
+/* Logs a stats line every cfg->stats_interval_s seconds in which a batch was answered or the
+   number of open connections changed (an idle broker stays quiet). */
+static void *stats_main(void *arg)
+{
+	struct broker *b = arg;
+	(void)pthread_setname_np(pthread_self(), "tally-stats");
+	struct net_stats prev, cur;
+	memset(&prev, 0, sizeof prev);
+	uint32_t prev_conns = 0;
+	int64_t prev_us = broker_now_us();
+	char what[32];
+	snprintf(what, sizeof what, "last %u s", b->cfg->stats_interval_s);
+	pthread_mutex_lock(&b->stats_mu);
+	for (;;) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += (time_t)b->cfg->stats_interval_s;
+		while (!b->stats_stop &&
+		       pthread_cond_timedwait(&b->stats_cv, &b->stats_mu, &ts) != ETIMEDOUT)
+			;
+		if (b->stats_stop)
+			break;
+		pthread_mutex_unlock(&b->stats_mu);
+		stats_read(b, &cur);
+		int64_t now = broker_now_us();
+		uint32_t conns = atomic_load_explicit(&b->nconns, memory_order_relaxed);
+		if (cur.batches != prev.batches || cur.failed_batches != prev.failed_batches ||
+		    conns != prev_conns)
+			stats_log(what, &cur, &prev, now - prev_us, conns);
+		prev = cur;
+		prev_conns = conns;
+		prev_us = now;
+		pthread_mutex_lock(&b->stats_mu);
+	}
+	pthread_mutex_unlock(&b->stats_mu);
+	return NULL;
+}
+
+static void stats_start(struct broker *b)
+{
+	pthread_mutex_init(&b->stats_mu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&b->stats_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if (!b->cfg->stats_interval_s)
+		return;
+	if (pthread_create(&b->stats_th, NULL, stats_main, b) == 0)
+		b->stats_running = true;
+	else
+		broker_log(LOG_WARN, "no stats thread: the stats lines are off");
+}
+
+static void stats_stop(struct broker *b, int64_t started_us)
+{
+	if (b->stats_running) {
+		pthread_mutex_lock(&b->stats_mu);
+		b->stats_stop = true;
+		pthread_cond_signal(&b->stats_cv);
+		pthread_mutex_unlock(&b->stats_mu);
+		pthread_join(b->stats_th, NULL);
+		b->stats_running = false;
+	}
+	struct net_stats all, zero;
+	stats_read(b, &all);
+	memset(&zero, 0, sizeof zero);
+	int64_t us = broker_now_us() - started_us;
+	char what[48];
+	snprintf(what, sizeof what, "whole run of %lld s", (long long)(us / 1000000));
+	stats_log(what, &all, &zero, us, -1);
+	pthread_cond_destroy(&b->stats_cv);
+	pthread_mutex_destroy(&b->stats_mu);
+}
+
 void broker_request_stop(struct broker *b)
 {
 	atomic_store(&b->stopping, true);
@@ -2022,6 +2177,7 @@ int broker_wait(struct broker *b)
 {
 	for (uint16_t i = 0; i < b->nworkers; i++)
 		pthread_join(b->workers[i].th, NULL);
+	stats_stop(b, b->started_us);
 	log_batch_latency(b);
 	/* Chunks sent back just before their owner stopped are still in the rings. */
 	for (uint16_t i = 0; i < b->nworkers; i++) {

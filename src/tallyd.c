@@ -83,6 +83,9 @@ static void usage(FILE *f)
 		"                         on; off = a syncer thread and an fdatasync per shard)\n"
 		"  --shared-flush on|off  threads whose group commits overlap share one device\n"
 		"                         flush (default on; off = one flush per thread's group)\n"
+		"  --stats-interval S     log a stats line (events by receipt, batches, connections)\n"
+		"                         every S seconds that saw traffic (default 60; 0 = only the\n"
+		"                         total at stop)\n"
 		"  --slow-sync-ms N       log a warning when a group commit's sync takes N ms or\n"
 		"                         more (default 100; 0 = never; at most one line per 10 s)\n"
 		"  --sync-delay-us N      inject N us of latency per fdatasync (benchmarks)\n"
@@ -162,6 +165,7 @@ int main(int argc, char **argv)
 		.dedup_write_rate = 128ull << 20,
 		.commit_window_us = 2500,
 		.slow_sync_ms = 100,
+		.stats_interval_s = 60,
 	};
 	const char *port_file = NULL;
 	uint32_t prefill_kb = 1024;
@@ -174,7 +178,7 @@ int main(int argc, char **argv)
 	enum {
 		O_LISTEN = 256, O_DATA, O_THREADS, O_SHARDS, O_IO, O_FSYNC, O_WINDOW, O_MAXAGE,
 		O_FUTURE, O_AUTH, O_INSECURE, O_CONNS, O_FRAME, O_BATCH, O_INFLIGHT, O_IDLE,
-		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_SLOWSYNC, O_WINDOWUS, O_GROUPFLUSH, O_SHAREDFLUSH, O_PREFILLAHEAD, O_CACHEMB, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
+		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_SLOWSYNC, O_STATS, O_WINDOWUS, O_GROUPFLUSH, O_SHAREDFLUSH, O_PREFILLAHEAD, O_CACHEMB, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
 	};
 	static const struct option opts[] = {
 		{"listen", 1, 0, O_LISTEN},       {"data", 1, 0, O_DATA},
@@ -192,6 +196,7 @@ int main(int argc, char **argv)
 		{"max-buffer-mb", 1, 0, O_BUFMB},
 		{"expected-keys", 1, 0, O_KEYS},  {"sync-delay-us", 1, 0, O_SYNCDELAY},
 		{"slow-sync-ms", 1, 0, O_SLOWSYNC},
+		{"stats-interval", 1, 0, O_STATS},
 		{"port-file", 1, 0, O_PORTFILE},  {"log-level", 1, 0, O_LOG},
 		{"repair", 0, 0, O_REPAIR},
 		{"commit-window-us", 1, 0, O_WINDOWUS},
@@ -351,6 +356,11 @@ int main(int argc, char **argv)
 			if (parse_u64(optarg, 1000000, &v) < 0)
 				bad = "--sync-delay-us wants 0..1000000";
 			cfg.sync_delay_us = (uint32_t)v;
+			break;
+		case O_STATS:
+			if (parse_u64(optarg, 86400, &v) < 0)
+				bad = "--stats-interval wants 0..86400 (seconds)";
+			cfg.stats_interval_s = (uint32_t)v;
 			break;
 		case O_SLOWSYNC:
 			if (parse_u64(optarg, 3600000, &v) < 0)

@@ -922,6 +922,78 @@ static void test_uring_fallback(const char *base)
 	CHECK_EQ(epoll, 1);
 }
 
+/* Parses a stats line's counts; returns 1 if `line` is one (of the kind `what` starts). */
+static int parse_stats(const char *line, const char *what, unsigned long long v[6])
+{
+	const char *p = strstr(line, "INFO  stats, ");
+	if (!p || strncmp(p + 13, what, strlen(what)) != 0 || !(p = strchr(p, ':')))
+		return 0;
+	unsigned long long rate;
+	return sscanf(p, ": %llu events in %llu batches (%llu ev/s): %llu accepted, %llu duplicate, "
+			 "%llu conflict, %llu rejected", &v[0], &v[1], &rate, &v[2], &v[3], &v[4],
+		      &v[5]) == 7;
+}
+
+/* --stats-interval 1: a line per second with traffic, and the whole run's at stop. Two batches,
+   the first answered ACCEPTED x2, DUPLICATE, CONFLICT, REJECTED x2, the second DUPLICATE x2, a
+   second apart: the interval lines add up to the whole run's, which is exactly that. */
+static void test_stats_lines(const char *base)
+{
+	struct server s;
+	snprintf(s.dir, sizeof s.dir, "%s/stats", base);
+	server_start(&s, "--stats-interval", "1");
+	struct tally_client *c = connect_as(&s, "k");
+	CHECK(c != NULL);
+	if (c) {
+		int64_t t = now_us();
+		struct evbuf e[6];
+		make_event(&e[0], "st-1", "cus_1", 10, t);
+		make_event(&e[1], "st-2", "cus_1", 20, t);
+		make_event(&e[2], "st-1", "cus_1", 10, t);
+		make_event(&e[3], "st-2", "cus_1", 21, t);
+		make_event(&e[4], "st-old", "cus_1", 1, t - 40LL * 86400 * 1000000);
+		make_event(&e[5], "st-new", "cus_1", 1, t + 3600LL * 1000000);
+		struct tally_event_in in[6];
+		for (int i = 0; i < 6; i++)
+			in[i] = e[i].in;
+		struct proto_receipt r[6];
+		CHECK_EQ(tally_client_send_wait(c, in, 6, r), 0);
+		usleep(1300000);
+		CHECK_EQ(tally_client_send_wait(c, in, 2, r), 0);
+		tally_client_close(c);
+	}
+	usleep(1300000);
+	CHECK_EQ(server_stop(&s, SIGTERM), 0);
+	char logf[400], line[1024];
+	snprintf(logf, sizeof logf, "%s.log", s.dir);
+	FILE *f = fopen(logf, "r");
+	CHECK(f != NULL);
+	unsigned long long sum[6] = {0}, all[6] = {0}, v[6];
+	int intervals = 0, totals = 0;
+	while (f && fgets(line, sizeof line, f)) {
+		if (parse_stats(line, "last 1 s", v)) {
+			intervals++;
+			for (int k = 0; k < 6; k++)
+				sum[k] += v[k];
+		} else if (parse_stats(line, "whole run", v)) {
+			totals++;
+			memcpy(all, v, sizeof all);
+		}
+	}
+	if (f)
+		fclose(f);
+	fprintf(stderr, "stats lines: %d interval(s); whole run: %llu events, %llu batches, "
+			"%llu/%llu/%llu/%llu accepted/duplicate/conflict/rejected\n", intervals,
+		all[0], all[1], all[2], all[3], all[4], all[5]);
+	CHECK_EQ(totals, 1);
+	CHECK(intervals >= 2); /* the batches were more than a second apart */
+	const unsigned long long want[6] = {8, 2, 2, 3, 1, 2};
+	for (int k = 0; k < 6; k++) {
+		CHECK_EQ(all[k], want[k]);
+		CHECK_EQ(sum[k], want[k]);
+	}
+}
+
 /* A disk whose syncs take 150 ms (--sync-delay-us) against the default --slow-sync-ms 100:
    the first slow sync of each sync group is logged at once, later ones within 10 s are only
    counted, and the stop line of each group gives its total. Twelve events sent one after the
@@ -1124,6 +1196,7 @@ int main(int argc, char **argv)
 	test_buffer_budget(base);
 	test_read_deadline(base);
 	test_slow_sync(base);
+	test_stats_lines(base);
 	if (!strcmp(io_mode, "uring"))
 		test_uring_fallback(base);
 
