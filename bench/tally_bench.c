@@ -53,6 +53,7 @@
 #include "bench_gen.h"
 #include "bench_hist.h"
 #include "tally/event.h"
+#include "tally/version.h"
 #include "tally/protocol.h"
 #if TALLY_BENCH_HAVE_WAL_READER
 #include "tally/wal.h"
@@ -269,6 +270,7 @@ static void usage(FILE *f)
 "  --quiet                 no progress line\n"
 "  --expect                check every receipt against the plan; exit 1 on a mismatch\n"
 "  --verify-wal DIR        after the run, check the broker's WAL in DIR against the receipts\n"
+"  --version               print the version\n"
 "  --help                  this text\n"
 "\n"
 "Exit status: 0 ok, 1 check failed (mismatch, lost or errored events under --expect),\n"
@@ -355,7 +357,7 @@ enum {
 	OPT_STEPS, OPT_BATCH, OPT_EVENTS, OPT_DURATION, OPT_WARMUP, OPT_DRAIN, OPT_SEED,
 	OPT_PREFIX, OPT_CUSTOMERS, OPT_ZIPF, OPT_PAYLOAD, OPT_DUP, OPT_CONFLICT, OPT_LATE,
 	OPT_SKEW, OPT_BASE_TIME, OPT_JSON, OPT_PROGRESS, OPT_QUIET, OPT_EXPECT, OPT_VERIFY,
-	OPT_HELP,
+	OPT_HELP, OPT_VERSION,
 };
 
 static int parse_args(int argc, char **argv)
@@ -390,6 +392,7 @@ static int parse_args(int argc, char **argv)
 		{"expect", no_argument, 0, OPT_EXPECT},
 		{"verify-wal", required_argument, 0, OPT_VERIFY},
 		{"help", no_argument, 0, OPT_HELP},
+		{"version", no_argument, 0, OPT_VERSION},
 		{0, 0, 0, 0},
 	};
 	uint64_t u;
@@ -471,6 +474,7 @@ static int parse_args(int argc, char **argv)
 		case OPT_VERIFY: o.verify_wal = a; break;
 		case 'h':
 		case OPT_HELP: usage(stdout); exit(0);
+		case OPT_VERSION: TALLY_PRINT_VERSION("tally-bench"); exit(0);
 		default: usage(stderr); return -EINVAL;
 		}
 		if (bad) {

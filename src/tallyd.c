@@ -16,6 +16,7 @@
 #include "broker.h"
 #include "net.h"
 #include "tally/dedup.h"
+#include "tally/version.h"
 #include "tally/wal.h"
 
 static struct broker *g_broker;
@@ -93,6 +94,7 @@ static void usage(FILE *f)
 		"                         and start (default: refuse to start and say where)\n"
 		"  --port-file FILE       write the port listened on to FILE (tests)\n"
 		"  --log-level debug|info|warn|error\n"
+		"  --version              print the version and the libraries' versions\n"
 		"  --help                 this text\n");
 }
 
@@ -178,7 +180,7 @@ int main(int argc, char **argv)
 	enum {
 		O_LISTEN = 256, O_DATA, O_THREADS, O_SHARDS, O_IO, O_FSYNC, O_WINDOW, O_MAXAGE,
 		O_FUTURE, O_AUTH, O_INSECURE, O_CONNS, O_FRAME, O_BATCH, O_INFLIGHT, O_IDLE,
-		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_SLOWSYNC, O_STATS, O_WINDOWUS, O_GROUPFLUSH, O_SHAREDFLUSH, O_PREFILLAHEAD, O_CACHEMB, O_REPAIR, O_PORTFILE, O_LOG, O_HELP
+		O_READ, O_BUFMB, O_SEGMENT, O_PREFILL, O_LZ4, O_KEYS, O_DWRATE, O_SYNCDELAY, O_SLOWSYNC, O_STATS, O_WINDOWUS, O_GROUPFLUSH, O_SHAREDFLUSH, O_PREFILLAHEAD, O_CACHEMB, O_REPAIR, O_PORTFILE, O_LOG, O_HELP, O_VERSION
 	};
 	static const struct option opts[] = {
 		{"listen", 1, 0, O_LISTEN},       {"data", 1, 0, O_DATA},
@@ -204,7 +206,8 @@ int main(int argc, char **argv)
 		{"shared-flush", 1, 0, O_SHAREDFLUSH},
 		{"wal-prefill-ahead", 1, 0, O_PREFILLAHEAD},
 		{"wal-cache-mb", 1, 0, O_CACHEMB},
-		{"help", 0, 0, O_HELP},           {0, 0, 0, 0},
+		{"help", 0, 0, O_HELP},           {"version", 0, 0, O_VERSION},
+		{0, 0, 0, 0},
 	};
 	uint64_t v;
 	int64_t max_age_days = -1;
@@ -388,6 +391,9 @@ int main(int argc, char **argv)
 		case O_HELP:
 		case 'h':
 			usage(stdout);
+			return 0;
+		case O_VERSION:
+			TALLY_PRINT_VERSION("tallyd");
 			return 0;
 		default:
 			usage(stderr);

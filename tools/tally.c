@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "tally/version.h"
 #include "tools/cmds.h"
 
 struct tally_cmd {
@@ -20,7 +21,8 @@ static void usage(FILE *f, const struct tally_cmd *cmds, size_t n)
 	for (size_t i = 0; i < n; i++)
 		fprintf(f, "  %-9s %s%s\n", cmds[i].name, cmds[i].summary,
 			cmds[i].fn ? "" : " (not built)");
-	fprintf(f, "\n`tally <command> --help` describes each command.\n");
+	fprintf(f, "\n`tally <command> --help` describes each command; `tally --version` prints the "
+		   "version.\n");
 }
 
 int main(int argc, char **argv)
@@ -38,6 +40,10 @@ int main(int argc, char **argv)
 	    !strcmp(argv[1], "help")) {
 		usage(argc < 2 ? stderr : stdout, cmds, n);
 		return argc < 2 ? 2 : 0;
+	}
+	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+		TALLY_PRINT_VERSION("tally");
+		return 0;
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (strcmp(argv[1], cmds[i].name))

@@ -23,6 +23,7 @@
 
 #include "tally/rate.h"
 #include "tally/wal.h"
+#include "tally/version.h"
 
 #define RATE_CKPT_INTERVAL_MS_DEFAULT 1000
 #define RATE_USAGE_INTERVAL_MS        1000
@@ -60,6 +61,7 @@ static void usage(FILE *f)
 		"  --consumer NAME    consumer name for checkpoints (default: rate)\n"
 		"  --checkpoint-ms N  state checkpoint interval while busy (default 1000)\n"
 		"  --no-fsync         skip fsync of outputs (tests only)\n"
+		"  --version          print the version\n"
 		"  --help             this text\n"
 		"\n"
 		"Exit status: 0 ok, 1 runtime error, 2 usage or configuration error.\n");
@@ -139,7 +141,7 @@ int main(int argc, char **argv)
 		{"from-scratch", no_argument, NULL, 's'}, {"consumer", required_argument, NULL, 'n'},
 		{"checkpoint-ms", required_argument, NULL, 'k'},
 		{"no-fsync", no_argument, NULL, 'F'},     {"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0}};
+		{"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0}};
 	int ch;
 	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (ch) {
@@ -152,6 +154,7 @@ int main(int argc, char **argv)
 		case 'k': ckpt_ms = strtol(optarg, NULL, 10); break;
 		case 'F': c.no_fsync = true; break;
 		case 'h': usage(stdout); return 0;
+		case 'V': TALLY_PRINT_VERSION("tally-rate"); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
