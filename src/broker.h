@@ -49,6 +49,10 @@ struct broker_config {
 	uint32_t sync_delay_us;     /* injected latency per fdatasync (benchmarks) */
 	uint32_t slow_sync_ms;      /* a group commit's sync this long is logged (WARN); 0 = never */
 	uint32_t stats_interval_s;  /* a stats line per interval with traffic; 0 = only at stop */
+	/* Readable (a signalfd for SIGHUP, in tallyd): the admin thread reads the --auth-file
+	   again. On success HELLOs from then on are checked against the new keys, connections
+	   already authenticated keep their tenant; on failure the keys in use stay. -1: none. */
+	int reload_fd;
 	/* Group-commit window (--fsync always): a shard starts at most one fdatasync per window of
 	   this many microseconds, windows aligned on the clock so all shards sync together.
 	   0 = a sync starts whenever the previous one has finished. */

@@ -14,6 +14,11 @@
  *    Messages are tagged pointers (low 2 bits).
  *  - A worker sleeps in epoll_wait / io_uring_wait_cqe; a ring message or a finished sync wakes
  *    it through its eventfd. No busy-spinning while idle.
+ *  - One admin thread (tally-admin) touches no connection: it reads the workers' relaxed stats
+ *    counters for the stats lines and, on cfg->reload_fd (SIGHUP), loads the --auth-file
+ *    again and publishes the new key table (release; workers load it with acquire at each
+ *    HELLO). Key tables are freed only after the workers stopped: connections point into the
+ *    one that let them in.
  *
  * Bounds (no unbounded buffers, whatever clients do):
  *  - a connection's receive buffer grows to at most the negotiated frame size + header;
@@ -37,8 +42,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -211,12 +219,19 @@ struct broker {
 	uint64_t conn_ids;
 	int64_t started_us;
 
-	/* The stats thread (cfg->stats_interval_s > 0): a line per interval, a total at stop. */
-	pthread_t stats_th;
-	bool stats_running;
-	pthread_mutex_t stats_mu;
-	pthread_cond_t stats_cv;
-	bool stats_stop; /* under stats_mu */
+	/* The admin thread (tally-admin): a stats line per cfg->stats_interval_s, a total at
+	   stop, and the API keys reloaded when cfg->reload_fd turns readable (SIGHUP). It
+	   sleeps in poll() on both; admin_fd (an eventfd) wakes it to stop. */
+	pthread_t admin_th;
+	bool admin_running;
+	int admin_fd;
+	_Atomic bool admin_stop;
+	/* The API keys HELLO is checked against: `auth` at start, then each reloaded table.
+	   Connections keep pointers into the table that let them in (their tenant), so no table
+	   is freed before the workers have stopped: reloaded ones are kept in auth_owned. */
+	_Atomic(struct broker_auth *) auth_cur;
+	struct broker_auth **auth_owned;
+	size_t auth_owned_n;
 };
 
 static void conn_maybe_free(struct worker *w, struct conn *c);
@@ -600,7 +615,7 @@ static void handle_hello(struct worker *w, struct conn *c, const struct proto_he
 {
 	const struct broker_hello_env env = {
 		.cfg = w->b->cfg,
-		.auth = w->b->auth,
+		.auth = atomic_load_explicit(&w->b->auth_cur, memory_order_acquire),
 		.default_tenant = &w->b->default_tenant,
 		.nshards = w->b->nshards,
 		.now_us = w->now_us,
@@ -1863,7 +1878,7 @@ static int open_shards(struct broker *b)
 	return rc;
 }
 
-static void stats_start(struct broker *b);
+static void admin_start(struct broker *b);
 
 int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker_auth *auth,
 		 struct broker **out)
@@ -1874,6 +1889,8 @@ int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker
 	b->cfg = cfg;
 	b->wal = wal;
 	b->auth = auth;
+	atomic_init(&b->auth_cur, auth);
+	b->admin_fd = -1;
 	b->nworkers = cfg->threads;
 	b->nshards = wal_shard_count(wal);
 	b->io = cfg->io;
@@ -1981,7 +1998,7 @@ int broker_start(const struct broker_config *cfg, struct wal *wal, struct broker
 	}
 	b->port = port;
 	b->started_us = broker_now_us();
-	stats_start(b);
+	admin_start(b);
 	*out = b; /* before any thread runs: the WAL's sealed-segment callback reads it */
 	for (uint16_t i = 0; i < b->nworkers; i++) {
 		rc = -pthread_create(&b->workers[i].th, NULL, worker_main, &b->workers[i]);
@@ -2091,31 +2108,80 @@ static void stats_log(const char *what, const struct net_stats *a, const struct 
 		   (unsigned long long)(a->failed_events - b->failed_events), open_now);
 }
 
+/* Admin thread: reads the --auth-file again; on success new HELLOs are checked against it. */
+static void auth_reload(struct broker *b)
+{
+	const char *path = b->cfg->auth_file;
+	if (!path) {
+		broker_log(LOG_WARN, "reload asked for, but tallyd runs without --auth-file: nothing "
+				     "to reload");
+		return;
+	}
+	struct broker_auth *cur = atomic_load_explicit(&b->auth_cur, memory_order_relaxed);
+	size_t before = cur ? broker_auth_count(cur) : 0;
+	char err[512];
+	struct broker_auth *a = NULL;
+	if (broker_auth_load(path, &a, err, sizeof err) < 0) {
+		broker_log(LOG_WARN, "auth: reloading %s failed: %s; the %zu key(s) loaded before stay "
+				     "in use", path, err, before);
+		return;
+	}
+	struct broker_auth **v = realloc(b->auth_owned, (b->auth_owned_n + 1) * sizeof *v);
+	if (!v) {
+		broker_auth_free(a);
+		broker_log(LOG_WARN, "auth: reloading %s: out of memory; the %zu key(s) loaded before "
+				     "stay in use", path, before);
+		return;
+	}
+	b->auth_owned = v;
+	b->auth_owned[b->auth_owned_n++] = a;
+	/* Release: a worker that loads the new table (acquire) sees it whole. */
+	atomic_store_explicit(&b->auth_cur, a, memory_order_release);
+	broker_log(LOG_INFO, "auth: reloaded %s: %zu key(s), was %zu; new connections are checked "
+			     "against it, connections already authenticated keep their tenant",
+		   path, broker_auth_count(a), before);
+}
+
 /* Logs a stats line every cfg->stats_interval_s seconds in which a batch was answered or the
-   number of open connections changed (an idle broker stays quiet). */
-static void *stats_main(void *arg)
+   number of open connections changed (an idle broker stays quiet); reloads the API keys when
+   asked. */
+static void *admin_main(void *arg)
 {
 	struct broker *b = arg;
-	(void)pthread_setname_np(pthread_self(), "tally-stats");
+	(void)pthread_setname_np(pthread_self(), "tally-admin");
 	struct net_stats prev, cur;
 	memset(&prev, 0, sizeof prev);
 	uint32_t prev_conns = 0;
 	int64_t prev_us = broker_now_us();
+	int64_t interval_us = (int64_t)b->cfg->stats_interval_s * 1000000;
+	int64_t next_us = prev_us + interval_us;
 	char what[32];
 	snprintf(what, sizeof what, "last %u s", b->cfg->stats_interval_s);
-	pthread_mutex_lock(&b->stats_mu);
-	for (;;) {
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += (time_t)b->cfg->stats_interval_s;
-		while (!b->stats_stop &&
-		       pthread_cond_timedwait(&b->stats_cv, &b->stats_mu, &ts) != ETIMEDOUT)
-			;
-		if (b->stats_stop)
+	while (!atomic_load(&b->admin_stop)) {
+		int timeout = -1;
+		if (interval_us) {
+			int64_t left = next_us - broker_now_us();
+			timeout = left <= 0 ? 0 : (int)((left + 999) / 1000);
+		}
+		struct pollfd pfd[2] = {{.fd = b->admin_fd, .events = POLLIN},
+					{.fd = b->cfg->reload_fd, .events = POLLIN}};
+		int n = poll(pfd, b->cfg->reload_fd >= 0 ? 2 : 1, timeout);
+		if (atomic_load(&b->admin_stop))
 			break;
-		pthread_mutex_unlock(&b->stats_mu);
-		stats_read(b, &cur);
+		if (n > 0 && (pfd[1].revents & POLLIN)) {
+			/* Drain every queued signal (a signalfd reads whole siginfo records). */
+			struct signalfd_siginfo si[4];
+			while (read(b->cfg->reload_fd, si, sizeof si) > 0)
+				;
+			auth_reload(b);
+		}
 		int64_t now = broker_now_us();
+		if (!interval_us || now < next_us)
+			continue;
+		next_us += interval_us;
+		if (next_us <= now) /* the machine slept or stalled: no burst of lines */
+			next_us = now + interval_us;
+		stats_read(b, &cur);
 		uint32_t conns = atomic_load_explicit(&b->nconns, memory_order_relaxed);
 		if (cur.batches != prev.batches || cur.failed_batches != prev.failed_batches ||
 		    conns != prev_conns)
@@ -2123,38 +2189,36 @@ static void *stats_main(void *arg)
 		prev = cur;
 		prev_conns = conns;
 		prev_us = now;
-		pthread_mutex_lock(&b->stats_mu);
 	}
-	pthread_mutex_unlock(&b->stats_mu);
 	return NULL;
 }
 
-static void stats_start(struct broker *b)
+static void admin_start(struct broker *b)
 {
-	pthread_mutex_init(&b->stats_mu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&b->stats_cv, &ca);
-	pthread_condattr_destroy(&ca);
-	if (!b->cfg->stats_interval_s)
+	b->admin_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (b->admin_fd >= 0 && pthread_create(&b->admin_th, NULL, admin_main, b) == 0) {
+		b->admin_running = true;
 		return;
-	if (pthread_create(&b->stats_th, NULL, stats_main, b) == 0)
-		b->stats_running = true;
-	else
-		broker_log(LOG_WARN, "no stats thread: the stats lines are off");
+	}
+	broker_log(LOG_WARN, "no admin thread: no stats lines, and SIGHUP reloads nothing");
+	if (b->admin_fd >= 0)
+		close(b->admin_fd);
+	b->admin_fd = -1;
 }
 
-static void stats_stop(struct broker *b, int64_t started_us)
+static void admin_stop(struct broker *b, int64_t started_us)
 {
-	if (b->stats_running) {
-		pthread_mutex_lock(&b->stats_mu);
-		b->stats_stop = true;
-		pthread_cond_signal(&b->stats_cv);
-		pthread_mutex_unlock(&b->stats_mu);
-		pthread_join(b->stats_th, NULL);
-		b->stats_running = false;
+	if (b->admin_running) {
+		atomic_store(&b->admin_stop, true);
+		uint64_t one = 1;
+		ssize_t r = write(b->admin_fd, &one, sizeof one);
+		(void)r;
+		pthread_join(b->admin_th, NULL);
+		b->admin_running = false;
 	}
+	if (b->admin_fd >= 0)
+		close(b->admin_fd);
+	b->admin_fd = -1;
 	struct net_stats all, zero;
 	stats_read(b, &all);
 	memset(&zero, 0, sizeof zero);
@@ -2162,8 +2226,6 @@ static void stats_stop(struct broker *b, int64_t started_us)
 	char what[48];
 	snprintf(what, sizeof what, "whole run of %lld s", (long long)(us / 1000000));
 	stats_log(what, &all, &zero, us, -1);
-	pthread_cond_destroy(&b->stats_cv);
-	pthread_mutex_destroy(&b->stats_mu);
 }
 
 void broker_request_stop(struct broker *b)
@@ -2177,7 +2239,7 @@ int broker_wait(struct broker *b)
 {
 	for (uint16_t i = 0; i < b->nworkers; i++)
 		pthread_join(b->workers[i].th, NULL);
-	stats_stop(b, b->started_us);
+	admin_stop(b, b->started_us);
 	log_batch_latency(b);
 	/* Chunks sent back just before their owner stopped are still in the rings. */
 	for (uint16_t i = 0; i < b->nworkers; i++) {
@@ -2228,6 +2290,10 @@ int broker_wait(struct broker *b)
 	}
 	free(b->workers);
 	ring_mesh_destroy(b->mesh);
+	/* Reloaded key tables: no connection is left to point into them. */
+	for (size_t i = 0; i < b->auth_owned_n; i++)
+		broker_auth_free(b->auth_owned[i]);
+	free(b->auth_owned);
 	free(b);
 	return rc;
 }

@@ -6,10 +6,12 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,6 +31,7 @@ static void on_signal(int sig)
 	if (g_broker)
 		broker_request_stop(g_broker);
 }
+
 
 static void usage(FILE *f)
 {
@@ -50,7 +53,8 @@ static void usage(FILE *f)
 		"  --dedup-window DAYS    how long idempotency keys are remembered (default 35, max 400)\n"
 		"  --max-age DAYS         reject events older than this (default = dedup window)\n"
 		"  --max-future SECONDS   reject events further ahead than this (default 300)\n"
-		"  --auth-file FILE       API keys -> tenants ('<tenant> <key>' per line, mode 600)\n"
+		"  --auth-file FILE       API keys -> tenants ('<tenant> <key>' per line, mode 600);\n"
+		"                         SIGHUP reads it again (docs/architecture.md)\n"
 		"  --insecure             allow a non-loopback --listen without --auth-file\n"
 		"  --max-conns N          connection limit (default 10000)\n"
 		"  --max-frame BYTES      largest frame (default 1048576)\n"
@@ -168,6 +172,7 @@ int main(int argc, char **argv)
 		.commit_window_us = 2500,
 		.slow_sync_ms = 100,
 		.stats_interval_s = 60,
+		.reload_fd = -1,
 	};
 	const char *port_file = NULL;
 	uint32_t prefill_kb = 1024;
@@ -472,6 +477,17 @@ int main(int argc, char **argv)
 		wopt.io = &delay.io;
 		broker_log(LOG_INFO, "injecting %u us per sync (--sync-delay-us)", cfg.sync_delay_us);
 	}
+	/* SIGHUP reloads the API keys: blocked in every thread (before the first one starts, so
+	   all inherit the mask) and read by the broker's admin thread from a signalfd. A HUP
+	   before the broker runs stays pending and is handled then. */
+	sigset_t hup;
+	sigemptyset(&hup);
+	sigaddset(&hup, SIGHUP);
+	if (pthread_sigmask(SIG_BLOCK, &hup, NULL) == 0)
+		cfg.reload_fd = signalfd(-1, &hup, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (cfg.reload_fd < 0)
+		broker_log(LOG_WARN, "no signalfd for SIGHUP (%s): the API keys cannot be reloaded",
+			   strerror(errno));
 	int64_t t0 = broker_now_us();
 	struct wal *wal;
 	int rc = wal_open(cfg.data_dir, &wopt, &wal);

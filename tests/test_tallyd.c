@@ -1162,6 +1162,111 @@ static void test_auth(const char *base)
 	CHECK_EQ(other, 0);
 }
 
+/* Waits up to 10 s for `want` lines of the server's log to contain `needle`. */
+static int wait_log(const struct server *s, const char *needle, int want)
+{
+	char logf[400], line[1024];
+	snprintf(logf, sizeof logf, "%s.log", s->dir);
+	for (int i = 0; i < 500; i++) {
+		int n = 0;
+		FILE *f = fopen(logf, "r");
+		while (f && fgets(line, sizeof line, f))
+			n += strstr(line, needle) != NULL;
+		if (f)
+			fclose(f);
+		if (n >= want)
+			return n;
+		usleep(20000);
+	}
+	return 0;
+}
+
+static void write_keys(const char *path, const char *text, mode_t mode)
+{
+	char tmp[400];
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	FILE *f = fopen(tmp, "w");
+	CHECK(f != NULL);
+	if (!f)
+		return;
+	fputs(text, f);
+	fclose(f);
+	chmod(tmp, mode);
+	CHECK_EQ(rename(tmp, path), 0); /* as an operator would: the new file whole, or the old */
+}
+
+/* SIGHUP reloads --auth-file: a key added works, a key removed is refused from then on, a
+   connection it let in before keeps its tenant; a reload that fails (here: the file made
+   world-readable) keeps the keys in use. */
+static void test_auth_reload(const char *base)
+{
+	struct server s;
+	snprintf(s.dir, sizeof s.dir, "%s/authreload", base);
+	char authf[300];
+	snprintf(authf, sizeof authf, "%s/keys-reload", base);
+	write_keys(authf, "acme key-acme-0123456789abcdef\n", 0600);
+	server_start(&s, "--auth-file", authf);
+	struct tally_client *a = connect_as(&s, "key-acme-0123456789abcdef");
+	CHECK(a != NULL);
+
+	write_keys(authf, "initech key-initech-0123456789ab\n", 0600);
+	kill(s.pid, SIGHUP);
+	CHECK(wait_log(&s, "auth: reloaded", 1) == 1);
+	struct tally_client *n = connect_as(&s, "key-initech-0123456789ab");
+	CHECK(n != NULL);
+	if (n)
+		CHECK(!strcmp(tally_client_limits(n)->tenant, "initech"));
+	struct tally_client_options o = {.port = s.port, .api_key = "key-acme-0123456789abcdef",
+					 .io_timeout_ms = 10000};
+	struct tally_client *gone = NULL;
+	CHECK_EQ(tally_client_connect(&o, &gone), TALLY_CLIENT_E_SERVER);
+	CHECK_EQ(tally_client_last_server_error(gone), PROTO_E_AUTH);
+	tally_client_close(gone);
+
+	struct evbuf e;
+	struct proto_receipt r;
+	make_event(&e, "reload-1", "cus_1", 1, now_us());
+	if (a) { /* let in before the reload: still acme */
+		CHECK_EQ(tally_client_send_wait(a, &e.in, 1, &r), 0);
+		CHECK_EQ(r.status, PROTO_ACCEPTED);
+	}
+	if (n) {
+		CHECK_EQ(tally_client_send_wait(n, &e.in, 1, &r), 0);
+		CHECK_EQ(r.status, PROTO_ACCEPTED); /* another tenant: another event */
+	}
+
+	chmod(authf, 0644);
+	kill(s.pid, SIGHUP);
+	CHECK(wait_log(&s, "auth: reloading", 1) == 1);
+	CHECK(wait_log(&s, "accessible by other users", 1) == 1);
+	struct tally_client *n2 = connect_as(&s, "key-initech-0123456789ab");
+	CHECK(n2 != NULL);
+	tally_client_close(n2);
+	tally_client_close(n);
+	tally_client_close(a);
+	CHECK_EQ(server_stop(&s, SIGTERM), 0);
+	CHECK_EQ(wait_log(&s, "auth: reloaded", 1), 1); /* the failed reload did not count */
+
+	struct wal_reader *rd;
+	CHECK_EQ(wal_reader_open(s.dir, -1, &rd), 0);
+	int acme = 0, initech = 0, other = 0;
+	struct wal_record rec;
+	while (wal_reader_next(rd, &rec) == 1) {
+		if (rec.kind != WAL_RECORD_EVENT)
+			continue;
+		if (rec.tenant.len == 4 && !memcmp(rec.tenant.ptr, "acme", 4))
+			acme++;
+		else if (rec.tenant.len == 7 && !memcmp(rec.tenant.ptr, "initech", 7))
+			initech++;
+		else
+			other++;
+	}
+	wal_reader_close(rd);
+	CHECK_EQ(acme, 1);
+	CHECK_EQ(initech, 1);
+	CHECK_EQ(other, 0);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 1)
@@ -1191,6 +1296,7 @@ int main(int argc, char **argv)
 	test_restart_shapes(&s);
 	CHECK_EQ(server_stop(&s, SIGTERM), 0);
 	test_auth(base);
+	test_auth_reload(base);
 	test_balance(base);
 	test_cold_tier(base);
 	test_buffer_budget(base);
