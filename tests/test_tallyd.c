@@ -994,6 +994,34 @@ static void test_stats_lines(const char *base)
 	}
 }
 
+/* Runs `tally ping` with extra arguments against s; returns its exit status, output in out. */
+static int run_ping(const struct server *s, const char *args, char *out, size_t cap)
+{
+	char cmd[1400];
+	snprintf(cmd, sizeof cmd, "%s/tally ping --connect 127.0.0.1:%u --interval 0 --timeout 10000 %s 2>&1",
+		 bin_dir, s->port, args);
+	FILE *p = popen(cmd, "r");
+	if (!p)
+		return -1;
+	size_t n = fread(out, 1, cap - 1, p);
+	out[n] = '\0';
+	int st = pclose(p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* `tally ping`: HELLO, then PINGs one at a time; exit 0 only when every PING was answered. */
+static void test_ping_cli(struct server *s)
+{
+	char out[4096];
+	CHECK_EQ(run_ping(s, "--count 3", out, sizeof out), 0);
+	fprintf(stderr, "%s", out);
+	CHECK(strstr(out, "tenant \"default\", 8 shards") != NULL);
+	CHECK(strstr(out, "3 PING(s), 3 PONG(s): round trip") != NULL);
+	CHECK_EQ(run_ping(s, "--count 0 --quiet", out, sizeof out), 0);
+	CHECK(strstr(out, "connected to tallyd") != NULL);
+	CHECK_EQ(run_ping(s, "--count x", out, sizeof out), 2);
+}
+
 /* A disk whose syncs take 150 ms (--sync-delay-us) against the default --slow-sync-ms 100:
    the first slow sync of each sync group is logged at once, later ones within 10 s are only
    counted, and the stop line of each group gives its total. Twelve events sent one after the
@@ -1120,6 +1148,13 @@ static void test_auth(const char *base)
 	CHECK_EQ(rc, TALLY_CLIENT_E_SERVER);
 	CHECK_EQ(tally_client_last_server_error(c), PROTO_E_AUTH);
 	tally_client_close(c);
+
+	/* `tally ping` with a wrong key: refused, exit 1; with a right one: its tenant. */
+	char out[4096];
+	CHECK_EQ(run_ping(&s, "--count 1 --api-key wrong-key-0123456789", out, sizeof out), 1);
+	CHECK(strstr(out, "AUTH") != NULL);
+	CHECK_EQ(run_ping(&s, "--count 1 --api-key key-globex-0123456789abcd", out, sizeof out), 0);
+	CHECK(strstr(out, "tenant \"globex\"") != NULL);
 
 	struct tally_client *a = connect_as(&s, "key-acme-0123456789abcdef");
 	struct tally_client *g = connect_as(&s, "key-globex-0123456789abcd");
@@ -1286,6 +1321,7 @@ int main(int argc, char **argv)
 	fprintf(stderr, "tallyd (%s) on port %u, data %s\n", io_mode, s.port, s.dir);
 
 	test_receipts(&s);
+	test_ping_cli(&s);
 	test_pipelining(&s);
 	test_malformed(&s);
 	test_slow_reader(&s);

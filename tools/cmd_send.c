@@ -1114,30 +1114,6 @@ static void usage(FILE *f)
 		"recognised).\n");
 }
 
-static int parse_connect(const char *arg, char *host, size_t cap, uint16_t *port)
-{
-	const char *colon = strrchr(arg, ':');
-	if (!colon)
-		return -1;
-	const char *h = arg;
-	size_t hl = (size_t)(colon - arg);
-	if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
-		h++;
-		hl -= 2;
-	}
-	if (hl == 0 || hl >= cap)
-		return -1;
-	char *end;
-	errno = 0;
-	unsigned long p = strtoul(colon + 1, &end, 10);
-	if (errno || *end || end == colon + 1 || p == 0 || p > 65535)
-		return -1;
-	memcpy(host, h, hl);
-	host[hl] = '\0';
-	*port = (uint16_t)p;
-	return 0;
-}
-
 /*
  * Reads lines from a descriptor with a timeout, so that a quiet stream (e.g. `tail -f x |
  * tally send`) does not hold a partial batch forever. The buffer holds one line of at most
@@ -1280,7 +1256,7 @@ int tally_cmd_send(int argc, char **argv)
 	while ((opt = getopt_long(argc, argv, "c:k:b:t:r:qjh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c':
-			if (parse_connect(optarg, host, sizeof(host), &port) < 0) {
+			if (tally_cli_parse_connect(optarg, host, sizeof(host), &port) < 0) {
 				fprintf(stderr, "tally send: --connect wants HOST:PORT, got \"%s\"\n", optarg);
 				return 2;
 			}

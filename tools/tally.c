@@ -33,6 +33,7 @@ int main(int argc, char **argv)
 		{"usage", tally_cmd_usage, "show a customer's usage in the open billing periods"},
 		{"explain", tally_cmd_explain, "list and check the events behind an invoice line"},
 		{"invoice", tally_cmd_invoice, "render an invoice JSON as readable text"},
+		{"ping", tally_cmd_ping, "check that a tallyd answers: HELLO, then PING round trips"},
 	};
 	size_t n = sizeof(cmds) / sizeof(cmds[0]);
 

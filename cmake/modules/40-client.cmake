@@ -3,7 +3,8 @@
 # (tests/client_fake_server.c), also wrapped as the executable fake_tallyd for manual use.
 tally_library(tally_client SOURCES src/client.c DEPS tally_core)
 
-set_property(GLOBAL APPEND PROPERTY TALLY_CLI_SOURCES ${PROJECT_SOURCE_DIR}/tools/cmd_send.c)
+set_property(GLOBAL APPEND PROPERTY TALLY_CLI_SOURCES ${PROJECT_SOURCE_DIR}/tools/cmd_send.c
+             ${PROJECT_SOURCE_DIR}/tools/cmd_ping.c)
 set_property(GLOBAL APPEND PROPERTY TALLY_CLI_DEPS tally_client PkgConfig::JANSSON)
 
 tally_library(tally_client_fake SOURCES tests/client_fake_server.c DEPS tally_core Threads::Threads)

@@ -5,10 +5,10 @@ tally_library(tally_broker SOURCES src/net.c src/shard.c src/auth.c src/log.c
 tally_tool(tallyd SOURCES src/tallyd.c DEPS tally_broker)
 tally_test(test_tallyd_epoll SOURCES tests/test_tallyd.c DEPS tally_client tally_wal
   ARGS epoll off TIMEOUT 600 LABELS broker tsan)
-add_dependencies(test_tallyd_epoll tallyd)
+add_dependencies(test_tallyd_epoll tallyd tally)
 tally_test(test_tallyd_uring SOURCES tests/test_tallyd.c DEPS tally_client tally_wal
   ARGS uring on TIMEOUT 600 LABELS broker tsan)
-add_dependencies(test_tallyd_uring tallyd)
+add_dependencies(test_tallyd_uring tallyd tally)
 tally_test(test_ring SOURCES tests/test_ring.c DEPS tally_ring Threads::Threads ARGS 20000 LABELS tsan)
 tally_test(test_shard SOURCES tests/test_shard.c DEPS tally_broker LABELS tsan)
 tally_test(test_lathist SOURCES tests/test_lathist.c)
