@@ -409,13 +409,14 @@ static void test_garbage(void)
 
 static void test_connection_refused(void)
 {
-	/* Find a port nobody listens on: bind an ephemeral one, then close it. */
+	/* A port nobody listens on: an ephemeral one bound here and kept bound (never listening)
+	   until the connect was refused, so that no other process (a tallyd of a test running
+	   beside this one, listening on port 0) can be given it meanwhile. */
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	socklen_t al = sizeof(a);
 	CHECK_EQ(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
 	CHECK_EQ(getsockname(fd, (struct sockaddr *)&a, &al), 0);
-	close(fd);
 	uint16_t port = ntohs(a.sin_port);
 
 	struct tally_client_options o = {.host = "127.0.0.1", .port = port};
@@ -425,6 +426,7 @@ static void test_connection_refused(void)
 	snprintf(want, sizeof(want), "connection refused to 127.0.0.1:%u", port);
 	CHECK(!strcmp(tally_client_last_error(c), want));
 	tally_client_close(c);
+	close(fd);
 
 	o.host = "no-such-host.invalid";
 	CHECK_EQ(tally_client_connect(&o, &c), -EHOSTUNREACH);

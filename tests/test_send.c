@@ -546,13 +546,14 @@ static void test_usage_and_refused(void)
 	free(out);
 	free(err);
 
-	/* A port nobody listens on. */
+	/* A port nobody listens on: bound here and kept bound (never listening) until the check
+	   is done, so no other process (a tallyd of a test running beside this one, listening on
+	   port 0) can be given it meanwhile. A connect to it is refused. */
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	socklen_t al = sizeof(a);
 	CHECK_EQ(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
 	CHECK_EQ(getsockname(fd, (struct sockaddr *)&a, &al), 0);
-	close(fd);
 	char portarg[32], want[96];
 	snprintf(portarg, sizeof(portarg), "127.0.0.1:%u", ntohs(a.sin_port));
 	snprintf(want, sizeof(want), "tally send: connection refused to %s", portarg);
@@ -562,6 +563,7 @@ static void test_usage_and_refused(void)
 	check_lines("refused stderr", err, want_err);
 	free(out);
 	free(err);
+	close(fd);
 }
 
 int main(void)
