@@ -10,7 +10,9 @@ mkdir -p "$data"
 cat <<MSG
 tally: starting tallyd on $listen with data in $data (Ctrl-C stops it cleanly).
 
-Send events from another terminal, e.g.:
+Check that it answers, from another terminal:
+  $bin/tally ping --connect $listen
+Send events, e.g.:
   echo '{"event_id":"evt_1","customer_id":"cus_1","event_name":"api.call","timestamp":"$(date -u +%Y-%m-%dT%H:%M:%SZ)"}' \\
     | $bin/tally send --connect $listen
 See the live usage and amount so far (tally-rate, config/rating.json):
