@@ -27,7 +27,8 @@ cleanup() {
   for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
   for p in $pids; do wait "$p" 2>/dev/null || true; done
 }
-trap cleanup INT TERM
+# HUP too: tallyd takes SIGHUP as "reload the API keys", so a closed terminal must stop it here.
+trap cleanup INT TERM HUP
 "$bin/tallyd" --listen "$listen" --data "$data" &
 pids="$!"
 config=${TALLY_RATE_CONFIG:-config/rating.json}
