@@ -171,6 +171,29 @@ static long wal_count_key(const char *dir, const char *key, long *total_out)
 	return n;
 }
 
+/* Counts the WAL's events stored under tenant a (n[0]), tenant b (n[1]) and any other (n[2]).
+   Returns 0, or -1 if the WAL cannot be opened. */
+static int wal_count_tenants(const char *dir, const char *a, const char *b, long n[3])
+{
+	struct wal_reader *r;
+	n[0] = n[1] = n[2] = 0;
+	if (wal_reader_open(dir, -1, &r) < 0)
+		return -1;
+	struct wal_record rec;
+	while (wal_reader_next(r, &rec) == 1) {
+		if (rec.kind != WAL_RECORD_EVENT)
+			continue;
+		if (rec.tenant.len == strlen(a) && !memcmp(rec.tenant.ptr, a, rec.tenant.len))
+			n[0]++;
+		else if (rec.tenant.len == strlen(b) && !memcmp(rec.tenant.ptr, b, rec.tenant.len))
+			n[1]++;
+		else
+			n[2]++;
+	}
+	wal_reader_close(r);
+	return 0;
+}
+
 static void test_receipts(struct server *s)
 {
 	struct tally_client *c = connect_as(s, "k");
@@ -1177,24 +1200,11 @@ static void test_auth(const char *base)
 	tally_client_close(g);
 	CHECK_EQ(server_stop(&s, SIGTERM), 0);
 	/* Stored under the tenant of the key that sent them, never the other. */
-	struct wal_reader *r;
-	CHECK_EQ(wal_reader_open(s.dir, -1, &r), 0);
-	int acme = 0, globex = 0, other = 0;
-	struct wal_record rec;
-	while (wal_reader_next(r, &rec) == 1) {
-		if (rec.kind != WAL_RECORD_EVENT)
-			continue;
-		if (rec.tenant.len == 4 && !memcmp(rec.tenant.ptr, "acme", 4))
-			acme++;
-		else if (rec.tenant.len == 6 && !memcmp(rec.tenant.ptr, "globex", 6))
-			globex++;
-		else
-			other++;
-	}
-	wal_reader_close(r);
-	CHECK_EQ(acme, 1);
-	CHECK_EQ(globex, 1);
-	CHECK_EQ(other, 0);
+	long n[3];
+	CHECK_EQ(wal_count_tenants(s.dir, "acme", "globex", n), 0);
+	CHECK_EQ(n[0], 1);
+	CHECK_EQ(n[1], 1);
+	CHECK_EQ(n[2], 0);
 }
 
 /* Waits up to 10 s for `want` lines of the server's log to contain `needle`. */
@@ -1282,24 +1292,11 @@ static void test_auth_reload(const char *base)
 	CHECK_EQ(server_stop(&s, SIGTERM), 0);
 	CHECK_EQ(wait_log(&s, "auth: reloaded", 1), 1); /* the failed reload did not count */
 
-	struct wal_reader *rd;
-	CHECK_EQ(wal_reader_open(s.dir, -1, &rd), 0);
-	int acme = 0, initech = 0, other = 0;
-	struct wal_record rec;
-	while (wal_reader_next(rd, &rec) == 1) {
-		if (rec.kind != WAL_RECORD_EVENT)
-			continue;
-		if (rec.tenant.len == 4 && !memcmp(rec.tenant.ptr, "acme", 4))
-			acme++;
-		else if (rec.tenant.len == 7 && !memcmp(rec.tenant.ptr, "initech", 7))
-			initech++;
-		else
-			other++;
-	}
-	wal_reader_close(rd);
-	CHECK_EQ(acme, 1);
-	CHECK_EQ(initech, 1);
-	CHECK_EQ(other, 0);
+	long per[3];
+	CHECK_EQ(wal_count_tenants(s.dir, "acme", "initech", per), 0);
+	CHECK_EQ(per[0], 1);
+	CHECK_EQ(per[1], 1);
+	CHECK_EQ(per[2], 0);
 }
 
 int main(int argc, char **argv)
