@@ -192,7 +192,7 @@ struct worker {
 	int64_t stop_deadline_us;
 
 	/* Answered batches of this worker's connections, for the stats lines: written by this
-	   worker only (relaxed), read by the stats thread. receipts[k]: events answered with
+	   worker only (relaxed), read by the admin thread. receipts[k]: events answered with
 	   status k (PROTO_ACCEPTED .. PROTO_REJECTED). */
 	_Atomic uint64_t st_batches, st_failed_batches, st_failed_events;
 	_Atomic uint64_t st_receipts[PROTO_REJECTED + 1];
