@@ -10,6 +10,9 @@
 # Prints one line per run and the median of RUNS runs (default 3) per configuration. Each run
 # line ends with the CPU steal over the run (/proc/stat): the share of this VM's CPU time the
 # hypervisor gave to other guests; figures from runs with high steal measure the neighbours.
+# It then gives the median of the open loop's per-second p99s over its quiet seconds (steal
+# under 2 %, from tally-bench's progress lines) and how many there were: the same broker with
+# the neighbours' share taken out, or "none" when every second was stolen from.
 # Client and broker share this machine's cores, as the issue asks.
 # Env: EVENTS, CONNS, INFLIGHT, BATCH, THREADS, SHARDS, TALLYD_FLAGS (extra tallyd flags, e.g.
 # "--wal-prefill-kb 0" to compare against plain appends), IOS (default "uring epoll"),
@@ -53,6 +56,13 @@ start_tallyd() { # io delay
 }
 stop_tallyd() { kill -TERM "$pid"; wait "$pid" || true; pid=""; }
 
+# quiet_p99 FILE: median per-second p99 (µs) of the seconds with steal < 2 %, and their count.
+quiet_p99() {
+  sed -nE 's/.*last 1 s: p99 ([0-9.]+) (µs|ms|s) max .* steal ([0-9]+)%.*/\1 \2 \3/p' "$1" |
+    awk '$3 < 2 { v = $1; if ($2 == "ms") v *= 1000; else if ($2 == "s") v *= 1000000; print int(v) }' |
+    sort -n | awk '{ a[NR] = $1 } END { if (NR) printf "%d us (%d s)", a[int((NR + 1) / 2)], NR; else printf "none" }'
+}
+
 echo "machine: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "workload: $events events/run, $conns connections x $inflight batches of $batch in flight," \
      "10% duplicates, 150-byte bodies, $shards shards, $threads threads, --fsync always"
@@ -70,14 +80,15 @@ for delay in ${DELAYS:-0 2000}; do
       half=${HALF_RATE:-$(awk -v r="$rate" 'BEGIN {printf "%d", r / 2}')}
       lat=$("$bin/tally-bench" --connect "127.0.0.1:$port" --connections "$conns" \
               --batch "$batch" --rate "$half" --duration 5 --warmup 1 --dup-rate 0.1 \
-              --seed "9$r$delay" --quiet --json)
+              --seed "9$r$delay" --progress --json 2>"$tmp/progress")
+      quiet=$(quiet_p99 "$tmp/progress")
       p50=$(echo "$lat" | jget phases.0.latency_us.p50)
       p99=$(echo "$lat" | jget phases.0.latency_us.p99)
       p999=$(echo "$lat" | jget phases.0.latency_us.p999)
       steal=$(steal_pct "$st0" "$(cpu_ticks)")
       stop_tallyd
-      printf '  run %d  io %-5s sync+%4d us  closed loop %9.0f ev/s (verified)   open loop at %d ev/s: p50 %s us p99 %s us p99.9 %s us   steal %s%%\n' \
-        "$r" "$io" "$delay" "$rate" "$half" "$p50" "$p99" "$p999" "$steal"
+      printf '  run %d  io %-5s sync+%4d us  closed loop %9.0f ev/s (verified)   open loop at %d ev/s: p50 %s us p99 %s us p99.9 %s us   steal %s%%   quiet seconds: p99 %s\n' \
+        "$r" "$io" "$delay" "$rate" "$half" "$p50" "$p99" "$p999" "$steal" "$quiet"
       rates+=("$rate"); p50s+=("$p50"); p99s+=("$p99"); p999s+=("$p999")
     done
     printf 'MEDIAN io %-5s sync+%4d us: %s ev/s; at half rate p50 %s us, p99 %s us, p99.9 %s us\n' \
