@@ -224,6 +224,35 @@ int main(void)
 	}
 	/* (each kill lands somewhere in a ~0.2-0.5 s run; checkpoints every 4096 records) */
 	CHECK_EQ(run("out3", "--once --consumer killme"), 0);
+
+	/* SIGHUP while tailing: a clean stop (exit 0, checkpoint written), like SIGTERM; then
+	   --once from that checkpoint gives the same invoices as one uninterrupted run. */
+	pid_t hp = fork();
+	if (hp == 0) {
+		char cfgp[256], data[256], out[256], exe[1100];
+		snprintf(cfgp, sizeof cfgp, "%s/rate.json", g_dir);
+		snprintf(data, sizeof data, "%s/data", g_dir);
+		snprintf(out, sizeof out, "%s/out4", g_dir);
+		snprintf(exe, sizeof exe, "%s/tally-rate", g_bin);
+		execl(exe, exe, "--config", cfgp, "--data", data, "--out", out, "--no-fsync",
+		      "--consumer", "hup", (char *)NULL);
+		_exit(127);
+	}
+	/* Its output directory appears after its handlers are set (bounded wait: 20 s). */
+	char out4[300];
+	snprintf(out4, sizeof out4, "%s/out4", g_dir);
+	for (int i = 0; i < 2000 && access(out4, F_OK) != 0; i++) {
+		struct timespec t10 = {0, 10 * 1000000L};
+		nanosleep(&t10, NULL);
+	}
+	struct timespec more = {0, 200 * 1000000L}; /* and let it rate for a while */
+	nanosleep(&more, NULL);
+	kill(hp, SIGHUP);
+	int hst;
+	waitpid(hp, &hst, 0);
+	CHECK(WIFEXITED(hst) && WEXITSTATUS(hst) == 0);
+	CHECK_EQ(run("out4", "--once --consumer hup"), 0);
+	CHECK(same_tree("out1", "out4"));
 	printf("kill -9: %d kills within %ld ms each, then --once: %d invoices\n", kills, run_ms,
 	       count_invoices("out3"));
 	CHECK(same_tree("out1", "out3"));
