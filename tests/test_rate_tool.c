@@ -102,6 +102,24 @@ static int run(const char *out, const char *extra)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* Starts tally-rate tailing the WAL (it never exits by itself) into OUT/out as `consumer`,
+   checkpointing every ckpt_ms; returns its pid. */
+static pid_t spawn_tail(const char *out, const char *consumer, const char *ckpt_ms)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		char cfgp[256], data[256], outp[256], exe[1100];
+		snprintf(cfgp, sizeof cfgp, "%s/rate.json", g_dir);
+		snprintf(data, sizeof data, "%s/data", g_dir);
+		snprintf(outp, sizeof outp, "%s/%s", g_dir, out);
+		snprintf(exe, sizeof exe, "%s/tally-rate", g_bin);
+		execl(exe, exe, "--config", cfgp, "--data", data, "--out", outp, "--no-fsync",
+		      "--checkpoint-ms", ckpt_ms, "--consumer", consumer, (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
 static int same_tree(const char *a, const char *b)
 {
 	char cmd[1024];
@@ -202,17 +220,7 @@ int main(void)
 	/* kill -9 while tailing, at random points, then finish with --once. */
 	int kills = 0;
 	for (int round = 0; round < 6; round++) {
-		pid_t pid = fork();
-		if (pid == 0) {
-			char cfgp[256], data[256], out[256], exe[1100];
-			snprintf(cfgp, sizeof cfgp, "%s/rate.json", g_dir);
-			snprintf(data, sizeof data, "%s/data", g_dir);
-			snprintf(out, sizeof out, "%s/out3", g_dir);
-			snprintf(exe, sizeof exe, "%s/tally-rate", g_bin);
-			execl(exe, exe, "--config", cfgp, "--data", data, "--out", out, "--no-fsync",
-			      "--checkpoint-ms", "0", "--consumer", "killme", (char *)NULL);
-			_exit(127);
-		}
+		pid_t pid = spawn_tail("out3", "killme", "0");
 		/* Somewhere inside the time a whole run takes (tailing never exits by itself). */
 		long ms = (long)(rng() % (uint64_t)(run_ms + 1));
 		struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -227,17 +235,7 @@ int main(void)
 
 	/* SIGHUP while tailing: a clean stop (exit 0, checkpoint written), like SIGTERM; then
 	   --once from that checkpoint gives the same invoices as one uninterrupted run. */
-	pid_t hp = fork();
-	if (hp == 0) {
-		char cfgp[256], data[256], out[256], exe[1100];
-		snprintf(cfgp, sizeof cfgp, "%s/rate.json", g_dir);
-		snprintf(data, sizeof data, "%s/data", g_dir);
-		snprintf(out, sizeof out, "%s/out4", g_dir);
-		snprintf(exe, sizeof exe, "%s/tally-rate", g_bin);
-		execl(exe, exe, "--config", cfgp, "--data", data, "--out", out, "--no-fsync",
-		      "--consumer", "hup", (char *)NULL);
-		_exit(127);
-	}
+	pid_t hp = spawn_tail("out4", "hup", "1000");
 	/* Its output directory appears after its handlers are set (bounded wait: 20 s). */
 	char out4[300];
 	snprintf(out4, sizeof out4, "%s/out4", g_dir);
