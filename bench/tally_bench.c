@@ -205,6 +205,7 @@ struct phase {
 
 static struct conn *conns;
 static struct worker *workers;
+static bool sec_on; /* progress lines are shown: workers keep the per-second histograms */
 static struct phase phases[BENCH_STEPS_MAX];
 static uint32_t phase_count;
 static pthread_barrier_t start_barrier;
@@ -983,7 +984,7 @@ static void on_ack(struct conn *c, const struct proto_ack *a, int64_t now)
 		st->measured_bytes += s->body_bytes;
 	}
 	st->last_ack_ns = now;
-	{
+	if (sec_on) { /* only when progress lines are shown */
 		int64_t lat = now - s->intended_ns;
 		pthread_mutex_lock(&c->w->sec_mu);
 		bench_hist_record(&c->w->sec_hist, lat > 0 ? (uint64_t)lat / 1000 : 0);
@@ -1666,6 +1667,9 @@ int main(int argc, char **argv)
 		phase_count = 1;
 	}
 
+	/* Before the workers start (pthread_create orders it): progress lines shown, so the
+	   workers keep the per-second histograms. */
+	sec_on = !o.quiet && (isatty(STDERR_FILENO) || o.progress);
 	pthread_barrier_init(&start_barrier, NULL, o.threads + 1);
 	for (uint32_t t = 0; t < o.threads; t++) {
 		struct worker *w = &workers[t];
